@@ -1,0 +1,1 @@
+"""Cinema selling backend: screening, booking, payment and identity behind gRPC."""

@@ -1,0 +1,1 @@
+"""The outside world behind domain ports: the clock, and later Stripe and the event bus."""

@@ -1,0 +1,82 @@
+"""The cinema-grpc command: serve, migrate, seed-demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from pydantic import ValidationError
+
+from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.demo import seed_demo
+from cinema_grpc.log_config import configure_logging
+from cinema_grpc.server import serve
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import database_url, migrate, open_database
+from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.port is not None:
+        settings.grpc_port = args.port
+    if args.host is not None:
+        settings.grpc_host = args.host
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    url, embedded = database_url(settings)
+    try:
+        migrate(url)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print("database is at the newest migration")
+    return 0
+
+
+def _seed_demo(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> dict[str, int]:
+        database = await asyncio.to_thread(open_database, settings)
+        try:
+            return await seed_demo(lambda: SqlUnitOfWork(database.sessions), SystemClock(), days=args.days)
+        finally:
+            await database.close()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cinema-grpc",
+        description="Cinema selling backend over gRPC. Configured by environment variables (see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="run the gRPC server until SIGTERM/SIGINT")
+    serve_cmd.add_argument("--host", help="listen address (default CINEMA_GRPC_HOST or 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="listen port, 0 for any free one (default CINEMA_GRPC_PORT or 50051)")
+    serve_cmd.set_defaults(run=_serve)
+    commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)
+    seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")
+    seed.add_argument("--days", type=int, default=7, choices=range(1, 31), metavar="1..30", help="days of showtimes")
+    seed.set_defaults(run=_seed_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"cinema-grpc: bad configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    return int(args.run(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

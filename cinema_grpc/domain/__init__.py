@@ -1,0 +1,1 @@
+"""Business rules and use cases. Imports no framework: no grpc, protobuf, SQLAlchemy, Stripe or Redis."""

@@ -1,0 +1,264 @@
+"""The error catalogue: every failure a caller can see, each with a stable reason.
+
+Services map an error's ``kind`` to a gRPC status code and its fields to google.rpc details;
+clients branch on ``reason`` and never on message text.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+
+class ErrorKind(enum.Enum):
+    """What sort of failure an error is; decides the canonical status code."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    ABORTED = "aborted"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    PERMISSION_DENIED = "permission_denied"
+    UNAUTHENTICATED = "unauthenticated"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request; ``field`` is a path such as ``layout.rows[2].columns``."""
+
+    field: str
+    reason: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition: what kind, about which resource, and why."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a caller may see."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return ()
+
+    @property
+    def precondition_violations(self) -> tuple[PreconditionViolation, ...]:
+        return ()
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return None
+
+
+class ValidationFailed(DomainError):
+    """The request is malformed; each bad field is named."""
+
+    kind = ErrorKind.INVALID_ARGUMENT
+    reason = "VALIDATION_FAILED"
+
+    def __init__(self, violations: Iterable[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {summary}")
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return self.violations
+
+
+@dataclass
+class Violations:
+    """Collects field violations so a caller learns every bad field at once."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, reason: str, description: str) -> None:
+        self.items.append(FieldViolation(field_path, reason, description))
+
+    def extend(self, violations: Iterable[FieldViolation]) -> None:
+        self.items.extend(violations)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ValidationFailed(self.items)
+
+
+def invalid(field_path: str, reason: str, description: str) -> ValidationFailed:
+    """A validation error about a single field."""
+    return ValidationFailed([FieldViolation(field_path, reason, description)])
+
+
+class NotFound(DomainError):
+    """A referenced resource does not exist (or the caller may not know it exists)."""
+
+    kind = ErrorKind.NOT_FOUND
+    resource_type: ClassVar[str] = "resource"
+
+    def __init__(self, resource_id: object) -> None:
+        self.resource_id = str(resource_id)
+        super().__init__(
+            f"{self.resource_type} {self.resource_id} not found",
+            metadata={"resource_type": self.resource_type, "resource_id": self.resource_id},
+        )
+
+
+class CinemaNotFound(NotFound):
+    reason = "CINEMA_NOT_FOUND"
+    resource_type = "cinema"
+
+
+class HallNotFound(NotFound):
+    reason = "HALL_NOT_FOUND"
+    resource_type = "hall"
+
+
+class SeatNotFound(NotFound):
+    reason = "SEAT_NOT_FOUND"
+    resource_type = "seat"
+
+
+class MovieNotFound(NotFound):
+    reason = "MOVIE_NOT_FOUND"
+    resource_type = "movie"
+
+
+class ShowtimeNotFound(NotFound):
+    reason = "SHOWTIME_NOT_FOUND"
+    resource_type = "showtime"
+
+
+class NameTaken(DomainError):
+    """A name that must be unique within its scope is already used."""
+
+    kind = ErrorKind.ALREADY_EXISTS
+
+
+class CinemaNameTaken(NameTaken):
+    reason = "CINEMA_NAME_TAKEN"
+
+
+class HallNameTaken(NameTaken):
+    reason = "HALL_NAME_TAKEN"
+
+
+class RequestIdReused(DomainError):
+    """A request_id came back with a different request: it cannot be a retry."""
+
+    kind = ErrorKind.INVALID_ARGUMENT
+    reason = "REQUEST_ID_REUSED"
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return (FieldViolation("request_id", self.reason, self.message),)
+
+
+class PreconditionFailed(DomainError):
+    """The request is well formed but the system is not in a state that allows it."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
+
+    def __init__(
+        self, message: str, *, subject: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.subject = subject
+
+    @property
+    def precondition_violations(self) -> tuple[PreconditionViolation, ...]:
+        return (PreconditionViolation(self.reason, self.subject, self.message),)
+
+
+class MovieInactive(PreconditionFailed):
+    reason = "MOVIE_INACTIVE"
+
+
+class HallHasClaims(PreconditionFailed):
+    reason = "HALL_HAS_CLAIMS"
+
+
+class ShowtimeAlreadyStarted(PreconditionFailed):
+    reason = "SHOWTIME_ALREADY_STARTED"
+
+
+class ShowtimePriceMissing(PreconditionFailed):
+    reason = "SHOWTIME_PRICE_MISSING"
+
+
+@dataclass(frozen=True)
+class HallSuggestion:
+    """A hall offered instead of a busy one."""
+
+    hall_id: str
+    name: str
+    seat_count: int
+
+
+@dataclass(frozen=True)
+class ShowtimeConflict:
+    """The showtime in the way of a requested slot, and the halls free for that slot."""
+
+    showtime_id: str
+    starts_at: datetime
+    busy_until: datetime
+    free_halls: tuple[HallSuggestion, ...]
+
+
+class ShowtimeOverlap(PreconditionFailed):
+    """The hall is busy (cleaning buffer included); carries the halls free instead."""
+
+    reason = "SHOWTIME_OVERLAP"
+
+    def __init__(self, conflict: ShowtimeConflict) -> None:
+        super().__init__(
+            f"the hall is busy with showtime {conflict.showtime_id} until "
+            f"{conflict.busy_until.isoformat()} (cleaning included); "
+            f"{len(conflict.free_halls)} other hall(s) are free for this slot",
+            subject=f"showtimes/{conflict.showtime_id}",
+            metadata={
+                "conflicting_showtime_id": conflict.showtime_id,
+                "free_hall_ids": ",".join(h.hall_id for h in conflict.free_halls),
+            },
+        )
+        self.conflict = conflict
+
+
+class Contention(DomainError):
+    """A lock could not be had in time; the same request may succeed when retried."""
+
+    kind = ErrorKind.ABORTED
+    reason = "CONTENTION"
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 0.2
+
+
+class StorageUnavailable(DomainError):
+    """The database cannot be reached; retry later."""
+
+    kind = ErrorKind.UNAVAILABLE
+    reason = "STORAGE_UNAVAILABLE"
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 1.0

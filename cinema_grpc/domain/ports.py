@@ -1,0 +1,152 @@
+"""What the domain needs from the outside world, as Protocols that storage and adapters implement."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from cinema_grpc.domain.errors import HallSuggestion
+from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class HallSlotTaken(Exception):
+    """Raised by storage when the database refuses a showtime that overlaps another in its hall."""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A mutating request already carried out under a client request_id."""
+
+    fingerprint: str
+    resource_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class ShowtimeFilter:
+    cinema_id: uuid.UUID | None = None
+    movie_id: uuid.UUID | None = None
+    hall_id: uuid.UUID | None = None
+    starts_from: datetime | None = None
+    starts_before: datetime | None = None
+    include_cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class MovieFilter:
+    active_only: bool = False
+    title_contains: str = ""
+
+
+class CinemaRepository(Protocol):
+    async def add(self, cinema: Cinema) -> None:
+        """Raises CinemaNameTaken when the name is used."""
+        ...
+
+    async def get(self, cinema_id: uuid.UUID) -> Cinema | None: ...
+
+    async def list(self, page: PageRequest) -> Page[Cinema]: ...
+
+
+class HallRepository(Protocol):
+    async def add(self, hall: Hall) -> None:
+        """Stores the hall and all its seats. Raises HallNameTaken when the name is used."""
+        ...
+
+    async def get(self, hall_id: uuid.UUID, *, for_update: bool = False) -> Hall | None: ...
+
+    async def list(self, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]: ...
+
+    async def rename(self, hall: Hall) -> None: ...
+
+    async def replace_seats(self, hall: Hall) -> None:
+        """Retires the hall's current seats and stores ``hall.seats`` with its new layout."""
+        ...
+
+    async def update_seat(self, seat: Seat, updated_at: datetime) -> None: ...
+
+    async def capacities(self, cinema_id: uuid.UUID) -> list[HallSuggestion]:
+        """Every hall of the cinema with its number of seats in service."""
+        ...
+
+
+class MovieRepository(Protocol):
+    async def add(self, movie: Movie) -> None: ...
+
+    async def get(self, movie_id: uuid.UUID, *, for_update: bool = False) -> Movie | None: ...
+
+    async def list(self, movie_filter: MovieFilter, page: PageRequest) -> Page[Movie]: ...
+
+    async def update(self, movie: Movie) -> None: ...
+
+
+class ShowtimeRepository(Protocol):
+    async def add(self, showtime: Showtime) -> None:
+        """Raises HallSlotTaken when the database finds an overlap in the hall."""
+        ...
+
+    async def get(self, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime | None: ...
+
+    async def list(self, showtime_filter: ShowtimeFilter, page: PageRequest) -> Page[Showtime]: ...
+
+    async def update_state(self, showtime: Showtime) -> None: ...
+
+    async def first_overlapping(
+        self, hall_id: uuid.UUID, starts_at: datetime, busy_until: datetime
+    ) -> Showtime | None:
+        """The earliest scheduled showtime of the hall whose busy period meets the given one."""
+        ...
+
+    async def busy_hall_ids(
+        self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime
+    ) -> set[str]: ...
+
+    async def upcoming_for_hall(self, hall_id: uuid.UUID, now: datetime) -> list[Showtime]:
+        """Scheduled showtimes of the hall that have not ended."""
+        ...
+
+    async def count_active_claims(self, showtime_ids: list[uuid.UUID], now: datetime) -> int:
+        """Seats sold, or held and not expired, for these showtimes."""
+        ...
+
+
+class RequestLog(Protocol):
+    """Remembers mutating requests by client request_id (AIP-155) so retries are safe."""
+
+    async def lock_and_find(self, scope: str, request_id: str) -> RecordedRequest | None:
+        """Serialises concurrent requests with this id, then returns the earlier one if any."""
+        ...
+
+    async def record(
+        self, scope: str, request_id: str, fingerprint: str, resource_id: uuid.UUID
+    ) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction; rolls back on exit unless ``commit`` was called."""
+
+    cinemas: CinemaRepository
+    halls: HallRepository
+    movies: MovieRepository
+    showtimes: ShowtimeRepository
+    requests: RequestLog
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Cinemas, halls and their seat grids, movies and showtimes."""

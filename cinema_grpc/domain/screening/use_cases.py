@@ -1,0 +1,440 @@
+"""Screening use cases: each takes a unit of work and a command and runs in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+
+from cinema_grpc.domain.errors import (
+    CinemaNotFound,
+    HallHasClaims,
+    HallNotFound,
+    HallSuggestion,
+    MovieInactive,
+    MovieNotFound,
+    SeatNotFound,
+    ShowtimeAlreadyStarted,
+    ShowtimeConflict,
+    ShowtimeNotFound,
+    ShowtimeOverlap,
+    ShowtimePriceMissing,
+    Violations,
+    invalid,
+)
+from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.money import Money, is_currency_code
+from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.ports import Clock, HallSlotTaken, MovieFilter, ShowtimeFilter, UnitOfWork
+from cinema_grpc.domain.screening.model import (
+    MAX_DURATION_MINUTES,
+    MAX_SCHEDULE_AHEAD,
+    BusyPeriod,
+    Cinema,
+    Hall,
+    Movie,
+    Seat,
+    SeatKind,
+    SeatLayout,
+    Showtime,
+    ShowtimeState,
+    choose_free_halls,
+    generate_seats,
+    price_violations,
+    zone_of,
+)
+from cinema_grpc.domain.text import clean_text
+
+
+# ---------------------------------------------------------------- cinemas
+
+
+@dataclass(frozen=True)
+class CreateCinema:
+    name: str
+    time_zone: str
+    currency: str
+    request: RequestKey | None = None
+
+
+async def create_cinema(uow: UnitOfWork, clock: Clock, cmd: CreateCinema) -> Cinema:
+    violations = Violations()
+    name = clean_text(violations, "cinema.name", cmd.name, max_length=100)
+    if zone_of(cmd.time_zone) is None:
+        violations.add("cinema.time_zone", "UNKNOWN_TIME_ZONE", "must be an IANA time zone such as Europe/Berlin")
+    if not is_currency_code(cmd.currency):
+        violations.add("cinema.currency_code", "INVALID_FORMAT", "must be an ISO 4217 code such as EUR")
+    violations.raise_if_any()
+    async with uow:
+        if (earlier := await earlier_result(uow, "CreateCinema", cmd.request)) is not None:
+            return await _cinema(uow, earlier)
+        cinema = Cinema(uuid.uuid4(), name, cmd.time_zone, cmd.currency, clock.now())
+        await uow.cinemas.add(cinema)
+        await remember_result(uow, "CreateCinema", cmd.request, cinema.id)
+        await uow.commit()
+    return cinema
+
+
+async def get_cinema(uow: UnitOfWork, cinema_id: uuid.UUID) -> Cinema:
+    async with uow:
+        return await _cinema(uow, cinema_id)
+
+
+async def list_cinemas(uow: UnitOfWork, page: PageRequest) -> Page[Cinema]:
+    async with uow:
+        return await uow.cinemas.list(page)
+
+
+async def _cinema(uow: UnitOfWork, cinema_id: uuid.UUID) -> Cinema:
+    cinema = await uow.cinemas.get(cinema_id)
+    if cinema is None:
+        raise CinemaNotFound(cinema_id)
+    return cinema
+
+
+# ---------------------------------------------------------------- halls
+
+
+@dataclass(frozen=True)
+class CreateHall:
+    cinema_id: uuid.UUID
+    name: str
+    layout: SeatLayout
+    request: RequestKey | None = None
+
+
+async def create_hall(uow: UnitOfWork, clock: Clock, cmd: CreateHall) -> Hall:
+    violations = Violations()
+    name = clean_text(violations, "name", cmd.name, max_length=100)
+    violations.extend(cmd.layout.violations().items)
+    violations.raise_if_any()
+    async with uow:
+        if (earlier := await earlier_result(uow, "CreateHall", cmd.request)) is not None:
+            return await _hall(uow, earlier)
+        await _cinema(uow, cmd.cinema_id)
+        hall_id = uuid.uuid4()
+        now = clock.now()
+        hall = Hall(hall_id, cmd.cinema_id, name, cmd.layout, generate_seats(hall_id, cmd.layout), now, now)
+        # The hall row and every seat row go into this one transaction: a failure on any
+        # seat leaves no hall behind.
+        await uow.halls.add(hall)
+        await remember_result(uow, "CreateHall", cmd.request, hall.id)
+        await uow.commit()
+    return hall
+
+
+async def get_hall(uow: UnitOfWork, hall_id: uuid.UUID) -> Hall:
+    async with uow:
+        return await _hall(uow, hall_id)
+
+
+async def list_halls(uow: UnitOfWork, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]:
+    async with uow:
+        await _cinema(uow, cinema_id)
+        return await uow.halls.list(cinema_id, page)
+
+
+async def rename_hall(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, new_name: str) -> Hall:
+    violations = Violations()
+    name = clean_text(violations, "name", new_name, max_length=100)
+    violations.raise_if_any()
+    async with uow:
+        hall = replace(await _hall(uow, hall_id, for_update=True), name=name, updated_at=clock.now())
+        await uow.halls.rename(hall)
+        await uow.commit()
+    return hall
+
+
+async def replace_hall_layout(
+    uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, layout: SeatLayout
+) -> Hall:
+    layout.violations().raise_if_any()
+    async with uow:
+        # The row lock on the hall serialises this with seat claims checks of other relayouts.
+        hall = await _hall(uow, hall_id, for_update=True)
+        now = clock.now()
+        upcoming = await uow.showtimes.upcoming_for_hall(hall_id, now)
+        claims = await uow.showtimes.count_active_claims([s.id for s in upcoming], now)
+        if claims:
+            raise HallHasClaims(
+                f"{claims} seat(s) of upcoming showtimes of this hall are held or sold; "
+                "the layout can change once they are released or the showtimes are over",
+                subject=f"halls/{hall_id}",
+                metadata={"active_claims": str(claims)},
+            )
+        seats = generate_seats(hall_id, layout)
+        new_kinds = {seat.kind for seat in seats}
+        for showtime in upcoming:
+            unpriced = sorted(new_kinds - set(showtime.prices))
+            if unpriced:
+                raise ShowtimePriceMissing(
+                    f"showtime {showtime.id} has no price for seat kind {', '.join(unpriced)}",
+                    subject=f"showtimes/{showtime.id}",
+                )
+        hall = replace(hall, layout=layout, seats=seats, updated_at=now)
+        await uow.halls.replace_seats(hall)
+        await uow.commit()
+    return hall
+
+
+@dataclass(frozen=True)
+class SetSeatService:
+    hall_id: uuid.UUID
+    seat_id: uuid.UUID
+    in_service: bool
+    reason: str
+
+
+async def set_seat_service(uow: UnitOfWork, clock: Clock, cmd: SetSeatService) -> Seat:
+    violations = Violations()
+    reason = clean_text(violations, "reason", cmd.reason, max_length=200, required=not cmd.in_service)
+    violations.raise_if_any()
+    async with uow:
+        hall = await _hall(uow, cmd.hall_id, for_update=True)
+        seat = hall.seat(cmd.seat_id)
+        if seat is None:
+            raise SeatNotFound(cmd.seat_id)
+        seat = replace(seat, in_service=cmd.in_service, out_of_service_reason="" if cmd.in_service else reason)
+        await uow.halls.update_seat(seat, clock.now())
+        await uow.commit()
+    return seat
+
+
+async def _hall(uow: UnitOfWork, hall_id: uuid.UUID, *, for_update: bool = False) -> Hall:
+    hall = await uow.halls.get(hall_id, for_update=for_update)
+    if hall is None:
+        raise HallNotFound(hall_id)
+    return hall
+
+
+# ---------------------------------------------------------------- movies
+
+
+@dataclass(frozen=True)
+class MovieFields:
+    title: str
+    duration_minutes: int
+    rating: str
+    active: bool
+
+
+MOVIE_FIELDS = frozenset({"title", "duration_minutes", "rating", "active"})
+
+
+def _movie_violations(fields: MovieFields, names: frozenset[str], prefix: str) -> tuple[Violations, MovieFields]:
+    violations = Violations()
+    title = fields.title
+    rating = fields.rating
+    if "title" in names:
+        title = clean_text(violations, f"{prefix}.title", fields.title, max_length=200)
+    if "rating" in names:
+        rating = clean_text(violations, f"{prefix}.rating", fields.rating, max_length=20, required=False)
+    if "duration_minutes" in names and not 1 <= fields.duration_minutes <= MAX_DURATION_MINUTES:
+        violations.add(f"{prefix}.duration_minutes", "OUT_OF_RANGE", f"must be 1 to {MAX_DURATION_MINUTES}")
+    return violations, replace(fields, title=title, rating=rating)
+
+
+async def create_movie(
+    uow: UnitOfWork, clock: Clock, fields: MovieFields, request: RequestKey | None = None
+) -> Movie:
+    violations, fields = _movie_violations(fields, MOVIE_FIELDS, "movie")
+    violations.raise_if_any()
+    async with uow:
+        if (earlier := await earlier_result(uow, "CreateMovie", request)) is not None:
+            return await _movie(uow, earlier)
+        now = clock.now()
+        movie = Movie(uuid.uuid4(), fields.title, fields.duration_minutes, fields.rating, fields.active, now, now)
+        await uow.movies.add(movie)
+        await remember_result(uow, "CreateMovie", request, movie.id)
+        await uow.commit()
+    return movie
+
+
+async def update_movie(
+    uow: UnitOfWork, clock: Clock, movie_id: uuid.UUID, fields: MovieFields, mask: frozenset[str]
+) -> Movie:
+    violations = Violations()
+    if not mask:
+        violations.add("update_mask", "REQUIRED", "name the fields to change")
+    for name in sorted(mask - MOVIE_FIELDS):
+        violations.add("update_mask", "UNKNOWN_FIELD", f"{name} cannot be changed")
+    field_violations, fields = _movie_violations(fields, mask & MOVIE_FIELDS, "movie")
+    violations.extend(field_violations.items)
+    violations.raise_if_any()
+    async with uow:
+        movie = await _movie(uow, movie_id, for_update=True)
+        changes = {name: getattr(fields, name) for name in mask}
+        movie = replace(movie, **changes, updated_at=clock.now())
+        await uow.movies.update(movie)
+        await uow.commit()
+    return movie
+
+
+async def get_movie(uow: UnitOfWork, movie_id: uuid.UUID) -> Movie:
+    async with uow:
+        return await _movie(uow, movie_id)
+
+
+async def list_movies(uow: UnitOfWork, movie_filter: MovieFilter, page: PageRequest) -> Page[Movie]:
+    async with uow:
+        return await uow.movies.list(movie_filter, page)
+
+
+async def _movie(uow: UnitOfWork, movie_id: uuid.UUID, *, for_update: bool = False) -> Movie:
+    movie = await uow.movies.get(movie_id, for_update=for_update)
+    if movie is None:
+        raise MovieNotFound(movie_id)
+    return movie
+
+
+# ---------------------------------------------------------------- showtimes
+
+
+@dataclass(frozen=True)
+class CreateShowtime:
+    hall_id: uuid.UUID
+    movie_id: uuid.UUID
+    starts_at: datetime
+    prices: Sequence[tuple[SeatKind, Money]]
+    request: RequestKey | None = None
+
+
+async def create_showtime(uow: UnitOfWork, clock: Clock, cmd: CreateShowtime) -> Showtime:
+    now = clock.now()
+    violations = Violations()
+    if cmd.starts_at <= now:
+        violations.add("start_time", "IN_PAST", "must be in the future")
+    elif cmd.starts_at > now + MAX_SCHEDULE_AHEAD:
+        violations.add("start_time", "OUT_OF_RANGE", "must be within two years")
+    violations.raise_if_any()
+    async with uow:
+        if (earlier := await earlier_result(uow, "CreateShowtime", cmd.request)) is not None:
+            return await _showtime(uow, earlier)
+        hall = await _hall(uow, cmd.hall_id)
+        movie = await _movie(uow, cmd.movie_id)
+        cinema = await _cinema(uow, hall.cinema_id)
+        price_violations(cmd.prices, hall.seat_kinds, cinema.currency).raise_if_any()
+        if not movie.active:
+            raise MovieInactive(f"movie {movie.id} is not active", subject=f"movies/{movie.id}")
+        period = BusyPeriod.for_screening(cmd.starts_at, movie.duration)
+        showtime = Showtime(
+            uuid.uuid4(),
+            cinema.id,
+            hall.id,
+            movie.id,
+            period,
+            dict(cmd.prices),
+            ShowtimeState.SCHEDULED,
+            "",
+            now,
+        )
+        # The exclusion constraint decides; this read only produces a helpful answer
+        # without paying for a failed insert in the common case.
+        in_the_way = await uow.showtimes.first_overlapping(hall.id, period.starts_at, period.busy_until)
+        if in_the_way is None:
+            try:
+                await uow.showtimes.add(showtime)
+            except HallSlotTaken:
+                in_the_way = await uow.showtimes.first_overlapping(hall.id, period.starts_at, period.busy_until)
+                if in_the_way is None:  # the winner was cancelled meanwhile; let the client retry
+                    raise
+        if in_the_way is not None:
+            free = await _free_halls(uow, hall.cinema_id, period, hall.seat_count, exclude=hall.id)
+            raise ShowtimeOverlap(
+                ShowtimeConflict(str(in_the_way.id), in_the_way.starts_at, in_the_way.period.busy_until, free)
+            )
+        await remember_result(uow, "CreateShowtime", cmd.request, showtime.id)
+        await uow.commit()
+    return showtime
+
+
+async def get_showtime(uow: UnitOfWork, showtime_id: uuid.UUID) -> Showtime:
+    async with uow:
+        return await _showtime(uow, showtime_id)
+
+
+@dataclass(frozen=True)
+class ListShowtimes:
+    cinema_id: uuid.UUID | None
+    movie_id: uuid.UUID | None
+    hall_id: uuid.UUID | None
+    local_date: date | None
+    include_cancelled: bool
+
+
+async def list_showtimes(uow: UnitOfWork, query: ListShowtimes, page: PageRequest) -> Page[Showtime]:
+    if query.local_date is not None and query.cinema_id is None:
+        raise invalid("cinema_id", "REQUIRED", "a day is a day in one cinema's time zone")
+    async with uow:
+        starts_from = starts_before = None
+        if query.local_date is not None and query.cinema_id is not None:
+            cinema = await _cinema(uow, query.cinema_id)
+            d = query.local_date
+            starts_from, starts_before = cinema.local_day_bounds(d.year, d.month, d.day)
+        showtime_filter = ShowtimeFilter(
+            cinema_id=query.cinema_id,
+            movie_id=query.movie_id,
+            hall_id=query.hall_id,
+            starts_from=starts_from,
+            starts_before=starts_before,
+            include_cancelled=query.include_cancelled,
+        )
+        return await uow.showtimes.list(showtime_filter, page)
+
+
+async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID, reason: str) -> Showtime:
+    violations = Violations()
+    reason = clean_text(violations, "reason", reason, max_length=500)
+    violations.raise_if_any()
+    async with uow:
+        showtime = await _showtime(uow, showtime_id, for_update=True)
+        if showtime.state is ShowtimeState.CANCELLED:
+            return showtime
+        if showtime.has_started(clock.now()):
+            raise ShowtimeAlreadyStarted(
+                f"showtime {showtime.id} started at {showtime.starts_at.isoformat()}",
+                subject=f"showtimes/{showtime.id}",
+            )
+        showtime = showtime.cancelled(reason)
+        await uow.showtimes.update_state(showtime)
+        await uow.commit()
+    return showtime
+
+
+@dataclass(frozen=True)
+class FindFreeHalls:
+    cinema_id: uuid.UUID
+    starts_at: datetime
+    duration_minutes: int
+    min_seats: int
+
+
+async def find_free_halls(uow: UnitOfWork, query: FindFreeHalls) -> tuple[HallSuggestion, ...]:
+    violations = Violations()
+    if not 1 <= query.duration_minutes <= MAX_DURATION_MINUTES:
+        violations.add("duration_minutes", "OUT_OF_RANGE", f"must be 1 to {MAX_DURATION_MINUTES}")
+    if query.min_seats < 0:
+        violations.add("min_seats", "OUT_OF_RANGE", "must not be negative")
+    violations.raise_if_any()
+    period = BusyPeriod.for_screening(query.starts_at, timedelta(minutes=query.duration_minutes))
+    async with uow:
+        await _cinema(uow, query.cinema_id)
+        return await _free_halls(uow, query.cinema_id, period, query.min_seats)
+
+
+async def _free_halls(
+    uow: UnitOfWork, cinema_id: uuid.UUID, period: BusyPeriod, min_seats: int, *, exclude: uuid.UUID | None = None
+) -> tuple[HallSuggestion, ...]:
+    capacities = await uow.halls.capacities(cinema_id)
+    busy = await uow.showtimes.busy_hall_ids(cinema_id, period.starts_at, period.busy_until)
+    return choose_free_halls(
+        capacities, busy, min_seats=min_seats, exclude_hall_id=str(exclude) if exclude else None
+    )
+
+
+async def _showtime(uow: UnitOfWork, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime:
+    showtime = await uow.showtimes.get(showtime_id, for_update=for_update)
+    if showtime is None:
+        raise ShowtimeNotFound(showtime_id)
+    return showtime

@@ -1,0 +1,96 @@
+"""Composition root: wires storage, use cases and servicers into a gRPC server and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
+from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.domain.ports import Clock, UnitOfWork
+from cinema_grpc.services.interceptors import RpcInterceptor
+from cinema_grpc.services.screening import ScreeningServicer
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import Database, open_database
+from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+
+log = structlog.get_logger("cinema_grpc.server")
+
+SERVICE_NAMES = (screening_pb2.DESCRIPTOR.services_by_name["ScreeningService"].full_name,)
+
+
+class CinemaServer:
+    """The gRPC server with health and reflection, and the resources it must release."""
+
+    def __init__(self, settings: Settings, database: Database, clock: Clock) -> None:
+        self.settings = settings
+        self.database = database
+        limit = settings.max_message_bytes
+        self.grpc = grpc.aio.server(
+            interceptors=[RpcInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # Find dead peers of long-lived streams; allow client pings without calls.
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+
+        def unit_of_work() -> UnitOfWork:
+            return SqlUnitOfWork(database.sessions)
+
+        uow: Callable[[], UnitOfWork] = unit_of_work
+        screening_pb2_grpc.add_ScreeningServiceServicer_to_server(ScreeningServicer(uow, clock), self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", host=self.settings.grpc_host, port=self.port)
+
+    async def stop(self) -> None:
+        """Graceful shutdown: report NOT_SERVING, let in-flight RPCs finish, release the pool."""
+        log.info("shutting down", grace_seconds=self.settings.shutdown_grace_seconds)
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        await self.database.close()
+        log.info("stopped")
+
+
+def create_server(settings: Settings, database: Database, clock: Clock | None = None) -> tuple[CinemaServer, int]:
+    """Builds the server and binds its port (port 0 picks a free one); call ``start`` to serve."""
+    server = CinemaServer(settings, database, clock or SystemClock())
+    return server, server.port
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    database = await asyncio.to_thread(open_database, settings)
+    try:
+        server, _ = create_server(settings, database)
+    except BaseException:
+        await database.close()
+        raise
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

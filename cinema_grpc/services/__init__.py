@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf <-> domain conversion, error mapping and request logging."""

@@ -1,0 +1,76 @@
+"""Conversions shared by all servicers: ids, timestamps, money, request fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from cinema.common.v1 import money_pb2
+from cinema_grpc.domain.errors import Violations
+from cinema_grpc.domain.money import MAX_AMOUNT_MINOR, Money, is_currency_code
+
+
+def parse_id(violations: Violations, field: str, value: str, *, required: bool = True) -> uuid.UUID | None:
+    if not value:
+        if required:
+            violations.add(field, "REQUIRED", "must be set")
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        violations.add(field, "INVALID_FORMAT", "must be a UUID")
+        return None
+
+
+def require_id(field: str, value: str) -> uuid.UUID:
+    """The id of the one resource a request is about; a bad or missing id fails the request."""
+    violations = Violations()
+    parsed = parse_id(violations, field, value)
+    violations.raise_if_any()
+    assert parsed is not None
+    return parsed
+
+
+def parse_time(violations: Violations, field: str, parent: Message, name: str) -> datetime | None:
+    if not parent.HasField(name):
+        violations.add(field, "REQUIRED", "must be set")
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(parent, name)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        violations.add(field, "OUT_OF_RANGE", "is not a valid point in time")
+        return None
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def parse_money(violations: Violations, field: str, parent: Message, name: str) -> Money | None:
+    if not parent.HasField(name):
+        violations.add(field, "REQUIRED", "must be set")
+        return None
+    money: money_pb2.Money = getattr(parent, name)
+    if not is_currency_code(money.currency_code):
+        violations.add(f"{field}.currency_code", "INVALID_FORMAT", "must be an ISO 4217 code such as EUR")
+        return None
+    if abs(money.amount_minor) > MAX_AMOUNT_MINOR:
+        violations.add(f"{field}.amount_minor", "OUT_OF_RANGE", "is implausibly large")
+        return None
+    return Money(money.amount_minor, money.currency_code)
+
+
+def money(value: Money) -> money_pb2.Money:
+    return money_pb2.Money(amount_minor=value.amount_minor, currency_code=value.currency)
+
+
+def fingerprint(request: Message) -> str:
+    """Identifies a request's content, so a reused request_id with other content is caught."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()

@@ -1,0 +1,124 @@
+"""The one server interceptor: request ids, structured RPC logs and error mapping."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from grpc.aio import AbortError, ServicerContext
+
+from cinema_grpc.domain.errors import DomainError
+from cinema_grpc.services.status import domain_error_status, internal_error_status
+
+log = structlog.get_logger("cinema_grpc.rpc")
+REQUEST_ID_HEADER = "x-request-id"
+
+UnaryBehavior = Callable[[Any, ServicerContext], Awaitable[Any]]
+StreamBehavior = Callable[[Any, ServicerContext], AsyncIterator[Any]]
+
+
+def _request_id(context: ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+class _Call:
+    """Bookkeeping of one RPC: its id, timing and the status it ended with."""
+
+    def __init__(self, method: str, context: ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.request_id = _request_id(context)
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.reason = ""
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=method)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
+
+    async def fail(self, exc: Exception) -> None:
+        """Aborts the RPC with the status that ``exc`` stands for; always raises."""
+        if isinstance(exc, DomainError):
+            status = domain_error_status(exc)
+            self.reason = exc.reason
+        else:
+            log.error("unexpected error", exc_info=exc, correlation_id=self.request_id)
+            status = internal_error_status(self.request_id)
+            self.reason = "INTERNAL"
+        self.code = status.code
+        await self.context.abort(
+            status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_HEADER, self.request_id))
+        )
+
+    def finish(self) -> None:
+        if self.context.cancelled() and self.code is grpc.StatusCode.OK:
+            self.code = grpc.StatusCode.CANCELLED
+        log.info(
+            "rpc",
+            code=self.code.name,
+            reason=self.reason or None,
+            duration_ms=round((time.perf_counter() - self.started) * 1000, 2),
+        )
+        structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+
+def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+    async def handle(request: Any, context: ServicerContext) -> Any:
+        call = _Call(method, context)
+        try:
+            return await behavior(request, context)
+        except AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is turned into a status
+            await call.fail(exc)
+        finally:
+            call.finish()
+
+    return handle
+
+
+def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+    async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+        call = _Call(method, context)
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is turned into a status
+            await call.fail(exc)
+        finally:
+            call.finish()
+
+    return handle
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        # Health and reflection are left as they are: they have their own semantics.
+        if handler is None or not method.startswith("/cinema."):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

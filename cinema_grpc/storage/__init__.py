@@ -1,0 +1,1 @@
+"""PostgreSQL storage: rows, repositories, the unit of work, advisory locks and migrations."""

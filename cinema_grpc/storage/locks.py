@@ -1,0 +1,24 @@
+"""Every PostgreSQL advisory lock key the system uses comes from here.
+
+Keys are 64-bit values derived from a namespace and a value, so locks of different purposes
+never collide and every lock in pg_locks can be traced to the code that takes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+
+
+class LockNamespace(enum.StrEnum):
+    # Held for the whole migration run so replicas starting together migrate one at a time.
+    MIGRATIONS = "migrations"
+    # Transaction lock per (scope, request_id): two concurrent retries of one request wait
+    # for each other, so the second sees what the first recorded and never repeats it.
+    REQUEST_ID = "request-id"
+
+
+def advisory_key(namespace: LockNamespace, value: str = "") -> int:
+    """A signed 64-bit key for pg_advisory_*lock(bigint), stable across processes and releases."""
+    digest = hashlib.blake2b(f"{namespace}:{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

@@ -1,0 +1,123 @@
+"""SQLAlchemy row classes. They mirror the migrations (the schema comes only from migrations)
+and never leave the storage package: repositories turn them into domain entities."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Identity, Integer, MetaData, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Timestamp = TIMESTAMP(timezone=True)
+
+
+class Row(DeclarativeBase):
+    metadata = MetaData()
+
+
+class CinemaRow(Row):
+    __tablename__ = "cinemas"
+    __table_args__ = {"schema": "screening"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    time_zone: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class HallRow(Row):
+    __tablename__ = "halls"
+    __table_args__ = {"schema": "screening"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    key: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+    cinema_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.cinemas.id"))
+    name: Mapped[str] = mapped_column(Text)
+    layout: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class SeatRow(Row):
+    __tablename__ = "seats"
+    __table_args__ = {"schema": "screening"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    hall_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.halls.id"))
+    row_index: Mapped[int] = mapped_column(Integer)
+    row_label: Mapped[str] = mapped_column(Text)
+    number: Mapped[int] = mapped_column(Integer)
+    grid_column: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(Text)
+    in_service: Mapped[bool] = mapped_column(Boolean, default=True)
+    out_of_service_reason: Mapped[str] = mapped_column(Text, default="")
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class MovieRow(Row):
+    __tablename__ = "movies"
+    __table_args__ = {"schema": "screening"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    rating: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ShowtimeRow(Row):
+    __tablename__ = "showtimes"
+    __table_args__ = {"schema": "screening"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    cinema_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.cinemas.id"))
+    hall_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.halls.id"))
+    hall_key: Mapped[int] = mapped_column(BigInteger, ForeignKey("screening.halls.key"))
+    movie_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.movies.id"))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    ends_at: Mapped[datetime] = mapped_column(Timestamp)
+    busy_until: Mapped[datetime] = mapped_column(Timestamp)
+    state: Mapped[str] = mapped_column(Text)
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ShowtimePriceRow(Row):
+    __tablename__ = "showtime_prices"
+    __table_args__ = {"schema": "screening"}
+
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+
+
+class SeatClaimRow(Row):
+    __tablename__ = "seat_claims"
+    __table_args__ = {"schema": "booking"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    seat_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.seats.id"))
+    status: Mapped[str] = mapped_column(Text)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RequestLogRow(Row):
+    __tablename__ = "request_log"
+    __table_args__ = {"schema": "api"}
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)
+    resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

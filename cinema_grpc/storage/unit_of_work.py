@@ -1,0 +1,68 @@
+"""The unit of work: one database transaction per RPC that rolls back unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+import psycopg.errors
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
+from cinema_grpc.storage.screening_repositories import (
+    SqlCinemaRepository,
+    SqlHallRepository,
+    SqlMovieRepository,
+    SqlRequestLog,
+    SqlShowtimeRepository,
+)
+
+
+def translate_database_error(exc: DBAPIError) -> DomainError | None:
+    """The domain error a database failure means to a caller, or None for a bug (INTERNAL)."""
+    original = exc.orig
+    if isinstance(original, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
+        return Contention("the resource is busy; retry shortly")
+    if isinstance(original, psycopg.errors.SerializationFailure):
+        return Contention("a concurrent change got in the way; retry")
+    if isinstance(original, psycopg.errors.QueryCanceled):
+        return Contention("the database did not answer in time; retry shortly")
+    if exc.connection_invalidated or isinstance(
+        original, psycopg.OperationalError | psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow
+    ):
+        return StorageUnavailable("the database is unreachable; retry later")
+    return None
+
+
+class SqlUnitOfWork:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def __aenter__(self) -> Self:
+        self.session = self._sessions()
+        self.cinemas = SqlCinemaRepository(self.session)
+        self.halls = SqlHallRepository(self.session)
+        self.movies = SqlMovieRepository(self.session)
+        self.showtimes = SqlShowtimeRepository(self.session)
+        self.requests = SqlRequestLog(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.session.rollback()
+            await self.session.close()
+        except DBAPIError:
+            # The connection is gone; the pool will discard it. The original error matters more.
+            if exc is None:
+                raise
+        if isinstance(exc, DBAPIError) and (domain_error := translate_database_error(exc)) is not None:
+            raise domain_error from exc
+
+    async def commit(self) -> None:
+        await self.session.commit()
