@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the gRPC server until SIGTERM/SIGINT")
     serve_cmd.add_argument("--host", help="listen address (default CINEMA_GRPC_HOST or 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, help="listen port, 0 for any free one (default CINEMA_GRPC_PORT or 50051)")
+    serve_cmd.add_argument(
+        "--port", type=int, help="listen port, 0 for any free one (default CINEMA_GRPC_PORT or 50051)"
+    )
     serve_cmd.set_defaults(run=_serve)
     commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)
     seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")

@@ -24,7 +24,9 @@ def _key(*parts: object) -> RequestKey:
     return RequestKey(str(uuid.uuid5(_NAMESPACE, "/".join(map(str, parts)))), "seed-demo")
 
 
-def _rows(labels: str, columns: int, *, gaps: frozenset[int] = frozenset(), kind: SeatKind = SeatKind.STANDARD) -> list[RowSpec]:
+def _rows(
+    labels: str, columns: int, *, gaps: frozenset[int] = frozenset(), kind: SeatKind = SeatKind.STANDARD
+) -> list[RowSpec]:
     return [RowSpec(label, columns, kind, gaps) for label in labels]
 
 
@@ -37,7 +39,16 @@ LAYOUTS = {
     ),
     "Hall 2": SeatLayout(
         (
-            RowSpec("A", 10, overrides={1: SeatKind.WHEELCHAIR, 2: SeatKind.COMPANION, 9: SeatKind.COMPANION, 10: SeatKind.WHEELCHAIR}),
+            RowSpec(
+                "A",
+                10,
+                overrides={
+                    1: SeatKind.WHEELCHAIR,
+                    2: SeatKind.COMPANION,
+                    9: SeatKind.COMPANION,
+                    10: SeatKind.WHEELCHAIR,
+                },
+            ),
             *_rows("BCDEFG", 10),
             *_rows("H", 10, kind=SeatKind.PREMIUM),
         )
@@ -69,9 +80,7 @@ async def seed_demo(unit_of_work: Callable[[], UnitOfWork], clock: Clock, days: 
         for name, layout in LAYOUTS.items()
     ]
     movies = [
-        await uc.create_movie(
-            unit_of_work(), clock, uc.MovieFields(title, minutes, rating, True), _key("movie", title)
-        )
+        await uc.create_movie(unit_of_work(), clock, uc.MovieFields(title, minutes, rating, True), _key("movie", title))
         for title, minutes, rating in MOVIES
     ]
     today = clock.now().astimezone(cinema.zone).date()
@@ -85,7 +94,9 @@ async def seed_demo(unit_of_work: Callable[[], UnitOfWork], clock: Clock, days: 
                     continue
                 movie = movies[(day + h + s) % len(movies)]
                 prices = [(kind, Money(PRICES[kind], "EUR")) for kind in sorted(hall.seat_kinds)]
-                cmd = uc.CreateShowtime(hall.id, movie.id, starts_at, prices, _key("showtime", hall.name, local_day, slot))
+                cmd = uc.CreateShowtime(
+                    hall.id, movie.id, starts_at, prices, _key("showtime", hall.name, local_day, slot)
+                )
                 try:
                     await uc.create_showtime(unit_of_work(), clock, cmd)
                 except ShowtimeOverlap:

@@ -177,9 +177,7 @@ class PreconditionFailed(DomainError):
 
     kind = ErrorKind.FAILED_PRECONDITION
 
-    def __init__(
-        self, message: str, *, subject: str, metadata: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, subject: str, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message, metadata=metadata)
         self.subject = subject
 

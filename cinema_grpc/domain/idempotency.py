@@ -41,14 +41,10 @@ async def earlier_result(uow: UnitOfWork, scope: str, key: RequestKey | None) ->
     if prior is None:
         return None
     if prior.fingerprint != key.fingerprint:
-        raise RequestIdReused(
-            f"request_id {key.request_id} was already used for a different request"
-        )
+        raise RequestIdReused(f"request_id {key.request_id} was already used for a different request")
     return prior.resource_id
 
 
-async def remember_result(
-    uow: UnitOfWork, scope: str, key: RequestKey | None, resource_id: uuid.UUID
-) -> None:
+async def remember_result(uow: UnitOfWork, scope: str, key: RequestKey | None, resource_id: uuid.UUID) -> None:
     if key is not None:
         await uow.requests.record(scope, key.request_id, key.fingerprint, resource_id)

@@ -7,9 +7,7 @@ import unicodedata
 from cinema_grpc.domain.errors import Violations
 
 
-def clean_text(
-    violations: Violations, field: str, value: str, *, max_length: int, required: bool = True
-) -> str:
+def clean_text(violations: Violations, field: str, value: str, *, max_length: int, required: bool = True) -> str:
     """Returns the trimmed value; records a violation when it is empty, too long or unprintable."""
     text = value.strip()
     if required and not text:

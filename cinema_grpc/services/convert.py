@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
+from grpc.aio import ServicerContext
 
 from cinema.common.v1 import money_pb2
 from cinema_grpc.domain.errors import Violations
 from cinema_grpc.domain.money import MAX_AMOUNT_MINOR, Money, is_currency_code
+
+Context: TypeAlias = ServicerContext[Any, Any]
 
 
 def parse_id(violations: Violations, field: str, value: str, *, required: bool = True) -> uuid.UUID | None:

@@ -5,23 +5,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
-from grpc.aio import AbortError, ServicerContext
+from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError
+from cinema_grpc.services.convert import Context
 from cinema_grpc.services.status import domain_error_status, internal_error_status
 
 log = structlog.get_logger("cinema_grpc.rpc")
 REQUEST_ID_HEADER = "x-request-id"
 
-UnaryBehavior = Callable[[Any, ServicerContext], Awaitable[Any]]
-StreamBehavior = Callable[[Any, ServicerContext], AsyncIterator[Any]]
+UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-def _request_id(context: ServicerContext) -> str:
+def _request_id(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
             return value
@@ -31,7 +32,7 @@ def _request_id(context: ServicerContext) -> str:
 class _Call:
     """Bookkeeping of one RPC: its id, timing and the status it ended with."""
 
-    def __init__(self, method: str, context: ServicerContext) -> None:
+    def __init__(self, method: str, context: Context) -> None:
         self.method = method
         self.context = context
         self.request_id = _request_id(context)
@@ -68,7 +69,7 @@ class _Call:
 
 
 def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-    async def handle(request: Any, context: ServicerContext) -> Any:
+    async def handle(request: Any, context: Context) -> Any:
         call = _Call(method, context)
         try:
             return await behavior(request, context)
@@ -83,7 +84,7 @@ def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
 
 
 def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
-    async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         call = _Call(method, context)
         try:
             async for response in behavior(request, context):
@@ -101,9 +102,9 @@ def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         # Health and reflection are left as they are: they have their own semantics.
@@ -111,13 +112,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method, handler.unary_unary),
+                _unary(method, cast(UnaryBehavior, handler.unary_unary)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(method, handler.unary_stream),
+                _stream(method, cast(StreamBehavior, handler.unary_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

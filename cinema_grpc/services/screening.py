@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import date as date_type
 
 from google.protobuf.message import Message
-from grpc.aio import ServicerContext
 
 from cinema.screening.v1 import screening_pb2 as pb
 from cinema.screening.v1 import screening_pb2_grpc
@@ -29,6 +28,7 @@ from cinema_grpc.domain.screening.model import (
     ShowtimeState,
 )
 from cinema_grpc.services.convert import (
+    Context,
     fingerprint,
     money,
     parse_id,
@@ -39,7 +39,7 @@ from cinema_grpc.services.convert import (
 )
 from cinema_grpc.services.status import register_details
 
-_KINDS: dict[int, SeatKind] = {
+_KINDS: dict[pb.SeatKind.ValueType, SeatKind] = {
     pb.SEAT_KIND_STANDARD: SeatKind.STANDARD,
     pb.SEAT_KIND_PREMIUM: SeatKind.PREMIUM,
     pb.SEAT_KIND_WHEELCHAIR: SeatKind.WHEELCHAIR,
@@ -52,7 +52,9 @@ _STATES = {ShowtimeState.SCHEDULED: pb.SHOWTIME_STATE_SCHEDULED, ShowtimeState.C
 # ---------------------------------------------------------------- requests -> domain
 
 
-def _kind(violations: Violations, field: str, value: int, *, default: SeatKind | None = None) -> SeatKind:
+def _kind(
+    violations: Violations, field: str, value: pb.SeatKind.ValueType, *, default: SeatKind | None = None
+) -> SeatKind:
     if value == pb.SEAT_KIND_UNSPECIFIED and default is not None:
         return default
     kind = _KINDS.get(value)
@@ -69,7 +71,9 @@ def _layout(violations: Violations, message: pb.SeatLayout, field: str = "layout
         overrides: dict[int, SeatKind] = {}
         for j, override in enumerate(row.overrides):
             if override.column in overrides:
-                violations.add(f"{path}.overrides[{j}].column", "DUPLICATE", f"column {override.column} is overridden twice")
+                violations.add(
+                    f"{path}.overrides[{j}].column", "DUPLICATE", f"column {override.column} is overridden twice"
+                )
             overrides[override.column] = _kind(violations, f"{path}.overrides[{j}].kind", override.kind)
         if len(row.gap_columns) > MAX_COLUMNS:
             violations.add(f"{path}.gap_columns", "OUT_OF_RANGE", f"at most {MAX_COLUMNS} gaps")
@@ -211,7 +215,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         self._uow = unit_of_work
         self._clock = clock
 
-    async def CreateCinema(self, request: pb.CreateCinemaRequest, context: ServicerContext) -> pb.Cinema:
+    async def CreateCinema(self, request: pb.CreateCinemaRequest, context: Context) -> pb.Cinema:
         violations = Violations()
         key = request_key(violations, request.request_id, fingerprint(request))
         violations.raise_if_any()
@@ -219,18 +223,18 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         cmd = uc.CreateCinema(cinema.name, cinema.time_zone, cinema.currency_code, key)
         return cinema_message(await uc.create_cinema(self._uow(), self._clock, cmd))
 
-    async def GetCinema(self, request: pb.GetCinemaRequest, context: ServicerContext) -> pb.Cinema:
+    async def GetCinema(self, request: pb.GetCinemaRequest, context: Context) -> pb.Cinema:
         cinema_id = require_id("cinema_id", request.cinema_id)
         return cinema_message(await uc.get_cinema(self._uow(), cinema_id))
 
-    async def ListCinemas(self, request: pb.ListCinemasRequest, context: ServicerContext) -> pb.ListCinemasResponse:
+    async def ListCinemas(self, request: pb.ListCinemasRequest, context: Context) -> pb.ListCinemasResponse:
         page = page_request(request.page_size, request.page_token, "ListCinemas")
         result = await uc.list_cinemas(self._uow(), page)
         return pb.ListCinemasResponse(
             cinemas=[cinema_message(c) for c in result.items], next_page_token=result.next_page_token(page)
         )
 
-    async def CreateHall(self, request: pb.CreateHallRequest, context: ServicerContext) -> pb.Hall:
+    async def CreateHall(self, request: pb.CreateHallRequest, context: Context) -> pb.Hall:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id)
         key = request_key(violations, request.request_id, fingerprint(request))
@@ -240,11 +244,11 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         cmd = uc.CreateHall(cinema_id, request.name, layout, key)
         return hall_message(await uc.create_hall(self._uow(), self._clock, cmd))
 
-    async def GetHall(self, request: pb.GetHallRequest, context: ServicerContext) -> pb.Hall:
+    async def GetHall(self, request: pb.GetHallRequest, context: Context) -> pb.Hall:
         hall_id = require_id("hall_id", request.hall_id)
         return hall_message(await uc.get_hall(self._uow(), hall_id))
 
-    async def ListHalls(self, request: pb.ListHallsRequest, context: ServicerContext) -> pb.ListHallsResponse:
+    async def ListHalls(self, request: pb.ListHallsRequest, context: Context) -> pb.ListHallsResponse:
         cinema_id = require_id("cinema_id", request.cinema_id)
         page = page_request(request.page_size, request.page_token, "ListHalls", cinema_id)
         result = await uc.list_halls(self._uow(), cinema_id, page)
@@ -252,11 +256,11 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
             halls=[hall_message(h) for h in result.items], next_page_token=result.next_page_token(page)
         )
 
-    async def RenameHall(self, request: pb.RenameHallRequest, context: ServicerContext) -> pb.Hall:
+    async def RenameHall(self, request: pb.RenameHallRequest, context: Context) -> pb.Hall:
         hall_id = require_id("hall_id", request.hall_id)
         return hall_message(await uc.rename_hall(self._uow(), self._clock, hall_id, request.name))
 
-    async def ReplaceHallLayout(self, request: pb.ReplaceHallLayoutRequest, context: ServicerContext) -> pb.Hall:
+    async def ReplaceHallLayout(self, request: pb.ReplaceHallLayoutRequest, context: Context) -> pb.Hall:
         violations = Violations()
         hall_id = parse_id(violations, "hall_id", request.hall_id)
         layout = _layout(violations, request.layout)
@@ -264,7 +268,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         assert hall_id is not None
         return hall_message(await uc.replace_hall_layout(self._uow(), self._clock, hall_id, layout))
 
-    async def SetSeatService(self, request: pb.SetSeatServiceRequest, context: ServicerContext) -> pb.Seat:
+    async def SetSeatService(self, request: pb.SetSeatServiceRequest, context: Context) -> pb.Seat:
         violations = Violations()
         hall_id = parse_id(violations, "hall_id", request.hall_id)
         seat_id = parse_id(violations, "seat_id", request.seat_id)
@@ -273,7 +277,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         cmd = uc.SetSeatService(hall_id, seat_id, request.in_service, request.reason)
         return seat_message(await uc.set_seat_service(self._uow(), self._clock, cmd))
 
-    async def CreateMovie(self, request: pb.CreateMovieRequest, context: ServicerContext) -> pb.Movie:
+    async def CreateMovie(self, request: pb.CreateMovieRequest, context: Context) -> pb.Movie:
         violations = Violations()
         key = request_key(violations, request.request_id, fingerprint(request))
         violations.raise_if_any()
@@ -281,11 +285,11 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         fields = uc.MovieFields(m.title, m.duration_minutes, m.rating, m.active)
         return movie_message(await uc.create_movie(self._uow(), self._clock, fields, key))
 
-    async def GetMovie(self, request: pb.GetMovieRequest, context: ServicerContext) -> pb.Movie:
+    async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.Movie:
         movie_id = require_id("movie_id", request.movie_id)
         return movie_message(await uc.get_movie(self._uow(), movie_id))
 
-    async def ListMovies(self, request: pb.ListMoviesRequest, context: ServicerContext) -> pb.ListMoviesResponse:
+    async def ListMovies(self, request: pb.ListMoviesRequest, context: Context) -> pb.ListMoviesResponse:
         violations = Violations()
         if len(request.title_contains) > 200:
             violations.add("title_contains", "TOO_LONG", "must be at most 200 characters")
@@ -297,14 +301,14 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
             movies=[movie_message(m) for m in result.items], next_page_token=result.next_page_token(page)
         )
 
-    async def UpdateMovie(self, request: pb.UpdateMovieRequest, context: ServicerContext) -> pb.Movie:
+    async def UpdateMovie(self, request: pb.UpdateMovieRequest, context: Context) -> pb.Movie:
         movie_id = require_id("movie.id", request.movie.id)
         m = request.movie
         fields = uc.MovieFields(m.title, m.duration_minutes, m.rating, m.active)
         mask = frozenset(request.update_mask.paths)
         return movie_message(await uc.update_movie(self._uow(), self._clock, movie_id, fields, mask))
 
-    async def CreateShowtime(self, request: pb.CreateShowtimeRequest, context: ServicerContext) -> pb.Showtime:
+    async def CreateShowtime(self, request: pb.CreateShowtimeRequest, context: Context) -> pb.Showtime:
         violations = Violations()
         hall_id = parse_id(violations, "hall_id", request.hall_id)
         movie_id = parse_id(violations, "movie_id", request.movie_id)
@@ -318,13 +322,11 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         cmd = uc.CreateShowtime(hall_id, movie_id, starts_at, prices, key)
         return showtime_message(await uc.create_showtime(self._uow(), self._clock, cmd))
 
-    async def GetShowtime(self, request: pb.GetShowtimeRequest, context: ServicerContext) -> pb.Showtime:
+    async def GetShowtime(self, request: pb.GetShowtimeRequest, context: Context) -> pb.Showtime:
         showtime_id = require_id("showtime_id", request.showtime_id)
         return showtime_message(await uc.get_showtime(self._uow(), showtime_id))
 
-    async def ListShowtimes(
-        self, request: pb.ListShowtimesRequest, context: ServicerContext
-    ) -> pb.ListShowtimesResponse:
+    async def ListShowtimes(self, request: pb.ListShowtimesRequest, context: Context) -> pb.ListShowtimesResponse:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id, required=False)
         movie_id = parse_id(violations, "movie_id", request.movie_id, required=False)
@@ -343,13 +345,11 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
             showtimes=[showtime_message(s) for s in result.items], next_page_token=result.next_page_token(page)
         )
 
-    async def CancelShowtime(self, request: pb.CancelShowtimeRequest, context: ServicerContext) -> pb.Showtime:
+    async def CancelShowtime(self, request: pb.CancelShowtimeRequest, context: Context) -> pb.Showtime:
         showtime_id = require_id("showtime_id", request.showtime_id)
         return showtime_message(await uc.cancel_showtime(self._uow(), self._clock, showtime_id, request.reason))
 
-    async def FindFreeHalls(
-        self, request: pb.FindFreeHallsRequest, context: ServicerContext
-    ) -> pb.FindFreeHallsResponse:
+    async def FindFreeHalls(self, request: pb.FindFreeHallsRequest, context: Context) -> pb.FindFreeHallsResponse:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id)
         starts_at = parse_time(violations, "start_time", request, "start_time")

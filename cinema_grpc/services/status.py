@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -49,7 +50,7 @@ def _status(code: grpc.StatusCode, message: str, details: list[Message]) -> grpc
         message=message,
         details=[_packed(d) for d in details],
     )
-    return rpc_status.to_status(status)
+    return cast(grpc.Status, rpc_status.to_status(status))
 
 
 def domain_error_status(error: DomainError) -> grpc.Status:

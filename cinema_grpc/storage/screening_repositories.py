@@ -86,7 +86,7 @@ class SqlCinemaRepository:
         row = await self._session.get(CinemaRow, cinema_id)
         return _cinema(row) if row else None
 
-    async def list(self, page: PageRequest) -> Page[Cinema]:
+    async def list_page(self, page: PageRequest) -> Page[Cinema]:
         key = (func.lower(CinemaRow.name), CinemaRow.id)
         query = select(CinemaRow).order_by(*key).limit(page.size + 1)
         if (after := _after(key, page, (str, uuid.UUID))) is not None:
@@ -190,7 +190,7 @@ class SqlHallRepository:
             return None
         return (await self._with_seats([row]))[0]
 
-    async def list(self, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]:
+    async def list_page(self, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]:
         key = (func.lower(HallRow.name), HallRow.id)
         query = select(HallRow).where(HallRow.cinema_id == cinema_id).order_by(*key).limit(page.size + 1)
         if (after := _after(key, page, (str, uuid.UUID))) is not None:
@@ -210,7 +210,15 @@ class SqlHallRepository:
         for seat_row in await self._session.scalars(query):
             seats[seat_row.hall_id].append(_seat(seat_row))
         return [
-            Hall(row.id, row.cinema_id, row.name, _layout(row.layout), tuple(seats[row.id]), row.created_at, row.updated_at)
+            Hall(
+                row.id,
+                row.cinema_id,
+                row.name,
+                _layout(row.layout),
+                tuple(seats[row.id]),
+                row.created_at,
+                row.updated_at,
+            )
             for row in rows
         ]
 
@@ -257,7 +265,9 @@ class SqlHallRepository:
             .where(HallRow.cinema_id == cinema_id)
             .group_by(HallRow.id)
         )
-        return [HallSuggestion(str(hall_id), name, count) for hall_id, name, count in await self._session.execute(query)]
+        return [
+            HallSuggestion(str(hall_id), name, count) for hall_id, name, count in await self._session.execute(query)
+        ]
 
 
 # ---------------------------------------------------------------- movies
@@ -292,7 +302,7 @@ class SqlMovieRepository:
         row = await self._session.scalar(query)
         return _movie(row) if row else None
 
-    async def list(self, movie_filter: MovieFilter, page: PageRequest) -> Page[Movie]:
+    async def list_page(self, movie_filter: MovieFilter, page: PageRequest) -> Page[Movie]:
         key = (func.lower(MovieRow.title), MovieRow.id)
         query = select(MovieRow).order_by(*key).limit(page.size + 1)
         if movie_filter.active_only:
@@ -362,7 +372,12 @@ class SqlShowtimeRepository:
         await self._session.execute(
             insert(ShowtimePriceRow),
             [
-                {"showtime_id": showtime.id, "kind": kind.value, "amount_minor": price.amount_minor, "currency": price.currency}
+                {
+                    "showtime_id": showtime.id,
+                    "kind": kind.value,
+                    "amount_minor": price.amount_minor,
+                    "currency": price.currency,
+                }
                 for kind, price in showtime.prices.items()
             ],
         )
@@ -376,7 +391,7 @@ class SqlShowtimeRepository:
             return None
         return (await self._with_prices([row]))[0]
 
-    async def list(self, showtime_filter: ShowtimeFilter, page: PageRequest) -> Page[Showtime]:
+    async def list_page(self, showtime_filter: ShowtimeFilter, page: PageRequest) -> Page[Showtime]:
         f = showtime_filter
         key = (ShowtimeRow.starts_at, ShowtimeRow.id)
         query = select(ShowtimeRow).order_by(*key).limit(page.size + 1)
@@ -440,7 +455,9 @@ class SqlShowtimeRepository:
         return (await self._with_prices([row]))[0] if row else None
 
     async def busy_hall_ids(self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime) -> set[str]:
-        query = select(ShowtimeRow.hall_id).where(ShowtimeRow.cinema_id == cinema_id, _busy_during(starts_at, busy_until))
+        query = select(ShowtimeRow.hall_id).where(
+            ShowtimeRow.cinema_id == cinema_id, _busy_during(starts_at, busy_until)
+        )
         return {str(hall_id) for hall_id in await self._session.scalars(query)}
 
     async def upcoming_for_hall(self, hall_id: uuid.UUID, now: datetime) -> list[Showtime]:
@@ -480,5 +497,7 @@ class SqlRequestLog:
 
     async def record(self, scope: str, request_id: str, fingerprint: str, resource_id: uuid.UUID) -> None:
         await self._session.execute(
-            insert(RequestLogRow).values(scope=scope, request_id=request_id, fingerprint=fingerprint, resource_id=resource_id)
+            insert(RequestLogRow).values(
+                scope=scope, request_id=request_id, fingerprint=fingerprint, resource_id=resource_id
+            )
         )

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
+from cinema_grpc.domain.ports import CinemaRepository, HallRepository, MovieRepository, RequestLog, ShowtimeRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
     SqlHallRepository,
@@ -41,11 +42,11 @@ class SqlUnitOfWork:
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
-        self.cinemas = SqlCinemaRepository(self.session)
-        self.halls = SqlHallRepository(self.session)
-        self.movies = SqlMovieRepository(self.session)
-        self.showtimes = SqlShowtimeRepository(self.session)
-        self.requests = SqlRequestLog(self.session)
+        self.cinemas: CinemaRepository = SqlCinemaRepository(self.session)
+        self.halls: HallRepository = SqlHallRepository(self.session)
+        self.movies: MovieRepository = SqlMovieRepository(self.session)
+        self.showtimes: ShowtimeRepository = SqlShowtimeRepository(self.session)
+        self.requests: RequestLog = SqlRequestLog(self.session)
         return self
 
     async def __aexit__(

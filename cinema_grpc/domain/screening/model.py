@@ -114,9 +114,7 @@ class SeatLayout:
                 continue
             bad_gaps = sorted(c for c in row.gap_columns if not 1 <= c <= row.columns)
             if bad_gaps:
-                found.add(
-                    f"{path}.gap_columns", "OUT_OF_RANGE", f"columns {bad_gaps} are outside 1..{row.columns}"
-                )
+                found.add(f"{path}.gap_columns", "OUT_OF_RANGE", f"columns {bad_gaps} are outside 1..{row.columns}")
             for column in sorted(row.overrides):
                 if not 1 <= column <= row.columns or column in row.gap_columns:
                     found.add(
@@ -186,8 +184,7 @@ class Hall:
 
 def generate_seats(hall_id: uuid.UUID, layout: SeatLayout) -> tuple[Seat, ...]:
     return tuple(
-        Seat(uuid.uuid4(), hall_id, spec.row_label, spec.number, spec.column, spec.kind)
-        for spec in layout.seats()
+        Seat(uuid.uuid4(), hall_id, spec.row_label, spec.number, spec.column, spec.kind) for spec in layout.seats()
     )
 
 

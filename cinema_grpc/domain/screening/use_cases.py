@@ -46,7 +46,6 @@ from cinema_grpc.domain.screening.model import (
 )
 from cinema_grpc.domain.text import clean_text
 
-
 # ---------------------------------------------------------------- cinemas
 
 
@@ -83,7 +82,7 @@ async def get_cinema(uow: UnitOfWork, cinema_id: uuid.UUID) -> Cinema:
 
 async def list_cinemas(uow: UnitOfWork, page: PageRequest) -> Page[Cinema]:
     async with uow:
-        return await uow.cinemas.list(page)
+        return await uow.cinemas.list_page(page)
 
 
 async def _cinema(uow: UnitOfWork, cinema_id: uuid.UUID) -> Cinema:
@@ -132,7 +131,7 @@ async def get_hall(uow: UnitOfWork, hall_id: uuid.UUID) -> Hall:
 async def list_halls(uow: UnitOfWork, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]:
     async with uow:
         await _cinema(uow, cinema_id)
-        return await uow.halls.list(cinema_id, page)
+        return await uow.halls.list_page(cinema_id, page)
 
 
 async def rename_hall(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, new_name: str) -> Hall:
@@ -146,9 +145,7 @@ async def rename_hall(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, new_nam
     return hall
 
 
-async def replace_hall_layout(
-    uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, layout: SeatLayout
-) -> Hall:
+async def replace_hall_layout(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, layout: SeatLayout) -> Hall:
     layout.violations().raise_if_any()
     async with uow:
         # The row lock on the hall serialises this with seat claims checks of other relayouts.
@@ -235,9 +232,7 @@ def _movie_violations(fields: MovieFields, names: frozenset[str], prefix: str) -
     return violations, replace(fields, title=title, rating=rating)
 
 
-async def create_movie(
-    uow: UnitOfWork, clock: Clock, fields: MovieFields, request: RequestKey | None = None
-) -> Movie:
+async def create_movie(uow: UnitOfWork, clock: Clock, fields: MovieFields, request: RequestKey | None = None) -> Movie:
     violations, fields = _movie_violations(fields, MOVIE_FIELDS, "movie")
     violations.raise_if_any()
     async with uow:
@@ -278,7 +273,7 @@ async def get_movie(uow: UnitOfWork, movie_id: uuid.UUID) -> Movie:
 
 async def list_movies(uow: UnitOfWork, movie_filter: MovieFilter, page: PageRequest) -> Page[Movie]:
     async with uow:
-        return await uow.movies.list(movie_filter, page)
+        return await uow.movies.list_page(movie_filter, page)
 
 
 async def _movie(uow: UnitOfWork, movie_id: uuid.UUID, *, for_update: bool = False) -> Movie:
@@ -380,7 +375,7 @@ async def list_showtimes(uow: UnitOfWork, query: ListShowtimes, page: PageReques
             starts_before=starts_before,
             include_cancelled=query.include_cancelled,
         )
-        return await uow.showtimes.list(showtime_filter, page)
+        return await uow.showtimes.list_page(showtime_filter, page)
 
 
 async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID, reason: str) -> Showtime:
@@ -428,9 +423,7 @@ async def _free_halls(
 ) -> tuple[HallSuggestion, ...]:
     capacities = await uow.halls.capacities(cinema_id)
     busy = await uow.showtimes.busy_hall_ids(cinema_id, period.starts_at, period.busy_until)
-    return choose_free_halls(
-        capacities, busy, min_seats=min_seats, exclude_hall_id=str(exclude) if exclude else None
-    )
+    return choose_free_halls(capacities, busy, min_seats=min_seats, exclude_hall_id=str(exclude) if exclude else None)
 
 
 async def _showtime(uow: UnitOfWork, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime:
