@@ -12,5 +12,5 @@ mkdir -p generated
 # protos are generated.
 $PY -m grpc_tools.protoc -Iprotos -I"$SITE" \
   --python_out=generated --grpc_python_out=generated \
-  --mypy_out=generated --mypy_grpc_out=generated \
+  --mypy_out=quiet:generated --mypy_grpc_out=quiet:generated \
   $(find protos -name '*.proto' | LC_ALL=C sort)

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cinema_grpc.domain.errors import HallSuggestion, Violations
@@ -64,7 +64,8 @@ class Cinema:
         """UTC bounds [start, end) of one calendar day in the cinema's time zone (DST-aware)."""
         start = datetime(year, month, day, tzinfo=self.zone)
         end = datetime.combine(start.date() + timedelta(days=1), start.time(), tzinfo=self.zone)
-        return start, end
+        # Arithmetic between datetimes of one ZoneInfo is wall-clock arithmetic; UTC is not.
+        return start.astimezone(UTC), end.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+# Everything runs from the project's own virtual environment, created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install serve test check lint typecheck proto-check generate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+## Run the server on the embedded PostgreSQL (or DATABASE_URL) with demo data.
+serve: install
+	$(BIN)/cinema-grpc seed-demo
+	$(BIN)/cinema-grpc serve
+
+## Run the whole test suite (unit, integration, e2e).
+test: install
+	$(BIN)/pytest
+
+## Static checks: lint, format, types, proto lint/format/breaking, generated code is fresh.
+check: lint typecheck proto-check
+
+lint: install
+	$(BIN)/ruff check cinema_grpc tests
+	$(BIN)/ruff format --check cinema_grpc tests
+
+typecheck: install
+	$(BIN)/mypy
+
+proto-check: install
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	scripts/check-breaking.sh
+	scripts/generate.sh
+	@git diff --exit-code --stat -- generated || (echo "generated/ is stale: run 'make generate' and commit"; exit 1)
+	@test -z "$$(git status --porcelain -- generated)" || (echo "generated/ has untracked files: commit them"; exit 1)
+
+generate: install
+	scripts/generate.sh
+
+clean:
+	rm -rf $(VENV) .cinema-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real PostgreSQL (embedded by default, or DATABASE_URL's server) and a real
+cinema-grpc server on a loopback port, reached through a real gRPC channel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+from cinema.screening.v1 import screening_pb2_grpc
+from cinema_grpc.log_config import configure_logging
+from cinema_grpc.server import CinemaServer, create_server
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
+
+SCHEMAS = ("screening", "booking", "api")
+
+# Warnings and errors only: expected failures of RPCs under test would drown the output.
+configure_logging("WARNING", "console")
+
+
+def _libpq(url: str) -> str:
+    """A URL psycopg accepts (no SQLAlchemy driver suffix)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database for this test session.
+
+    With DATABASE_URL set, a fresh database is created on that server and dropped afterwards;
+    otherwise an embedded PostgreSQL runs in a temporary directory.
+    """
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        name = f"cinema_test_{uuid.uuid4().hex[:12]}"
+        admin = psycopg.connect(_libpq(configured), autocommit=True)
+        admin.execute(f'CREATE DATABASE "{name}"')
+        url = make_url(_libpq(configured)).set(database=name).render_as_string(hide_password=False)
+        try:
+            migrate(sqlalchemy_url(url))
+            yield url
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+        return
+    embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+    url = embedded.start()
+    try:
+        migrate(sqlalchemy_url(url))
+        yield url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def db_admin(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A direct autocommit connection for looking at rows and arranging states."""
+    with psycopg.connect(_libpq(database_url), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def db(db_admin: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[tuple[object, ...]]:
+    """The admin connection, on an emptied database."""
+    tables = db_admin.execute(
+        "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = ANY(%s)",
+        (list(SCHEMAS),),
+    ).fetchall()
+    db_admin.execute(f"TRUNCATE {', '.join(str(t[0]) for t in tables)} RESTART IDENTITY CASCADE")
+    return db_admin
+
+
+class RunningServer:
+    """A CinemaServer on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.settings = settings
+        self.server: CinemaServer | None = None
+        self._thread = threading.Thread(target=self._run, name="cinema-grpc-test-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("test server did not start")
+        assert self.server is not None
+        self.port = self.server.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def start() -> None:
+            database = open_database(self.settings, run_migrations=False)
+            self.server, _ = create_server(self.settings, database)
+            await self.server.start()
+            self._ready.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def server_settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, grpc_port=0, shutdown_grace_seconds=2, log_format="console")
+
+
+@pytest.fixture(scope="session")
+def server(server_settings: Settings) -> Iterator[RunningServer]:
+    running = RunningServer(server_settings)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def address(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def channel(address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+@pytest.fixture
+def screening(
+    channel: grpc.Channel, db: psycopg.Connection[tuple[object, ...]]
+) -> screening_pb2_grpc.ScreeningServiceStub:
+    """A screening client on an emptied database."""
+    return screening_pb2_grpc.ScreeningServiceStub(channel)

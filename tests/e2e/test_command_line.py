@@ -1,0 +1,170 @@
+"""The cinema-grpc command as operators run it: serve on an embedded PostgreSQL, grpcurl
+through reflection, health, graceful shutdown on SIGTERM, and an idempotent seed-demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+
+
+def grpcurl(port: int, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+    """grpcurl -plaintext [-d DATA] 127.0.0.1:PORT ARGS..."""
+    flags = ["-d", data] if data is not None else []
+    return subprocess.run(
+        [str(BIN / "grpcurl"), "-plaintext", *flags, f"127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"server exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}"
+            )
+        result = grpcurl(port, "grpc.health.v1.Health/Check", data='{"service": ""}')
+        if result.returncode == 0 and "SERVING" in result.stdout:
+            return
+        time.sleep(0.2)
+    raise AssertionError("server did not report SERVING in time")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CINEMA_DATABASE_URL"}}
+    env.update(CINEMA_DATA_DIR=str(tmp_path / "data"), CINEMA_GRPC_PORT=str(port), CINEMA_SHUTDOWN_GRACE_SECONDS="5")
+    process = subprocess.Popen(
+        [str(BIN / "cinema-grpc"), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_serving(port, process)
+        yield port, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm(
+    served: tuple[int, subprocess.Popen[str]],
+) -> None:
+    port, process = served
+    listed = grpcurl(port, "list")
+    assert listed.stdout.split() == [
+        "cinema.screening.v1.ScreeningService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    described = grpcurl(port, "describe", "cinema.screening.v1.ScreeningService")
+    assert (
+        "rpc CreateHall ( .cinema.screening.v1.CreateHallRequest ) returns ( .cinema.screening.v1.Hall )"
+        in described.stdout
+    )
+
+    cinema = grpcurl(
+        port,
+        "cinema.screening.v1.ScreeningService/CreateCinema",
+        data='{"cinema": {"name": "Rialto", "time_zone": "Europe/Rome", "currency_code": "EUR"}}',
+    )
+    assert cinema.returncode == 0, cinema.stderr
+    cinema_id = json.loads(cinema.stdout)["id"]
+    hall = grpcurl(
+        port,
+        "cinema.screening.v1.ScreeningService/CreateHall",
+        data=json.dumps(
+            {
+                "cinema_id": cinema_id,
+                "name": "Sala 1",
+                "layout": {"rows": [{"label": "A", "columns": 8}, {"label": "B", "columns": 8}]},
+            }
+        ),
+    )
+    assert hall.returncode == 0, hall.stderr
+    assert json.loads(hall.stdout)["seat_count"] == 16
+
+    missing = grpcurl(
+        port, "cinema.screening.v1.ScreeningService/GetHall", data='{"hall_id": "00000000-0000-0000-0000-000000000000"}'
+    )
+    assert missing.returncode == 64 + 5  # grpcurl exits with 64 + the gRPC code (NOT_FOUND)
+    assert "HALL_NOT_FOUND" in missing.stdout + missing.stderr
+
+    health = grpcurl(port, "grpc.health.v1.Health/Check", data='{"service": "cinema.screening.v1.ScreeningService"}')
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    logs = [
+        json.loads(line)
+        for line in (process.stderr.read() if process.stderr else "").splitlines()
+        if line.startswith("{")
+    ]
+    events = [entry["event"] for entry in logs]
+    assert "shutting down" in events and events[-1] == "stopped"
+    rpc_logs = [entry for entry in logs if entry["event"] == "rpc"]
+    assert {entry["code"] for entry in rpc_logs} >= {"OK", "NOT_FOUND"}
+    assert all(entry["request_id"] for entry in rpc_logs)
+
+
+def test_seed_demo_is_idempotent(database_url: str, db: object) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    runs = [
+        subprocess.run(
+            [str(BIN / "cinema-grpc"), "seed-demo", "--days", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        for _ in range(2)
+    ]
+    first, second = (json.loads(run.stdout) for run in runs)
+    assert first == second
+    assert first["halls"] == 3 and first["movies"] == 4 and first["showtimes"] > 0
+
+
+def test_bad_flags_and_configuration_fail_with_a_clear_message(tmp_path: Path) -> None:
+    bad_flag = subprocess.run(
+        [str(BIN / "cinema-grpc"), "serve", "--port", "x"], capture_output=True, text=True, check=False
+    )
+    assert bad_flag.returncode == 2 and "invalid int value" in bad_flag.stderr
+    env = {**os.environ, "CINEMA_GRPC_PORT": "99999"}
+    bad_config = subprocess.run(
+        [str(BIN / "cinema-grpc"), "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    assert bad_config.returncode == 2 and "grpc_port" in bad_config.stderr
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX userland")
+def test_migrate_brings_a_configured_database_to_the_newest_schema(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    done = subprocess.run(
+        [str(BIN / "cinema-grpc"), "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "newest migration" in done.stdout
