@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Identity, Integer, MetaData, String, Text, func
+from sqlalchemy import CHAR, BigInteger, Boolean, ForeignKey, Identity, Integer, MetaData, Text, func
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -25,7 +25,7 @@ class CinemaRow(Row):
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
     name: Mapped[str] = mapped_column(Text)
     time_zone: Mapped[str] = mapped_column(Text)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[str] = mapped_column(CHAR(3))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
@@ -95,7 +95,7 @@ class ShowtimePriceRow(Row):
     showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"), primary_key=True)
     kind: Mapped[str] = mapped_column(Text, primary_key=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[str] = mapped_column(CHAR(3))
 
 
 class SeatClaimRow(Row):
@@ -107,7 +107,7 @@ class SeatClaimRow(Row):
     seat_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.seats.id"))
     status: Mapped[str] = mapped_column(Text)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[str] = mapped_column(CHAR(3))
     expires_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
