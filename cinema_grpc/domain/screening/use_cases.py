@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from cinema_grpc.domain.errors import (
     CinemaNotFound,
@@ -14,6 +15,7 @@ from cinema_grpc.domain.errors import (
     HallSuggestion,
     MovieInactive,
     MovieNotFound,
+    NotFound,
     SeatNotFound,
     ShowtimeAlreadyStarted,
     ShowtimeConflict,
@@ -45,6 +47,8 @@ from cinema_grpc.domain.screening.model import (
     zone_of,
 )
 from cinema_grpc.domain.text import clean_text
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- cinemas
 
@@ -85,11 +89,14 @@ async def list_cinemas(uow: UnitOfWork, page: PageRequest) -> Page[Cinema]:
         return await uow.cinemas.list_page(page)
 
 
+def _found(entity: T | None, missing: type[NotFound], entity_id: uuid.UUID) -> T:
+    if entity is None:
+        raise missing(entity_id)
+    return entity
+
+
 async def _cinema(uow: UnitOfWork, cinema_id: uuid.UUID) -> Cinema:
-    cinema = await uow.cinemas.get(cinema_id)
-    if cinema is None:
-        raise CinemaNotFound(cinema_id)
-    return cinema
+    return _found(await uow.cinemas.get(cinema_id), CinemaNotFound, cinema_id)
 
 
 # ---------------------------------------------------------------- halls
@@ -199,10 +206,7 @@ async def set_seat_service(uow: UnitOfWork, clock: Clock, cmd: SetSeatService) -
 
 
 async def _hall(uow: UnitOfWork, hall_id: uuid.UUID, *, for_update: bool = False) -> Hall:
-    hall = await uow.halls.get(hall_id, for_update=for_update)
-    if hall is None:
-        raise HallNotFound(hall_id)
-    return hall
+    return _found(await uow.halls.get(hall_id, for_update=for_update), HallNotFound, hall_id)
 
 
 # ---------------------------------------------------------------- movies
@@ -277,10 +281,7 @@ async def list_movies(uow: UnitOfWork, movie_filter: MovieFilter, page: PageRequ
 
 
 async def _movie(uow: UnitOfWork, movie_id: uuid.UUID, *, for_update: bool = False) -> Movie:
-    movie = await uow.movies.get(movie_id, for_update=for_update)
-    if movie is None:
-        raise MovieNotFound(movie_id)
-    return movie
+    return _found(await uow.movies.get(movie_id, for_update=for_update), MovieNotFound, movie_id)
 
 
 # ---------------------------------------------------------------- showtimes
@@ -427,7 +428,4 @@ async def _free_halls(
 
 
 async def _showtime(uow: UnitOfWork, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime:
-    showtime = await uow.showtimes.get(showtime_id, for_update=for_update)
-    if showtime is None:
-        raise ShowtimeNotFound(showtime_id)
-    return showtime
+    return _found(await uow.showtimes.get(showtime_id, for_update=for_update), ShowtimeNotFound, showtime_id)
