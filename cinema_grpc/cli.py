@@ -1,16 +1,21 @@
-"""The cinema-grpc command: serve, migrate, seed-demo."""
+"""The cinema-grpc command: serve, migrate, seed-demo, create-admin."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 
 from pydantic import ValidationError
 
 from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.adapters.passwords import Argon2PasswordHasher
 from cinema_grpc.demo import seed_demo
+from cinema_grpc.domain.errors import ValidationFailed
+from cinema_grpc.domain.identity.model import User
+from cinema_grpc.domain.identity.use_cases import create_admin
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import serve
 from cinema_grpc.settings import Settings
@@ -50,6 +55,43 @@ def _seed_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise SystemExit("cinema-grpc: no terminal to ask for the password; use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password (again): "):
+        raise SystemExit("cinema-grpc: the passwords differ")
+    return first
+
+
+def _create_admin(settings: Settings, args: argparse.Namespace) -> int:
+    password = _read_password(args)
+
+    async def run() -> User:
+        database = await asyncio.to_thread(open_database, settings)
+        try:
+            return await create_admin(
+                SqlUnitOfWork(database.sessions),
+                Argon2PasswordHasher(),
+                SystemClock(),
+                email=args.email,
+                password=password,
+                display_name=args.name,
+            )
+        finally:
+            await database.close()
+
+    try:
+        user = asyncio.run(run())
+    except ValidationFailed as exc:
+        print(f"cinema-grpc: {exc.message}", file=sys.stderr)
+        return 2
+    print(json.dumps({"user_id": str(user.id), "email": user.email, "roles": sorted(r.name for r in user.roles)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinema-grpc",
@@ -66,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")
     seed.add_argument("--days", type=int, default=7, choices=range(1, 31), metavar="1..30", help="days of showtimes")
     seed.set_defaults(run=_seed_demo)
+    admin = commands.add_parser("create-admin", help="create an admin account, or make an existing account admin")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--name", default="Administrator", help="display name of a new account")
+    admin.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin instead of asking"
+    )
+    admin.set_defaults(run=_create_admin)
     return parser
 
 

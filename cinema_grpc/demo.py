@@ -21,7 +21,7 @@ _NAMESPACE = uuid.UUID("6f1c1d2e-8a52-4c1e-9d7e-3b7f0d6c2a10")
 
 
 def _key(*parts: object) -> RequestKey:
-    return RequestKey(str(uuid.uuid5(_NAMESPACE, "/".join(map(str, parts)))), "seed-demo")
+    return RequestKey(str(uuid.uuid5(_NAMESPACE, "/".join(map(str, parts)))), "seed-demo", "seed-demo")
 
 
 def _rows(

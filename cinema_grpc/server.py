@@ -11,9 +11,15 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
 from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.adapters.passwords import Argon2PasswordHasher
+from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
+from cinema_grpc.domain.identity.use_cases import Authenticator
 from cinema_grpc.domain.ports import Clock, UnitOfWork
+from cinema_grpc.services.access import AccessControl, declared_policies
+from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
 from cinema_grpc.services.screening import ScreeningServicer
 from cinema_grpc.settings import Settings
@@ -22,7 +28,11 @@ from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
 log = structlog.get_logger("cinema_grpc.server")
 
-SERVICE_NAMES = (screening_pb2.DESCRIPTOR.services_by_name["ScreeningService"].full_name,)
+SERVICES = (
+    screening_pb2.DESCRIPTOR.services_by_name["ScreeningService"],
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+)
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
 class CinemaServer:
@@ -31,9 +41,18 @@ class CinemaServer:
     def __init__(self, settings: Settings, database: Database, clock: Clock) -> None:
         self.settings = settings
         self.database = database
+
+        def unit_of_work() -> UnitOfWork:
+            return SqlUnitOfWork(database.sessions)
+
+        uow: Callable[[], UnitOfWork] = unit_of_work
+        key = settings.token_signing_key.get_secret_value() if settings.token_signing_key else None
+        tokens = JwtTokenCodec(signing_key(key, settings.data_dir))
+        authenticator = Authenticator(tokens, clock, settings.session_cache_seconds)
+        access = AccessControl(declared_policies(SERVICES), authenticator, uow)
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
-            interceptors=[RpcInterceptor()],
+            interceptors=[RpcInterceptor(access)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -44,12 +63,10 @@ class CinemaServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-
-        def unit_of_work() -> UnitOfWork:
-            return SqlUnitOfWork(database.sessions)
-
-        uow: Callable[[], UnitOfWork] = unit_of_work
         screening_pb2_grpc.add_ScreeningServiceServicer_to_server(ScreeningServicer(uow, clock), self.grpc)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+            IdentityServicer(uow, clock, Argon2PasswordHasher(), tokens, authenticator), self.grpc
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     db_lock_timeout_ms: int = Field(default=3000, ge=10)
     # Largest request or response message the server accepts, in bytes.
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Key that signs access and refresh tokens (HS256, at least 32 characters). Every replica
+    # needs the same one. Empty: a development key is generated once in data_dir.
+    token_signing_key: SecretStr | None = None
+    # Seconds a replica trusts its cached check that a session is still signed in.
+    session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")

@@ -20,6 +20,7 @@ from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import CinemaServer, create_server
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
+from tests.auth_client import sign_in, with_token
 
 SCHEMAS = ("screening", "booking", "api")
 
@@ -70,12 +71,18 @@ def db_admin(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...
 
 @pytest.fixture
 def db(db_admin: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[tuple[object, ...]]:
-    """The admin connection, on an emptied database."""
+    """The admin connection, on emptied business tables.
+
+    Accounts are kept (tests use unique emails), so the signed-in staff of the session stays;
+    the login throttle is emptied because all tests sign in from the same address.
+    """
     tables = db_admin.execute(
         "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = ANY(%s)",
         (list(SCHEMAS),),
     ).fetchall()
-    db_admin.execute(f"TRUNCATE {', '.join(str(t[0]) for t in tables)} RESTART IDENTITY CASCADE")
+    db_admin.execute(
+        f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.login_failures RESTART IDENTITY CASCADE"
+    )
     return db_admin
 
 
@@ -137,9 +144,20 @@ def channel(address: str) -> Iterator[grpc.Channel]:
         yield ch
 
 
+@pytest.fixture(scope="session")
+def admin_token(channel: grpc.Channel, db_admin: psycopg.Connection[tuple[object, ...]]) -> str:
+    """An access token of an admin (who may do what staff may) for the whole session."""
+    return sign_in(channel, db_admin, "ADMIN")[1].access_token
+
+
+@pytest.fixture(scope="session")
+def admin_channel(channel: grpc.Channel, admin_token: str) -> grpc.Channel:
+    return with_token(channel, admin_token)
+
+
 @pytest.fixture
 def screening(
-    channel: grpc.Channel, db: psycopg.Connection[tuple[object, ...]]
+    admin_channel: grpc.Channel, db: psycopg.Connection[tuple[object, ...]]
 ) -> screening_pb2_grpc.ScreeningServiceStub:
-    """A screening client on an emptied database."""
-    return screening_pb2_grpc.ScreeningServiceStub(channel)
+    """A screening client signed in as admin, on an emptied database."""
+    return screening_pb2_grpc.ScreeningServiceStub(admin_channel)

@@ -260,3 +260,76 @@ class StorageUnavailable(DomainError):
     @property
     def retry_after_seconds(self) -> float | None:
         return 1.0
+
+
+class TokenRejected(DomainError):
+    """A bearer token that cannot be used; each subclass says why."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    reason = "TOKEN_INVALID"
+
+
+class TokenInvalid(TokenRejected):
+    """Malformed, forged, signed with another key or algorithm, or for another audience."""
+
+    reason = "TOKEN_INVALID"
+
+
+class TokenExpired(TokenRejected):
+    reason = "TOKEN_EXPIRED"
+
+
+class TokenNotYetValid(TokenRejected):
+    reason = "TOKEN_NOT_YET_VALID"
+
+
+class WrongTokenType(TokenRejected):
+    """A refresh token used as an access token or the other way round."""
+
+    reason = "WRONG_TOKEN_TYPE"
+
+
+class TokenRevoked(TokenRejected):
+    """The session was signed out (logout, password change, refresh token reuse)."""
+
+    reason = "TOKEN_REVOKED"
+
+
+class RefreshTokenReused(TokenRejected):
+    """A refresh token came back after it was rotated: the session is signed out."""
+
+    reason = "REFRESH_TOKEN_REUSED"
+
+
+class InvalidCredentials(DomainError):
+    """Wrong email or password; deliberately does not say which."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    reason = "INVALID_CREDENTIALS"
+
+
+class LoginThrottled(DomainError):
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+    reason = "LOGIN_THROTTLED"
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message, metadata={"retry_after_seconds": str(int(retry_after_seconds))})
+        self._retry_after = retry_after_seconds
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
+
+
+class EmailTaken(DomainError):
+    kind = ErrorKind.ALREADY_EXISTS
+    reason = "EMAIL_TAKEN"
+
+
+class UserNotFound(NotFound):
+    reason = "USER_NOT_FOUND"
+    resource_type = "user"
+
+
+class RoleChangeRefused(PreconditionFailed):
+    reason = "ROLE_CHANGE_REFUSED"

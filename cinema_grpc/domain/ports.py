@@ -8,7 +8,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
+from cinema_grpc.domain.access import Caller, Role
 from cinema_grpc.domain.errors import HallSuggestion
+from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
 
@@ -125,6 +127,72 @@ class RequestLog(Protocol):
     async def record(self, scope: str, request_id: str, fingerprint: str, resource_id: uuid.UUID) -> None: ...
 
 
+class UserRepository(Protocol):
+    async def add(self, user: User) -> None:
+        """Raises EmailTaken when the (normalised) email is used."""
+        ...
+
+    async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> User | None: ...
+
+    async def by_email(self, email: str) -> User | None: ...
+
+    async def update_profile(self, user: User) -> None: ...
+
+    async def update_password(self, user: User) -> None: ...
+
+    async def set_roles(self, user_id: uuid.UUID, roles: frozenset[Role]) -> None: ...
+
+
+class SessionRepository(Protocol):
+    async def add(self, session: Session) -> None: ...
+
+    async def get(self, session_id: uuid.UUID, *, for_update: bool = False) -> Session | None: ...
+
+    async def rotate(self, session_id: uuid.UUID, refresh_token_id: str) -> None: ...
+
+    async def revoke(self, session_id: uuid.UUID, now: datetime) -> None: ...
+
+    async def revoke_all(self, user_id: uuid.UUID, now: datetime, *, keep: uuid.UUID | None = None) -> list[uuid.UUID]:
+        """Revokes every usable session of the user but ``keep``; returns the revoked ids."""
+        ...
+
+    async def caller(self, session_id: uuid.UUID, now: datetime) -> Caller | None:
+        """The user of a usable session with their current roles, or None."""
+        ...
+
+
+class LoginThrottle(Protocol):
+    """Counts failed sign-ins per key (an account or a client) in fixed windows."""
+
+    async def failures(self, key: str, since: datetime) -> tuple[int, datetime | None]:
+        """Failures counted since ``since`` and when their window began."""
+        ...
+
+    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> None:
+        """Counts one failure; a window that began before ``window_start_before`` starts over."""
+        ...
+
+    async def clear(self, key: str) -> None: ...
+
+
+class PasswordHasher(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """Also spends the time of a real check when ``password_hash`` is empty."""
+        ...
+
+
+class TokenCodec(Protocol):
+    def issue(self, user: User, session: Session, now: datetime) -> IssuedTokens: ...
+
+    def decode_access(self, token: str) -> AccessClaims:
+        """Raises a TokenRejected error saying why the token cannot be used."""
+        ...
+
+    def decode_refresh(self, token: str) -> RefreshClaims: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless ``commit`` was called."""
 
@@ -133,6 +201,9 @@ class UnitOfWork(Protocol):
     movies: MovieRepository
     showtimes: ShowtimeRepository
     requests: RequestLog
+    users: UserRepository
+    sessions: SessionRepository
+    login_throttle: LoginThrottle
 
     async def __aenter__(self) -> Self: ...
 

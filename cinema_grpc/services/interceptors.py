@@ -1,4 +1,4 @@
-"""The one server interceptor: request ids, structured RPC logs and error mapping."""
+"""The one server interceptor: request ids, access control, structured RPC logs, error mapping."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import structlog
 from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError
+from cinema_grpc.services.access import AccessControl
 from cinema_grpc.services.convert import Context
 from cinema_grpc.services.status import domain_error_status, internal_error_status
 
@@ -39,6 +40,7 @@ class _Call:
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         self.reason = ""
+        self.user_id: uuid.UUID | None = None
         structlog.contextvars.bind_contextvars(request_id=self.request_id, rpc=method)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
@@ -61,6 +63,7 @@ class _Call:
             self.code = grpc.StatusCode.CANCELLED
         log.info(
             "rpc",
+            user_id=str(self.user_id) if self.user_id else None,
             code=self.code.name,
             reason=self.reason or None,
             duration_ms=round((time.perf_counter() - self.started) * 1000, 2),
@@ -68,10 +71,11 @@ class _Call:
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
 
-def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+def _unary(method: str, behavior: UnaryBehavior, access: AccessControl) -> UnaryBehavior:
     async def handle(request: Any, context: Context) -> Any:
         call = _Call(method, context)
         try:
+            call.user_id = (await access.admit(method, context)).user_id
             return await behavior(request, context)
         except AbortError:
             raise
@@ -83,10 +87,11 @@ def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
     return handle
 
 
-def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         call = _Call(method, context)
         try:
+            call.user_id = (await access.admit(method, context)).user_id
             async for response in behavior(request, context):
                 yield response
         except AbortError:
@@ -100,6 +105,9 @@ def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, access: AccessControl) -> None:
+        self._access = access
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -112,13 +120,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method, cast(UnaryBehavior, handler.unary_unary)),
+                _unary(method, cast(UnaryBehavior, handler.unary_unary), self._access),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(method, cast(StreamBehavior, handler.unary_stream)),
+                _stream(method, cast(StreamBehavior, handler.unary_stream), self._access),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -27,6 +27,7 @@ from cinema_grpc.domain.screening.model import (
     Showtime,
     ShowtimeState,
 )
+from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import (
     Context,
     fingerprint,
@@ -217,7 +218,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def CreateCinema(self, request: pb.CreateCinemaRequest, context: Context) -> pb.Cinema:
         violations = Violations()
-        key = request_key(violations, request.request_id, fingerprint(request))
+        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
         violations.raise_if_any()
         cinema = request.cinema
         cmd = uc.CreateCinema(cinema.name, cinema.time_zone, cinema.currency_code, key)
@@ -237,7 +238,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
     async def CreateHall(self, request: pb.CreateHallRequest, context: Context) -> pb.Hall:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id)
-        key = request_key(violations, request.request_id, fingerprint(request))
+        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
         layout = _layout(violations, request.layout)
         violations.raise_if_any()
         assert cinema_id is not None
@@ -279,7 +280,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def CreateMovie(self, request: pb.CreateMovieRequest, context: Context) -> pb.Movie:
         violations = Violations()
-        key = request_key(violations, request.request_id, fingerprint(request))
+        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
         violations.raise_if_any()
         m = request.movie
         fields = uc.MovieFields(m.title, m.duration_minutes, m.rating, m.active)
@@ -316,7 +317,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         if not request.prices:
             violations.add("prices", "REQUIRED", "price every seat kind of the hall")
         prices = _prices(violations, request)
-        key = request_key(violations, request.request_id, fingerprint(request))
+        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
         violations.raise_if_any()
         assert hall_id is not None and movie_id is not None and starts_at is not None
         cmd = uc.CreateShowtime(hall_id, movie_id, starts_at, prices, key)

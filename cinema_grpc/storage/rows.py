@@ -121,3 +121,45 @@ class RequestLogRow(Row):
     fingerprint: Mapped[str] = mapped_column(Text)
     resource_id: Mapped[uuid.UUID] = mapped_column(UUID)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class UserRow(Row):
+    __tablename__ = "users"
+    __table_args__ = {"schema": "identity"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    email: Mapped[str] = mapped_column(Text, unique=True)
+    display_name: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str] = mapped_column(Text)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class UserRoleRow(Row):
+    __tablename__ = "user_roles"
+    __table_args__ = {"schema": "identity"}
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("identity.users.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class SessionRow(Row):
+    __tablename__ = "sessions"
+    __table_args__ = {"schema": "identity"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("identity.users.id"))
+    refresh_token_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class LoginFailureRow(Row):
+    __tablename__ = "login_failures"
+    __table_args__ = {"schema": "identity"}
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    failures: Mapped[int] = mapped_column(Integer)

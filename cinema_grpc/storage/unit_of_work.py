@@ -10,7 +10,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
-from cinema_grpc.domain.ports import CinemaRepository, HallRepository, MovieRepository, RequestLog, ShowtimeRepository
+from cinema_grpc.domain.ports import (
+    CinemaRepository,
+    HallRepository,
+    LoginThrottle,
+    MovieRepository,
+    RequestLog,
+    SessionRepository,
+    ShowtimeRepository,
+    UserRepository,
+)
+from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
     SqlHallRepository,
@@ -47,6 +57,9 @@ class SqlUnitOfWork:
         self.movies: MovieRepository = SqlMovieRepository(self.session)
         self.showtimes: ShowtimeRepository = SqlShowtimeRepository(self.session)
         self.requests: RequestLog = SqlRequestLog(self.session)
+        self.users: UserRepository = SqlUserRepository(self.session)
+        self.sessions: SessionRepository = SqlSessionRepository(self.session)
+        self.login_throttle: LoginThrottle = SqlLoginThrottle(self.session)
         return self
 
     async def __aexit__(

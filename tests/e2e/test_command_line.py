@@ -21,9 +21,11 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-def grpcurl(port: int, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
-    """grpcurl -plaintext [-d DATA] 127.0.0.1:PORT ARGS..."""
+def grpcurl(port: int, *args: str, data: str | None = None, token: str = "") -> subprocess.CompletedProcess[str]:
+    """grpcurl -plaintext [-H authorization] [-d DATA] 127.0.0.1:PORT ARGS..."""
     flags = ["-d", data] if data is not None else []
+    if token:
+        flags += ["-H", f"authorization: Bearer {token}"]
     return subprocess.run(
         [str(BIN / "grpcurl"), "-plaintext", *flags, f"127.0.0.1:{port}", *args],
         capture_output=True,
@@ -54,10 +56,19 @@ def wait_until_serving(port: int, process: subprocess.Popen[str], timeout: float
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    port = free_port()
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """Environment of a server on its own embedded PostgreSQL in a temporary data dir."""
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CINEMA_DATABASE_URL"}}
-    env.update(CINEMA_DATA_DIR=str(tmp_path / "data"), CINEMA_GRPC_PORT=str(port), CINEMA_SHUTDOWN_GRACE_SECONDS="5")
+    env.update(
+        CINEMA_DATA_DIR=str(tmp_path / "data"), CINEMA_GRPC_PORT=str(free_port()), CINEMA_SHUTDOWN_GRACE_SECONDS="5"
+    )
+    return env
+
+
+@pytest.fixture
+def served(embedded_env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = int(embedded_env["CINEMA_GRPC_PORT"])
+    env = embedded_env
     process = subprocess.Popen(
         [str(BIN / "cinema-grpc"), "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -71,11 +82,12 @@ def served(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str]]]:
 
 
 def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm(
-    served: tuple[int, subprocess.Popen[str]],
+    served: tuple[int, subprocess.Popen[str]], embedded_env: dict[str, str]
 ) -> None:
     port, process = served
     listed = grpcurl(port, "list")
     assert listed.stdout.split() == [
+        "cinema.identity.v1.IdentityService",
         "cinema.screening.v1.ScreeningService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
@@ -86,16 +98,38 @@ def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm
         in described.stdout
     )
 
-    cinema = grpcurl(
-        port,
-        "cinema.screening.v1.ScreeningService/CreateCinema",
-        data='{"cinema": {"name": "Rialto", "time_zone": "Europe/Rome", "currency_code": "EUR"}}',
+    new_cinema = '{"cinema": {"name": "Rialto", "time_zone": "Europe/Rome", "currency_code": "EUR"}}'
+    anonymous = grpcurl(port, "cinema.screening.v1.ScreeningService/CreateCinema", data=new_cinema)
+    assert anonymous.returncode == 64 + 16  # UNAUTHENTICATED
+    assert "AUTHENTICATION_REQUIRED" in anonymous.stdout + anonymous.stderr
+
+    # create-admin attaches to the running embedded PostgreSQL of the same data dir
+    admin = subprocess.run(
+        [str(BIN / "cinema-grpc"), "create-admin", "--email", "Boss@Example.com", "--password-stdin"],
+        input="a long enough password\n",
+        env=embedded_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+    assert admin.returncode == 0, admin.stderr
+    assert json.loads(admin.stdout)["roles"] == ["ADMIN", "CUSTOMER"]
+    login = grpcurl(
+        port,
+        "cinema.identity.v1.IdentityService/Login",
+        data='{"email": "boss@example.com", "password": "a long enough password"}',
+    )
+    assert login.returncode == 0, login.stderr
+    token = json.loads(login.stdout)["access_token"]
+
+    cinema = grpcurl(port, "cinema.screening.v1.ScreeningService/CreateCinema", data=new_cinema, token=token)
     assert cinema.returncode == 0, cinema.stderr
     cinema_id = json.loads(cinema.stdout)["id"]
     hall = grpcurl(
         port,
         "cinema.screening.v1.ScreeningService/CreateHall",
+        token=token,
         data=json.dumps(
             {
                 "cinema_id": cinema_id,
@@ -126,7 +160,8 @@ def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm
     events = [entry["event"] for entry in logs]
     assert "shutting down" in events and events[-1] == "stopped"
     rpc_logs = [entry for entry in logs if entry["event"] == "rpc"]
-    assert {entry["code"] for entry in rpc_logs} >= {"OK", "NOT_FOUND"}
+    assert {entry["code"] for entry in rpc_logs} >= {"OK", "NOT_FOUND", "UNAUTHENTICATED"}
+    assert any(entry["user_id"] for entry in rpc_logs)
     assert all(entry["request_id"] for entry in rpc_logs)
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine
 from cinema_grpc.storage.database import sqlalchemy_url
 from cinema_grpc.storage.rows import Row
 
-SCHEMAS = {"screening", "booking", "api"}
+SCHEMAS = {"screening", "booking", "api", "identity"}
 
 
 def test_row_classes_match_the_migrated_schema(database_url: str) -> None:

@@ -16,6 +16,7 @@ from google.type import date_pb2
 from cinema.common.v1 import money_pb2
 from cinema.screening.v1 import screening_pb2 as pb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from tests.auth_client import with_token
 from tests.integration.test_cinemas_and_movies import count
 from tests.rpc_errors import call_fails, failure
 from tests.screening_data import at, grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
@@ -99,7 +100,13 @@ def test_a_cancelled_showtime_frees_its_slot(screening: ScreeningServiceStub, ha
 
 
 def test_fifty_concurrent_creates_of_overlapping_slots_in_one_hall_have_exactly_one_winner(
-    address: str, screening: ScreeningServiceStub, cinema: pb.Cinema, hall: pb.Hall, movie: pb.Movie, db: Db
+    address: str,
+    admin_token: str,
+    screening: ScreeningServiceStub,
+    cinema: pb.Cinema,
+    hall: pb.Hall,
+    movie: pb.Movie,
+    db: Db,
 ) -> None:
     other = make_hall(screening, cinema.id, "Other", grid("ABCDEF", 10))
     start = tomorrow_at(18)
@@ -107,7 +114,7 @@ def test_fifty_concurrent_creates_of_overlapping_slots_in_one_hall_have_exactly_
 
     def create(i: int) -> pb.Showtime | grpc.RpcError:
         with grpc.insecure_channel(address) as channel:
-            stub = ScreeningServiceStub(channel)
+            stub = ScreeningServiceStub(with_token(channel, admin_token))
             grpc.channel_ready_future(channel).result(timeout=10)
             request = showtime_request(hall, movie, start + timedelta(minutes=i))
             barrier.wait()
@@ -129,13 +136,13 @@ def test_fifty_concurrent_creates_of_overlapping_slots_in_one_hall_have_exactly_
 
 
 def test_concurrent_retries_of_one_request_create_one_showtime(
-    address: str, hall: pb.Hall, movie: pb.Movie, db: Db
+    address: str, admin_token: str, hall: pb.Hall, movie: pb.Movie, db: Db
 ) -> None:
     request = showtime_request(hall, movie, tomorrow_at(18), request_id=str(uuid.uuid4()))
 
     def create(_: int) -> str:
         with grpc.insecure_channel(address) as channel:
-            return str(ScreeningServiceStub(channel).CreateShowtime(request, timeout=30).id)
+            return str(ScreeningServiceStub(with_token(channel, admin_token)).CreateShowtime(request, timeout=30).id)
 
     with ThreadPoolExecutor(10) as pool:
         ids = set(pool.map(create, range(10)))

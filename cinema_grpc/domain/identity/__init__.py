@@ -1,0 +1,1 @@
+"""Accounts, sessions and roles. Personal data stays here; other areas know only user ids."""
