@@ -1,0 +1,117 @@
+"""Access and refresh tokens: what is accepted, and every way a token is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+
+from cinema_grpc.adapters.tokens import JwtTokenCodec
+from cinema_grpc.domain.access import Role
+from cinema_grpc.domain.errors import TokenExpired, TokenInvalid, TokenNotYetValid, TokenRejected, WrongTokenType
+from cinema_grpc.domain.identity.model import ACCESS_TOKEN_TTL, Session, User
+
+KEY = "k" * 40
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def user() -> User:
+    return User(uuid.uuid4(), "ana@example.com", "Ana", "", frozenset({Role.CUSTOMER}), "hash", NOW, NOW)
+
+
+def session(owner: User, *, created: datetime = NOW) -> Session:
+    return Session(uuid.uuid4(), owner.id, "refresh-1", created, created + timedelta(days=30))
+
+
+def pair(created: datetime = NOW) -> tuple[User, Session, str, str]:
+    owner = user()
+    sess = session(owner, created=created)
+    issued = JwtTokenCodec(KEY).issue(owner, sess, created)
+    return owner, sess, issued.access_token, issued.refresh_token
+
+
+def b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def test_issued_tokens_decode_to_their_user_and_session() -> None:
+    owner, sess, access, refresh = pair()
+    codec = JwtTokenCodec(KEY)
+    claims = codec.decode_access(access)
+    assert (claims.user_id, claims.session_id) == (owner.id, sess.id)
+    refreshed = codec.decode_refresh(refresh)
+    assert (refreshed.user_id, refreshed.session_id, refreshed.token_id) == (owner.id, sess.id, "refresh-1")
+
+
+def test_access_tokens_live_fifteen_minutes() -> None:
+    issued = JwtTokenCodec(KEY).issue(user(), session(user()), NOW)
+    assert issued.access_expires_at - NOW == ACCESS_TOKEN_TTL == timedelta(minutes=15)
+
+
+def test_a_token_signed_with_another_key_is_refused() -> None:
+    _, _, access, _ = pair()
+    with pytest.raises(TokenInvalid):
+        JwtTokenCodec("x" * 40).decode_access(access)
+
+
+def test_a_forged_signature_is_refused() -> None:
+    _, _, access, _ = pair()
+    header, payload, signature = access.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = str(uuid.uuid4())
+    with pytest.raises(TokenInvalid):
+        JwtTokenCodec(KEY).decode_access(f"{header}.{b64(claims)}.{signature}")
+
+
+def test_alg_none_is_refused() -> None:
+    _, _, access, _ = pair()
+    payload = access.split(".")[1]
+    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{payload}."
+    with pytest.raises(TokenInvalid):
+        JwtTokenCodec(KEY).decode_access(unsigned)
+
+
+def test_an_expired_token_is_refused_as_expired() -> None:
+    _, _, access, _ = pair(created=NOW - timedelta(hours=1))
+    with pytest.raises(TokenExpired):
+        JwtTokenCodec(KEY).decode_access(access)
+
+
+def test_a_token_from_the_future_is_refused_as_not_yet_valid() -> None:
+    _, _, access, _ = pair(created=NOW + timedelta(hours=1))
+    with pytest.raises(TokenNotYetValid):
+        JwtTokenCodec(KEY).decode_access(access)
+
+
+def test_refresh_and_access_tokens_cannot_stand_in_for_each_other() -> None:
+    _, _, access, refresh = pair()
+    codec = JwtTokenCodec(KEY)
+    with pytest.raises(WrongTokenType):
+        codec.decode_access(refresh)
+    with pytest.raises(WrongTokenType):
+        codec.decode_refresh(access)
+
+
+def test_a_token_for_another_audience_or_without_required_claims_is_refused() -> None:
+    base = {"sub": str(uuid.uuid4()), "sid": str(uuid.uuid4()), "typ": "access", "jti": "j", "iat": NOW, "nbf": NOW}
+    codec = JwtTokenCodec(KEY)
+    other_audience = jwt.encode({**base, "exp": NOW + timedelta(minutes=5), "iss": "cinema-grpc", "aud": "x"}, KEY)
+    no_expiry = jwt.encode({**base, "iss": "cinema-grpc", "aud": "cinema-grpc"}, KEY)
+    for token in (other_audience, no_expiry):
+        with pytest.raises(TokenInvalid):
+            codec.decode_access(token)
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "x" * 5000, "' OR 1=1 --"])
+def test_garbage_is_refused(token: str) -> None:
+    with pytest.raises(TokenRejected):
+        JwtTokenCodec(KEY).decode_access(token)
+
+
+def test_a_short_signing_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="32"):
+        JwtTokenCodec("short")
