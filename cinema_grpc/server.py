@@ -5,25 +5,32 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 
 import grpc
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
 from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
+from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, RedisBus
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
+from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.services.access import AccessControl, declared_policies
+from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
 from cinema_grpc.services.screening import ScreeningServicer
 from cinema_grpc.settings import Settings
-from cinema_grpc.storage.database import Database, open_database
+from cinema_grpc.storage.database import Database, open_database, try_session_lock
+from cinema_grpc.storage.locks import LockNamespace
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
 log = structlog.get_logger("cinema_grpc.server")
@@ -31,6 +38,7 @@ log = structlog.get_logger("cinema_grpc.server")
 SERVICES = (
     screening_pb2.DESCRIPTOR.services_by_name["ScreeningService"],
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    booking_pb2.DESCRIPTOR.services_by_name["BookingService"],
 )
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
@@ -41,9 +49,19 @@ class CinemaServer:
     def __init__(self, settings: Settings, database: Database, clock: Clock) -> None:
         self.settings = settings
         self.database = database
+        self.clock = clock
+        hub = LocalHub(settings.watcher_buffer)
+        self.bus: InProcessBus | RedisBus = (
+            RedisBus(settings.redis_url.get_secret_value(), hub) if settings.redis_url else InProcessBus(hub)
+        )
+        bus = self.bus
 
         def unit_of_work() -> UnitOfWork:
-            return SqlUnitOfWork(database.sessions)
+            return SqlUnitOfWork(database.sessions, bus)
+
+        self.unit_of_work = unit_of_work
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._sweep: asyncio.Task[None] | None = None
 
         uow: Callable[[], UnitOfWork] = unit_of_work
         key = settings.token_signing_key.get_secret_value() if settings.token_signing_key else None
@@ -67,6 +85,9 @@ class CinemaServer:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(
             IdentityServicer(uow, clock, Argon2PasswordHasher(), tokens, authenticator), self.grpc
         )
+        booking_pb2_grpc.add_BookingServiceServicer_to_server(
+            BookingServicer(uow, clock, settings.booking_rules(), self.bus), self.grpc
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -75,7 +96,39 @@ class CinemaServer:
         )
         self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
 
+    async def sweep_expired_holds(self) -> int:
+        """One run of the expiry job. Every replica runs it; the advisory lock lets one sweep."""
+        self._sweep = asyncio.current_task()
+        async with try_session_lock(self.database.engine, LockNamespace.HOLD_SWEEPER) as sweeping:
+            if not sweeping:
+                log.debug("another replica is sweeping expired holds")
+                return 0
+            freed = await release_expired_holds(self.unit_of_work, self.clock)
+            if freed:
+                log.info("released seats of expired holds", seats=freed)
+            async with self.unit_of_work() as uow:
+                cutoff = self.clock.now() - timedelta(minutes=self.settings.event_retention_minutes)
+                await uow.booking.prune_events(cutoff)
+                await uow.commit()
+            return freed
+
+    async def _sweep_job(self) -> None:
+        try:
+            await self.sweep_expired_holds()
+        except Exception:
+            log.exception("sweeping expired holds failed")
+
     async def start(self) -> None:
+        await self.bus.start()
+        self.scheduler.add_job(
+            self._sweep_job,
+            "interval",
+            seconds=self.settings.sweep_interval_seconds,
+            id="release-expired-holds",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
         await self.grpc.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -85,7 +138,11 @@ class CinemaServer:
         """Graceful shutdown: report NOT_SERVING, let in-flight RPCs finish, release the pool."""
         log.info("shutting down", grace_seconds=self.settings.shutdown_grace_seconds)
         await self.health.enter_graceful_shutdown()
+        self.scheduler.shutdown(wait=False)
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        if self._sweep is not None and not self._sweep.done():
+            await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)
+        await self.bus.stop()
         await self.database.close()
         log.info("stopped")
 

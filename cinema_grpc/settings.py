@@ -3,10 +3,13 @@ few conventional names). Secrets are never logged."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cinema_grpc.domain.booking.model import BookingRules
 
 
 class Settings(BaseSettings):
@@ -34,6 +37,29 @@ class Settings(BaseSettings):
     token_signing_key: SecretStr | None = None
     # Seconds a replica trusts its cached check that a session is still signed in.
     session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Redis URL (redis://host:6379/0). Set: seat availability events cross replicas through
+    # Redis pub/sub. Empty: events reach the watchers of this process only.
+    redis_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CINEMA_REDIS_URL"))
+    hold_ttl_seconds: int = Field(default=600, ge=10, le=3600)
+    max_hold_extensions: int = Field(default=2, ge=0, le=10)
+    max_seats_per_hold: int = Field(default=10, ge=1, le=100)
+    max_active_holds_per_customer: int = Field(default=3, ge=1, le=100)
+    customer_cancel_cutoff_minutes: int = Field(default=120, ge=0)
+    # How often the background job releases expired holds (every replica runs it; one at a time sweeps).
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Seat events a watcher may have waiting before it is sent a fresh seat map instead.
+    watcher_buffer: int = Field(default=256, ge=1, le=100_000)
+    # How long seat events are kept for watchers that reconnect with a version.
+    event_retention_minutes: int = Field(default=60, ge=1)
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")
+
+    def booking_rules(self) -> BookingRules:
+        return BookingRules(
+            hold_ttl=timedelta(seconds=self.hold_ttl_seconds),
+            max_extensions=self.max_hold_extensions,
+            max_seats_per_hold=self.max_seats_per_hold,
+            max_active_holds=self.max_active_holds_per_customer,
+            customer_cancel_cutoff=timedelta(minutes=self.customer_cancel_cutoff_minutes),
+        )

@@ -333,3 +333,68 @@ class UserNotFound(NotFound):
 
 class RoleChangeRefused(PreconditionFailed):
     reason = "ROLE_CHANGE_REFUSED"
+
+
+class HoldNotFound(NotFound):
+    reason = "HOLD_NOT_FOUND"
+    resource_type = "hold"
+
+
+class BookingNotFound(NotFound):
+    reason = "BOOKING_NOT_FOUND"
+    resource_type = "booking"
+
+
+class SeatAlreadyTaken(DomainError):
+    """Some requested seats are held or sold; nothing was held."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
+    reason = "SEAT_ALREADY_TAKEN"
+
+    def __init__(self, seat_labels: dict[str, str]) -> None:
+        self.seats = dict(sorted(seat_labels.items(), key=lambda item: item[1]))
+        super().__init__(
+            f"seat(s) {', '.join(self.seats.values())} are already held or sold; nothing was held",
+            metadata={"seat_ids": ",".join(self.seats)},
+        )
+
+    @property
+    def precondition_violations(self) -> tuple[PreconditionViolation, ...]:
+        return tuple(
+            PreconditionViolation(self.reason, f"seats/{seat_id}", f"seat {label} is taken")
+            for seat_id, label in self.seats.items()
+        )
+
+
+class ShowtimeCancelled(PreconditionFailed):
+    reason = "SHOWTIME_CANCELLED"
+
+
+class HoldNotActive(PreconditionFailed):
+    """The hold was released, expired or already became a booking."""
+
+    reason = "HOLD_NOT_ACTIVE"
+
+
+class NoAdjacentSeats(PreconditionFailed):
+    reason = "NO_ADJACENT_SEATS"
+
+
+class CancellationClosed(PreconditionFailed):
+    reason = "CANCELLATION_CLOSED"
+
+
+class LimitExceeded(DomainError):
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class TooManySeats(LimitExceeded):
+    reason = "TOO_MANY_SEATS"
+
+
+class TooManyActiveHolds(LimitExceeded):
+    reason = "TOO_MANY_ACTIVE_HOLDS"
+
+
+class HoldExtensionLimit(LimitExceeded):
+    reason = "HOLD_EXTENSION_LIMIT"

@@ -9,10 +9,40 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from cinema_grpc.domain.access import Caller, Role
+from cinema_grpc.domain.booking.model import (
+    ActiveClaim,
+    Booking,
+    BookingState,
+    Hold,
+    HoldState,
+    RefundState,
+    SeatChange,
+    SeatEvent,
+)
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
+
+
+class AvailabilityBus(Protocol):
+    """Carries seat events to the watchers of a showtime (in this process, or across replicas)."""
+
+    async def publish(self, events: list[SeatEvent]) -> None: ...
+
+    def watch(self, showtime_id: uuid.UUID) -> Watch: ...
+
+
+class Watch(Protocol):
+    """One watcher's bounded inbox. Falling behind empties it and raises WatcherLagging."""
+
+    async def next(self) -> SeatEvent: ...
+
+    def close(self) -> None: ...
+
+
+class WatcherLagging(Exception):
+    """The watcher's inbox overflowed; it must start over from a fresh seat map."""
 
 
 class Clock(Protocol):
@@ -193,6 +223,74 @@ class TokenCodec(Protocol):
     def decode_refresh(self, token: str) -> RefreshClaims: ...
 
 
+@dataclass(frozen=True)
+class BookingFilter:
+    customer_id: uuid.UUID | None = None
+    showtime_id: uuid.UUID | None = None
+
+
+class BookingRepository(Protocol):
+    """Holds, bookings, their seat claims and the availability versions of showtimes."""
+
+    async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
+        """Serialises seat decisions of one showtime until the transaction ends; other
+        showtimes never wait. Raises Contention when the lock cannot be had in time."""
+        ...
+
+    async def expire_due(self, showtime_id: uuid.UUID, now: datetime) -> list[SeatChange]:
+        """Marks the showtime's active holds past their expiry EXPIRED and frees their seats."""
+        ...
+
+    async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
+        """Seats sold, or held by a hold that has not expired."""
+        ...
+
+    async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int: ...
+
+    async def add_hold(self, hold: Hold) -> None:
+        """Stores the hold and one claim per seat. Raises SeatAlreadyTaken if the database
+        finds a seat claimed (the unique index on active claims)."""
+        ...
+
+    async def get_hold(self, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold | None: ...
+
+    async def end_hold(self, hold: Hold, state: HoldState, now: datetime) -> None:
+        """Ends an active hold (RELEASED or EXPIRED) and frees its seats."""
+        ...
+
+    async def extend_hold(self, hold: Hold) -> None: ...
+
+    async def convert_hold(self, hold: Hold, booking: Booking) -> None:
+        """Stores the booking; the hold's claims become its tickets."""
+        ...
+
+    async def get_booking(self, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking | None: ...
+
+    async def list_bookings(self, booking_filter: BookingFilter, page: PageRequest) -> Page[Booking]: ...
+
+    async def cancel_booking(self, booking: Booking, state: BookingState, refund: RefundState) -> None:
+        """Stores the cancellation; the tickets stop being valid and their seats are free."""
+        ...
+
+    async def end_showtime_sales(self, showtime_id: uuid.UUID, now: datetime, reason: str) -> list[SeatChange]:
+        """For a cancelled showtime: releases its holds, cancels its bookings for refund."""
+        ...
+
+    async def next_version(self, showtime_id: uuid.UUID, changes: list[SeatChange]) -> SeatEvent:
+        """Records the changes as the showtime's next availability version."""
+        ...
+
+    async def current_version(self, showtime_id: uuid.UUID) -> int: ...
+
+    async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
+        """The events after ``version`` in order, or None when some were already pruned."""
+        ...
+
+    async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
+
+    async def prune_events(self, older_than: datetime) -> int: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless ``commit`` was called."""
 
@@ -204,6 +302,7 @@ class UnitOfWork(Protocol):
     users: UserRepository
     sessions: SessionRepository
     login_throttle: LoginThrottle
+    booking: BookingRepository
 
     async def __aenter__(self) -> Self: ...
 
@@ -214,4 +313,10 @@ class UnitOfWork(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def commit(self) -> None: ...
+    async def commit(self) -> None:
+        """Commits, then publishes the announced events (never before the data is durable)."""
+        ...
+
+    def announce(self, event: SeatEvent) -> None:
+        """Queues an availability event to publish once this unit of work commits."""
+        ...

@@ -46,14 +46,14 @@ _KINDS: dict[pb.SeatKind.ValueType, SeatKind] = {
     pb.SEAT_KIND_WHEELCHAIR: SeatKind.WHEELCHAIR,
     pb.SEAT_KIND_COMPANION: SeatKind.COMPANION,
 }
-_KIND_NUMBERS = {kind: number for number, kind in _KINDS.items()}
+KIND_NUMBERS = {kind: number for number, kind in _KINDS.items()}
 _STATES = {ShowtimeState.SCHEDULED: pb.SHOWTIME_STATE_SCHEDULED, ShowtimeState.CANCELLED: pb.SHOWTIME_STATE_CANCELLED}
 
 
 # ---------------------------------------------------------------- requests -> domain
 
 
-def _kind(
+def seat_kind(
     violations: Violations, field: str, value: pb.SeatKind.ValueType, *, default: SeatKind | None = None
 ) -> SeatKind:
     if value == pb.SEAT_KIND_UNSPECIFIED and default is not None:
@@ -75,14 +75,14 @@ def _layout(violations: Violations, message: pb.SeatLayout, field: str = "layout
                 violations.add(
                     f"{path}.overrides[{j}].column", "DUPLICATE", f"column {override.column} is overridden twice"
                 )
-            overrides[override.column] = _kind(violations, f"{path}.overrides[{j}].kind", override.kind)
+            overrides[override.column] = seat_kind(violations, f"{path}.overrides[{j}].kind", override.kind)
         if len(row.gap_columns) > MAX_COLUMNS:
             violations.add(f"{path}.gap_columns", "OUT_OF_RANGE", f"at most {MAX_COLUMNS} gaps")
         rows.append(
             RowSpec(
                 label=row.label,
                 columns=row.columns,
-                kind=_kind(violations, f"{path}.kind", row.kind, default=SeatKind.STANDARD),
+                kind=seat_kind(violations, f"{path}.kind", row.kind, default=SeatKind.STANDARD),
                 gap_columns=frozenset(row.gap_columns),
                 overrides=overrides,
             )
@@ -93,7 +93,7 @@ def _layout(violations: Violations, message: pb.SeatLayout, field: str = "layout
 def _prices(violations: Violations, request: pb.CreateShowtimeRequest) -> list[tuple[SeatKind, Money]]:
     prices = []
     for i, price in enumerate(request.prices):
-        kind = _kind(violations, f"prices[{i}].kind", price.kind)
+        kind = seat_kind(violations, f"prices[{i}].kind", price.kind)
         amount = parse_money(violations, f"prices[{i}].price", price, "price")
         if amount is not None:
             prices.append((kind, amount))
@@ -119,10 +119,10 @@ def layout_message(layout: SeatLayout) -> pb.SeatLayout:
             pb.SeatRow(
                 label=row.label,
                 columns=row.columns,
-                kind=_KIND_NUMBERS[row.kind],
+                kind=KIND_NUMBERS[row.kind],
                 gap_columns=sorted(row.gap_columns),
                 overrides=[
-                    pb.SeatKindOverride(column=column, kind=_KIND_NUMBERS[kind])
+                    pb.SeatKindOverride(column=column, kind=KIND_NUMBERS[kind])
                     for column, kind in sorted(row.overrides.items())
                 ],
             )
@@ -137,7 +137,7 @@ def seat_message(seat: Seat) -> pb.Seat:
         row_label=seat.row_label,
         number=seat.number,
         column=seat.column,
-        kind=_KIND_NUMBERS[seat.kind],
+        kind=KIND_NUMBERS[seat.kind],
         in_service=seat.in_service,
         out_of_service_reason=seat.out_of_service_reason,
     )
@@ -178,8 +178,8 @@ def showtime_message(showtime: Showtime) -> pb.Showtime:
         end_time=timestamp(showtime.period.ends_at),
         busy_until=timestamp(showtime.period.busy_until),
         prices=[
-            pb.SeatPrice(kind=_KIND_NUMBERS[kind], price=money(price))
-            for kind, price in sorted(showtime.prices.items(), key=lambda item: _KIND_NUMBERS[item[0]])
+            pb.SeatPrice(kind=KIND_NUMBERS[kind], price=money(price))
+            for kind, price in sorted(showtime.prices.items(), key=lambda item: KIND_NUMBERS[item[0]])
         ],
         state=_STATES[showtime.state],
         cancel_reason=showtime.cancel_reason,

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from cinema_grpc.settings import Settings
+from cinema_grpc.storage.locks import LockNamespace, advisory_key
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -43,6 +46,24 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+@asynccontextmanager
+async def try_session_lock(engine: AsyncEngine, namespace: LockNamespace) -> AsyncIterator[bool]:
+    """Tries a session-level advisory lock on a connection of its own, held for the block.
+
+    Yields False at once when another session (another replica) holds it.
+    """
+    key = advisory_key(namespace)
+    async with engine.connect() as conn:
+        acquired = bool(await conn.scalar(select(func.pg_try_advisory_lock(key))))
+        await conn.commit()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                await conn.execute(select(func.pg_advisory_unlock(key)))
+                await conn.commit()
 
 
 def migrate(url: URL) -> None:

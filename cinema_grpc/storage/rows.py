@@ -98,11 +98,62 @@ class ShowtimePriceRow(Row):
     currency: Mapped[str] = mapped_column(CHAR(3))
 
 
+class HoldRow(Row):
+    __tablename__ = "holds"
+    __table_args__ = {"schema": "booking"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    state: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    extensions_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class BookingRow(Row):
+    __tablename__ = "bookings"
+    __table_args__ = {"schema": "booking"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    hold_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("booking.holds.id"), unique=True)
+    state: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(Text)
+    counter_payment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    refund_state: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ShowtimeVersionRow(Row):
+    __tablename__ = "showtime_versions"
+    __table_args__ = {"schema": "booking"}
+
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class SeatEventRow(Row):
+    __tablename__ = "seat_events"
+    __table_args__ = {"schema": "booking"}
+
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    changes: Mapped[list[list[str]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
 class SeatClaimRow(Row):
     __tablename__ = "seat_claims"
     __table_args__ = {"schema": "booking"}
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    hold_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("booking.holds.id"))
+    booking_id: Mapped[uuid.UUID | None] = mapped_column(UUID, ForeignKey("booking.bookings.id"), nullable=True)
     showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
     seat_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.seats.id"))
     status: Mapped[str] = mapped_column(Text)

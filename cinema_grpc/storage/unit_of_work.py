@@ -9,8 +9,11 @@ import psycopg.errors
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cinema_grpc.domain.booking.model import SeatEvent
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
 from cinema_grpc.domain.ports import (
+    AvailabilityBus,
+    BookingRepository,
     CinemaRepository,
     HallRepository,
     LoginThrottle,
@@ -20,6 +23,7 @@ from cinema_grpc.domain.ports import (
     ShowtimeRepository,
     UserRepository,
 )
+from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
@@ -47,10 +51,13 @@ def translate_database_error(exc: DBAPIError) -> DomainError | None:
 
 
 class SqlUnitOfWork:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: AvailabilityBus | None = None) -> None:
         self._sessions = sessions
+        self._bus = bus
+        self._announced: list[SeatEvent] = []
 
     async def __aenter__(self) -> Self:
+        self._announced = []
         self.session = self._sessions()
         self.cinemas: CinemaRepository = SqlCinemaRepository(self.session)
         self.halls: HallRepository = SqlHallRepository(self.session)
@@ -60,6 +67,7 @@ class SqlUnitOfWork:
         self.users: UserRepository = SqlUserRepository(self.session)
         self.sessions: SessionRepository = SqlSessionRepository(self.session)
         self.login_throttle: LoginThrottle = SqlLoginThrottle(self.session)
+        self.booking: BookingRepository = SqlBookingRepository(self.session)
         return self
 
     async def __aexit__(
@@ -80,3 +88,9 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         await self.session.commit()
+        announced, self._announced = self._announced, []
+        if announced and self._bus is not None:
+            await self._bus.publish(announced)
+
+    def announce(self, event: SeatEvent) -> None:
+        self._announced.append(event)

@@ -177,13 +177,34 @@ def test_taking_a_seat_out_of_service_needs_a_reason_and_a_seat_of_that_hall(
 def claim(
     db: Db, showtime_id: str, seat_id: str, status: str = "HELD", expires_in: timedelta = timedelta(minutes=10)
 ) -> None:
-    """Writes a seat claim directly, as the booking area will."""
-    expires_at = datetime.now(UTC) + expires_in if status == "HELD" else None
+    """Writes a hold with one seat claim directly, in the given state."""
+    expires_at = datetime.now(UTC) + expires_in
+    hold_id, booking_id = uuid.uuid4(), uuid.uuid4()
+    hold_state = {"HELD": "ACTIVE", "RELEASED": "RELEASED", "SOLD": "CONVERTED"}[status]
+    db.execute(
+        "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)"
+        " VALUES (%s, %s, %s, %s, %s, now(), CASE WHEN %s = 'ACTIVE' THEN NULL ELSE now() END)",
+        (hold_id, showtime_id, uuid.uuid4(), hold_state, expires_at, hold_state),
+    )
+    if status == "SOLD":
+        db.execute(
+            "INSERT INTO booking.bookings (id, showtime_id, customer_id, hold_id, state, channel, counter_payment,"
+            " refund_state, created_at) VALUES (%s, %s, %s, %s, 'CONFIRMED', 'COUNTER', 'CASH', 'NONE', now())",
+            (booking_id, showtime_id, uuid.uuid4(), hold_id),
+        )
     db.execute(
         "INSERT INTO booking.seat_claims"
-        " (id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
-        " VALUES (%s, %s, %s, %s, 1200, 'EUR', %s, now())",
-        (uuid.uuid4(), showtime_id, seat_id, status, expires_at),
+        " (id, hold_id, booking_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, 1200, 'EUR', %s, now())",
+        (
+            uuid.uuid4(),
+            hold_id,
+            booking_id if status == "SOLD" else None,
+            showtime_id,
+            seat_id,
+            status,
+            expires_at if status == "HELD" else None,
+        ),
     )
 
 

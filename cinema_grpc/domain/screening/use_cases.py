@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TypeVar
 
+from cinema_grpc.domain.booking.use_cases import end_sales_of_cancelled_showtime
 from cinema_grpc.domain.errors import (
     CinemaNotFound,
     HallHasClaims,
@@ -394,6 +395,7 @@ async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID,
             )
         showtime = showtime.cancelled(reason)
         await uow.showtimes.update_state(showtime)
+        await end_sales_of_cancelled_showtime(uow, showtime, clock.now())
         await uow.commit()
     return showtime
 

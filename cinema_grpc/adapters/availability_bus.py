@@ -1,0 +1,169 @@
+"""Seat events to watchers: an in-process hub, optionally fed through Redis pub/sub so that
+events cross replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cinema_grpc.domain.booking.model import SeatChange, SeatEvent, SeatState
+from cinema_grpc.domain.ports import WatcherLagging
+
+log = structlog.get_logger(__name__)
+CHANNEL_PREFIX = "cinema:seat-events:"
+
+
+class QueueWatch:
+    """A bounded inbox. When it overflows it is emptied and the next read raises
+    WatcherLagging, so a slow watcher costs publishers nothing and starts over."""
+
+    def __init__(self, hub: LocalHub, showtime_id: uuid.UUID, capacity: int) -> None:
+        self._hub = hub
+        self.showtime_id = showtime_id
+        self._queue: asyncio.Queue[SeatEvent] = asyncio.Queue(capacity)
+        self._lagging = False
+
+    def offer(self, event: SeatEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._lagging = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            # Wake the reader so it notices at once.
+            self._queue.put_nowait(event)
+
+    async def next(self) -> SeatEvent:
+        event = await self._queue.get()
+        if self._lagging:
+            self._lagging = False
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            raise WatcherLagging
+        return event
+
+    def close(self) -> None:
+        self._hub.remove(self)
+
+
+class LocalHub:
+    """The watchers of this process, by showtime."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._watches: dict[uuid.UUID, set[QueueWatch]] = defaultdict(set)
+
+    def watch(self, showtime_id: uuid.UUID) -> QueueWatch:
+        watch = QueueWatch(self, showtime_id, self._capacity)
+        self._watches[showtime_id].add(watch)
+        return watch
+
+    def remove(self, watch: QueueWatch) -> None:
+        watchers = self._watches.get(watch.showtime_id)
+        if watchers is not None:
+            watchers.discard(watch)
+            if not watchers:
+                del self._watches[watch.showtime_id]
+
+    def deliver(self, events: Iterable[SeatEvent]) -> None:
+        for event in events:
+            for watch in list(self._watches.get(event.showtime_id, ())):
+                watch.offer(event)
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(w) for w in self._watches.values())
+
+
+class InProcessBus:
+    """Default: events reach the watchers of this process only (one replica)."""
+
+    def __init__(self, hub: LocalHub | None = None) -> None:
+        self.hub = hub or LocalHub()
+
+    async def publish(self, events: list[SeatEvent]) -> None:
+        self.hub.deliver(events)
+
+    def watch(self, showtime_id: uuid.UUID) -> QueueWatch:
+        return self.hub.watch(showtime_id)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def encode(event: SeatEvent) -> str:
+    return json.dumps(
+        {"s": str(event.showtime_id), "v": event.version, "c": [[str(c.seat_id), c.state.value] for c in event.changes]}
+    )
+
+
+def decode(raw: str | bytes) -> SeatEvent:
+    data = json.loads(raw)
+    return SeatEvent(
+        uuid.UUID(data["s"]),
+        int(data["v"]),
+        tuple(SeatChange(uuid.UUID(s), SeatState(state)) for s, state in data["c"]),
+    )
+
+
+class RedisBus:
+    """Events go through Redis pub/sub and come back to every replica's hub, this one included.
+
+    If Redis is unreachable, events are still delivered to this replica's watchers, and
+    watchers elsewhere catch up from the event log when the next event shows them a gap.
+    """
+
+    def __init__(self, url: str, hub: LocalHub | None = None) -> None:
+        self.hub = hub or LocalHub()
+        self._redis: Redis = Redis.from_url(url)
+        self._listener: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="redis-seat-events")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout=5)
+        except TimeoutError:
+            log.warning("redis subscription not ready; seat events of other replicas may be late")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+                    self._ready.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "pmessage":
+                            self.hub.deliver([decode(message["data"])])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, ValueError) as exc:
+                log.warning("redis subscription lost; retrying", error=str(exc))
+                await asyncio.sleep(1)
+
+    async def publish(self, events: list[SeatEvent]) -> None:
+        try:
+            for event in events:
+                await self._redis.publish(f"{CHANNEL_PREFIX}{event.showtime_id}", encode(event))
+        except (RedisError, OSError) as exc:
+            log.warning("redis publish failed; delivering locally only", error=str(exc))
+            self.hub.deliver(events)
+
+    def watch(self, showtime_id: uuid.UUID) -> QueueWatch:
+        return self.hub.watch(showtime_id)

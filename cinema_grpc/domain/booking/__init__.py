@@ -1,0 +1,1 @@
+"""Seat holds, bookings with tickets, and the seat availability they produce."""

@@ -1,0 +1,391 @@
+"""Booking use cases. Every seat decision runs under the showtime's lock, in one transaction,
+and announces the seats it changed once that transaction has committed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from cinema_grpc.domain.access import Caller, PermissionDenied
+from cinema_grpc.domain.booking.model import (
+    Booking,
+    BookingRules,
+    BookingState,
+    ClaimedSeat,
+    CounterPayment,
+    Hold,
+    HoldState,
+    RefundState,
+    SaleChannel,
+    SeatChange,
+    SeatEvent,
+    SeatMap,
+    SeatState,
+    Ticket,
+    best_available,
+    seat_states,
+    with_companions,
+)
+from cinema_grpc.domain.errors import (
+    BookingNotFound,
+    CancellationClosed,
+    HoldExtensionLimit,
+    HoldNotActive,
+    HoldNotFound,
+    NoAdjacentSeats,
+    SeatAlreadyTaken,
+    ShowtimeAlreadyStarted,
+    ShowtimeCancelled,
+    ShowtimeNotFound,
+    TooManyActiveHolds,
+    TooManySeats,
+    Violations,
+    invalid,
+)
+from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork, WatcherLagging
+from cinema_grpc.domain.screening.model import Hall, Seat, SeatKind, Showtime, ShowtimeState
+from cinema_grpc.domain.text import clean_text
+
+
+async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> tuple[Showtime, Hall]:
+    showtime = await uow.showtimes.get(showtime_id)
+    if showtime is None:
+        raise ShowtimeNotFound(showtime_id)
+    if showtime.state is ShowtimeState.CANCELLED:
+        raise ShowtimeCancelled(f"showtime {showtime_id} is cancelled", subject=f"showtimes/{showtime_id}")
+    if showtime.has_started(now):
+        raise ShowtimeAlreadyStarted(f"showtime {showtime_id} has started", subject=f"showtimes/{showtime_id}")
+    hall = await uow.halls.get(showtime.hall_id)
+    assert hall is not None, "showtimes reference existing halls"
+    return showtime, hall
+
+
+async def _record(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
+    if changes:
+        uow.announce(await uow.booking.next_version(showtime_id, changes))
+
+
+def _claimed(showtime: Showtime, seats: Sequence[Seat]) -> tuple[ClaimedSeat, ...]:
+    # Prices are copied from the showtime now: later price changes do not touch this claim.
+    return tuple(ClaimedSeat(s.id, s.row_label, s.number, s.kind, showtime.prices[s.kind]) for s in seats)
+
+
+@dataclass(frozen=True)
+class HoldSeats:
+    showtime_id: uuid.UUID
+    seat_ids: tuple[uuid.UUID, ...]
+    request: RequestKey | None = None
+
+
+@dataclass(frozen=True)
+class HoldBestAvailable:
+    showtime_id: uuid.UUID
+    count: int
+    kind: SeatKind
+    request: RequestKey | None = None
+
+
+async def hold_seats(
+    uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, cmd: HoldSeats | HoldBestAvailable
+) -> Hold:
+    assert caller.user_id is not None
+    wanted = len(cmd.seat_ids) if isinstance(cmd, HoldSeats) else cmd.count
+    if wanted > rules.max_seats_per_hold:
+        raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold")
+    scope = "HoldSeats" if isinstance(cmd, HoldSeats) else "HoldBestAvailable"
+    async with uow:
+        if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
+            return await _own_hold(uow, caller, earlier)
+        await uow.booking.lock_showtime(cmd.showtime_id)
+        now = clock.now()
+        showtime, hall = await _sellable(uow, cmd.showtime_id, now)
+        if await uow.booking.count_active_holds(caller.user_id, now) >= rules.max_active_holds:
+            raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
+        changes = await uow.booking.expire_due(showtime.id, now)
+        taken = {claim.seat_id for claim in await uow.booking.active_claims(showtime.id, now)}
+        seats = _chosen_seats(cmd, hall, taken)
+        if len(seats) > rules.max_seats_per_hold:
+            raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
+        hold = Hold(
+            uuid.uuid4(),
+            showtime.id,
+            caller.user_id,
+            _claimed(showtime, seats),
+            HoldState.ACTIVE,
+            now + rules.hold_ttl,
+            0,
+            now,
+        )
+        await uow.booking.add_hold(hold)
+        await _record(uow, showtime.id, [*changes, *(SeatChange(s.id, SeatState.HELD) for s in seats)])
+        await remember_result(uow, scope, cmd.request, hold.id)
+        await uow.commit()
+    return hold
+
+
+def _chosen_seats(cmd: HoldSeats | HoldBestAvailable, hall: Hall, taken: set[uuid.UUID]) -> list[Seat]:
+    if isinstance(cmd, HoldBestAvailable):
+        block = best_available(hall.seats, taken, cmd.count, cmd.kind)
+        if block is None:
+            raise NoAdjacentSeats(
+                f"no {cmd.count} adjacent free {cmd.kind.lower()} seats", subject=f"showtimes/{cmd.showtime_id}"
+            )
+        return block
+    by_id = {seat.id: seat for seat in hall.seats}
+    violations = Violations()
+    for i, seat_id in enumerate(cmd.seat_ids):
+        seat = by_id.get(seat_id)
+        if seat is None:
+            violations.add(
+                f"seat_ids[{i}]", "SEAT_NOT_IN_HALL", f"seat {seat_id} is not a seat of this showtime's hall"
+            )
+        elif not seat.in_service:
+            violations.add(f"seat_ids[{i}]", "SEAT_OUT_OF_SERVICE", f"seat {seat.label} is out of service")
+    violations.raise_if_any()
+    requested = [by_id[seat_id] for seat_id in cmd.seat_ids]
+    clash = {str(s.id): s.label for s in requested if s.id in taken}
+    if clash:
+        raise SeatAlreadyTaken(clash)
+    return with_companions(requested, hall.seats, taken)
+
+
+async def _own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
+    hold = await uow.booking.get_hold(hold_id, for_update=for_update)
+    # Another customer's hold does not exist as far as this caller can tell.
+    if hold is None or not caller.may_see(hold.customer_id):
+        raise HoldNotFound(hold_id)
+    return hold
+
+
+async def get_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID) -> Hold:
+    async with uow:
+        return await _own_hold(uow, caller, hold_id)
+
+
+async def extend_hold(uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, hold_id: uuid.UUID) -> Hold:
+    async with uow:
+        hold = await _own_hold(uow, caller, hold_id)
+        await uow.booking.lock_showtime(hold.showtime_id)
+        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        now = clock.now()
+        if not hold.active(now):
+            raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
+        if hold.extensions_used >= rules.max_extensions:
+            raise HoldExtensionLimit(f"a hold can be extended {rules.max_extensions} times")
+        hold = replace(hold, expires_at=now + rules.hold_ttl, extensions_used=hold.extensions_used + 1)
+        await uow.booking.extend_hold(hold)
+        await uow.commit()
+    return hold
+
+
+async def release_hold(uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID) -> Hold:
+    async with uow:
+        hold = await _own_hold(uow, caller, hold_id)
+        await uow.booking.lock_showtime(hold.showtime_id)
+        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        now = clock.now()
+        if hold.state is HoldState.RELEASED:
+            return hold
+        if hold.state is not HoldState.ACTIVE:
+            raise HoldNotActive(f"the hold is {hold.state.lower()}", subject=f"holds/{hold.id}")
+        await uow.booking.end_hold(hold, HoldState.RELEASED, now)
+        await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
+        await uow.commit()
+    return replace(hold, state=HoldState.RELEASED)
+
+
+@dataclass(frozen=True)
+class SellAtCounter:
+    hold_id: uuid.UUID
+    payment: CounterPayment
+    request: RequestKey | None = None
+
+
+async def sell_hold_at_counter(uow: UnitOfWork, clock: Clock, caller: Caller, cmd: SellAtCounter) -> Booking:
+    """Box office: the hold becomes a booking paid in cash or by card at the counter."""
+    async with uow:
+        if (earlier := await earlier_result(uow, "SellHoldAtCounter", cmd.request)) is not None:
+            return await _own_booking(uow, caller, earlier)
+        hold = await _own_hold(uow, caller, cmd.hold_id)
+        await uow.booking.lock_showtime(hold.showtime_id)
+        hold = await _own_hold(uow, caller, cmd.hold_id, for_update=True)
+        now = clock.now()
+        if not hold.active(now):
+            raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
+        await _sellable(uow, hold.showtime_id, now)
+        booking = Booking(
+            uuid.uuid4(),
+            hold.showtime_id,
+            hold.customer_id,
+            hold.id,
+            tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
+            BookingState.CONFIRMED,
+            SaleChannel.COUNTER,
+            cmd.payment,
+            RefundState.NONE,
+            now,
+        )
+        await uow.booking.convert_hold(hold, booking)
+        await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
+        await remember_result(uow, "SellHoldAtCounter", cmd.request, booking.id)
+        await uow.commit()
+    return await get_booking(uow, caller, booking.id)
+
+
+async def _own_booking(uow: UnitOfWork, caller: Caller, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking:
+    booking = await uow.booking.get_booking(booking_id, for_update=for_update)
+    if booking is None or not caller.may_see(booking.customer_id):
+        raise BookingNotFound(booking_id)
+    return booking
+
+
+async def get_booking(uow: UnitOfWork, caller: Caller, booking_id: uuid.UUID) -> Booking:
+    async with uow:
+        return await _own_booking(uow, caller, booking_id)
+
+
+async def list_bookings(uow: UnitOfWork, caller: Caller, wanted: BookingFilter, page: PageRequest) -> Page[Booking]:
+    """Customers see their own history; staff may filter by customer or showtime."""
+    if not caller.is_staff:
+        if wanted.showtime_id is not None or (wanted.customer_id not in (None, caller.user_id)):
+            raise PermissionDenied("customers list their own bookings only")
+        wanted = BookingFilter(customer_id=caller.user_id)
+    async with uow:
+        return await uow.booking.list_bookings(wanted, page)
+
+
+async def cancel_booking(
+    uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, booking_id: uuid.UUID, reason: str
+) -> Booking:
+    violations = Violations()
+    reason = clean_text(violations, "reason", reason, max_length=500, required=False)
+    violations.raise_if_any()
+    async with uow:
+        booking = await _own_booking(uow, caller, booking_id)
+        await uow.booking.lock_showtime(booking.showtime_id)
+        booking = await _own_booking(uow, caller, booking_id, for_update=True)
+        if booking.state is BookingState.CANCELLED:
+            return booking
+        now = clock.now()
+        showtime = await uow.showtimes.get(booking.showtime_id)
+        assert showtime is not None
+        closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
+        if now >= closes:
+            raise CancellationClosed(
+                f"bookings of this showtime could be cancelled until {closes.isoformat()}",
+                subject=f"bookings/{booking.id}",
+            )
+        cancelled = replace(
+            booking,
+            state=BookingState.CANCELLED,
+            refund_state=RefundState.PENDING,
+            cancelled_at=now,
+            cancel_reason=reason or ("cancelled by staff" if caller.is_staff else "cancelled by the customer"),
+            tickets=tuple(replace(t, valid=False) for t in booking.tickets),
+        )
+        await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, RefundState.PENDING)
+        await _record(uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets])
+        await uow.commit()
+    return cancelled
+
+
+async def end_sales_of_cancelled_showtime(uow: UnitOfWork, showtime: Showtime, now: datetime) -> None:
+    """Inside the cancellation's transaction: holds released, bookings cancelled for refund."""
+    await uow.booking.lock_showtime(showtime.id)
+    changes = await uow.booking.end_showtime_sales(showtime.id, now, f"showtime cancelled: {showtime.cancel_reason}")
+    await _record(uow, showtime.id, changes)
+
+
+async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: uuid.UUID) -> SeatMap:
+    async with uow:
+        showtime = await uow.showtimes.get(showtime_id)
+        if showtime is None:
+            raise ShowtimeNotFound(showtime_id)
+        hall = await uow.halls.get(showtime.hall_id)
+        assert hall is not None
+        # Version and claims are read in one snapshot so they agree with each other.
+        version = await uow.booking.current_version(showtime_id)
+        claims = await uow.booking.active_claims(showtime_id, clock.now())
+    statuses = seat_states(hall.seats, claims)
+    if not caller.is_staff:
+        statuses = tuple(replace(status, holder_id=None) for status in statuses)
+    return SeatMap(showtime_id, version, statuses)
+
+
+async def watch_seats(
+    unit_of_work: Callable[[], UnitOfWork],
+    bus: AvailabilityBus,
+    clock: Clock,
+    caller: Caller,
+    showtime_id: uuid.UUID,
+    since_version: int,
+) -> AsyncIterator[SeatMap | SeatEvent]:
+    """A seat map, then the events after it in version order, without gaps or repeats."""
+    if since_version < 0:
+        raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")
+    # Subscribe first: an event published while the seat map is read is then not lost.
+    watch = bus.watch(showtime_id)
+    try:
+        last = -1
+        if since_version > 0:
+            async with unit_of_work() as uow:
+                if await uow.showtimes.get(showtime_id) is None:
+                    raise ShowtimeNotFound(showtime_id)
+                missed = await uow.booking.events_since(showtime_id, since_version)
+            if missed is not None:
+                for event in missed:
+                    yield event
+                last = missed[-1].version if missed else since_version
+        if last < 0:
+            snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+            yield snapshot
+            last = snapshot.version
+        while True:
+            try:
+                event = await watch.next()
+            except WatcherLagging:
+                snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+                yield snapshot
+                last = snapshot.version
+                continue
+            if event.version <= last:
+                continue
+            if event.version > last + 1:
+                # Events can arrive out of order across replicas: fill the gap from the log.
+                async with unit_of_work() as uow:
+                    missed = await uow.booking.events_since(showtime_id, last)
+                if missed is None:
+                    snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+                    yield snapshot
+                    last = snapshot.version
+                    continue
+                for earlier in missed:
+                    if earlier.version > last:
+                        yield earlier
+                        last = earlier.version
+                continue
+            yield event
+            last = event.version
+    finally:
+        watch.close()
+
+
+async def release_expired_holds(unit_of_work: Callable[[], UnitOfWork], clock: Clock, batch: int = 200) -> int:
+    """Frees the seats of expired holds, one showtime per transaction; returns the seats freed."""
+    freed = 0
+    while True:
+        async with unit_of_work() as uow:
+            showtimes = await uow.booking.showtimes_with_expired_holds(clock.now(), batch)
+        for showtime_id in showtimes:
+            async with unit_of_work() as uow:
+                await uow.booking.lock_showtime(showtime_id)
+                changes = await uow.booking.expire_due(showtime_id, clock.now())
+                await _record(uow, showtime_id, changes)
+                await uow.commit()
+            freed += len(changes)
+        if len(showtimes) < batch:
+            return freed

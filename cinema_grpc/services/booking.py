@@ -1,0 +1,240 @@
+"""cinema.booking.v1.BookingService: holds, counter sales, bookings and the seat stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from cinema.booking.v1 import booking_pb2 as pb
+from cinema.booking.v1 import booking_pb2_grpc
+from cinema_grpc.domain.booking import use_cases as uc
+from cinema_grpc.domain.booking.model import (
+    Booking,
+    BookingRules,
+    BookingState,
+    ClaimedSeat,
+    CounterPayment,
+    Hold,
+    HoldState,
+    RefundState,
+    SaleChannel,
+    SeatEvent,
+    SeatMap,
+    SeatState,
+)
+from cinema_grpc.domain.errors import Violations, invalid
+from cinema_grpc.domain.idempotency import request_key
+from cinema_grpc.domain.pagination import page_request
+from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork
+from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.services.access import current_caller
+from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, require_id, timestamp
+from cinema_grpc.services.screening import KIND_NUMBERS, seat_kind
+
+_SEAT_STATES = {
+    SeatState.FREE: pb.SEAT_STATE_FREE,
+    SeatState.HELD: pb.SEAT_STATE_HELD,
+    SeatState.SOLD: pb.SEAT_STATE_SOLD,
+    SeatState.OUT_OF_SERVICE: pb.SEAT_STATE_OUT_OF_SERVICE,
+}
+_HOLD_STATES = {
+    HoldState.ACTIVE: pb.HOLD_STATE_ACTIVE,
+    HoldState.RELEASED: pb.HOLD_STATE_RELEASED,
+    HoldState.EXPIRED: pb.HOLD_STATE_EXPIRED,
+    HoldState.CONVERTED: pb.HOLD_STATE_CONVERTED,
+}
+_BOOKING_STATES = {
+    BookingState.CONFIRMED: pb.BOOKING_STATE_CONFIRMED,
+    BookingState.CANCELLED: pb.BOOKING_STATE_CANCELLED,
+}
+_CHANNELS = {SaleChannel.COUNTER: pb.SALE_CHANNEL_COUNTER, SaleChannel.ONLINE: pb.SALE_CHANNEL_ONLINE}
+_PAYMENTS = {CounterPayment.CASH: pb.COUNTER_PAYMENT_CASH, CounterPayment.CARD_PRESENT: pb.COUNTER_PAYMENT_CARD_PRESENT}
+_PAYMENT_OF = {number: payment for payment, number in _PAYMENTS.items()}
+_REFUNDS = {
+    RefundState.NONE: pb.REFUND_STATE_NONE,
+    RefundState.PENDING: pb.REFUND_STATE_PENDING,
+    RefundState.REFUNDED: pb.REFUND_STATE_REFUNDED,
+}
+
+
+def claimed_seat_message(seat: ClaimedSeat) -> pb.ClaimedSeat:
+    return pb.ClaimedSeat(
+        seat_id=str(seat.seat_id),
+        row_label=seat.row_label,
+        number=seat.number,
+        kind=KIND_NUMBERS[seat.kind],
+        price=money(seat.price),
+    )
+
+
+def hold_message(hold: Hold, rules: BookingRules, clock: Clock) -> pb.Hold:
+    return pb.Hold(
+        id=str(hold.id),
+        showtime_id=str(hold.showtime_id),
+        customer_id=str(hold.customer_id),
+        seats=[claimed_seat_message(seat) for seat in hold.seats],
+        total=money(hold.total),
+        state=_HOLD_STATES[hold.shown_state(clock.now())],
+        expire_time=timestamp(hold.expires_at),
+        extensions_left=max(rules.max_extensions - hold.extensions_used, 0),
+        create_time=timestamp(hold.created_at),
+    )
+
+
+def booking_message(booking: Booking) -> pb.Booking:
+    message = pb.Booking(
+        id=str(booking.id),
+        showtime_id=str(booking.showtime_id),
+        customer_id=str(booking.customer_id),
+        hold_id=str(booking.hold_id),
+        tickets=[pb.Ticket(id=str(t.id), seat=claimed_seat_message(t.seat), valid=t.valid) for t in booking.tickets],
+        total=money(booking.total),
+        state=_BOOKING_STATES[booking.state],
+        channel=_CHANNELS[booking.channel],
+        counter_payment=_PAYMENTS[booking.counter_payment]
+        if booking.counter_payment
+        else pb.COUNTER_PAYMENT_UNSPECIFIED,
+        refund_state=_REFUNDS[booking.refund_state],
+        create_time=timestamp(booking.created_at),
+        cancel_reason=booking.cancel_reason,
+    )
+    if booking.cancelled_at is not None:
+        message.cancel_time.CopyFrom(timestamp(booking.cancelled_at))
+    return message
+
+
+def seat_map_message(seat_map: SeatMap) -> pb.SeatMap:
+    return pb.SeatMap(
+        showtime_id=str(seat_map.showtime_id),
+        version=seat_map.version,
+        seats=[
+            pb.SeatAvailability(
+                seat_id=str(status.seat.id),
+                row_label=status.seat.row_label,
+                number=status.seat.number,
+                column=status.seat.column,
+                kind=KIND_NUMBERS[status.seat.kind],
+                state=_SEAT_STATES[status.state],
+                holder_id=str(status.holder_id) if status.holder_id else "",
+            )
+            for status in seat_map.seats
+        ],
+    )
+
+
+def seat_changes_message(event: SeatEvent) -> pb.SeatChanges:
+    return pb.SeatChanges(
+        showtime_id=str(event.showtime_id),
+        version=event.version,
+        changes=[pb.SeatChange(seat_id=str(c.seat_id), state=_SEAT_STATES[c.state]) for c in event.changes],
+    )
+
+
+class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
+    def __init__(
+        self, unit_of_work: Callable[[], UnitOfWork], clock: Clock, rules: BookingRules, bus: AvailabilityBus
+    ) -> None:
+        self._uow = unit_of_work
+        self._clock = clock
+        self._rules = rules
+        self._bus = bus
+
+    def _hold(self, hold: Hold) -> pb.Hold:
+        return hold_message(hold, self._rules, self._clock)
+
+    async def HoldSeats(self, request: pb.HoldSeatsRequest, context: Context) -> pb.Hold:
+        violations = Violations()
+        showtime_id = parse_id(violations, "showtime_id", request.showtime_id)
+        if not request.seat_ids:
+            violations.add("seat_ids", "REQUIRED", "name at least one seat")
+        seat_ids = [parse_id(violations, f"seat_ids[{i}]", value) for i, value in enumerate(request.seat_ids[:1000])]
+        if len(set(request.seat_ids)) != len(request.seat_ids):
+            violations.add("seat_ids", "DUPLICATE", "a seat is named twice")
+        caller = current_caller()
+        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        violations.raise_if_any()
+        assert showtime_id is not None
+        cmd = uc.HoldSeats(showtime_id, tuple(s for s in seat_ids if s is not None), key)
+        return self._hold(await uc.hold_seats(self._uow(), self._clock, self._rules, caller, cmd))
+
+    async def HoldBestAvailable(self, request: pb.HoldBestAvailableRequest, context: Context) -> pb.Hold:
+        violations = Violations()
+        showtime_id = parse_id(violations, "showtime_id", request.showtime_id)
+        if request.count < 1:
+            violations.add("count", "OUT_OF_RANGE", "must be at least 1")
+        kind = seat_kind(violations, "kind", request.kind, default=SeatKind.STANDARD)
+        if kind is SeatKind.COMPANION:
+            violations.add("kind", "INVALID_ENUM", "companion seats come with a wheelchair space")
+        caller = current_caller()
+        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        violations.raise_if_any()
+        assert showtime_id is not None
+        cmd = uc.HoldBestAvailable(showtime_id, request.count, kind, key)
+        return self._hold(await uc.hold_seats(self._uow(), self._clock, self._rules, caller, cmd))
+
+    async def GetHold(self, request: pb.GetHoldRequest, context: Context) -> pb.Hold:
+        hold_id = require_id("hold_id", request.hold_id)
+        return self._hold(await uc.get_hold(self._uow(), current_caller(), hold_id))
+
+    async def ExtendHold(self, request: pb.ExtendHoldRequest, context: Context) -> pb.Hold:
+        hold_id = require_id("hold_id", request.hold_id)
+        return self._hold(await uc.extend_hold(self._uow(), self._clock, self._rules, current_caller(), hold_id))
+
+    async def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Context) -> pb.Hold:
+        hold_id = require_id("hold_id", request.hold_id)
+        return self._hold(await uc.release_hold(self._uow(), self._clock, current_caller(), hold_id))
+
+    async def SellHoldAtCounter(self, request: pb.SellHoldAtCounterRequest, context: Context) -> pb.Booking:
+        violations = Violations()
+        hold_id = parse_id(violations, "hold_id", request.hold_id)
+        payment = _PAYMENT_OF.get(request.payment)
+        if payment is None:
+            violations.add("payment", "INVALID_ENUM", "must be COUNTER_PAYMENT_CASH or COUNTER_PAYMENT_CARD_PRESENT")
+        caller = current_caller()
+        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        violations.raise_if_any()
+        assert hold_id is not None and payment is not None
+        booking = await uc.sell_hold_at_counter(
+            self._uow(), self._clock, caller, uc.SellAtCounter(hold_id, payment, key)
+        )
+        return booking_message(booking)
+
+    async def GetBooking(self, request: pb.GetBookingRequest, context: Context) -> pb.Booking:
+        booking_id = require_id("booking_id", request.booking_id)
+        return booking_message(await uc.get_booking(self._uow(), current_caller(), booking_id))
+
+    async def ListBookings(self, request: pb.ListBookingsRequest, context: Context) -> pb.ListBookingsResponse:
+        violations = Violations()
+        showtime_id = parse_id(violations, "showtime_id", request.showtime_id, required=False)
+        customer_id = parse_id(violations, "customer_id", request.customer_id, required=False)
+        violations.raise_if_any()
+        caller = current_caller()
+        wanted = BookingFilter(customer_id=customer_id, showtime_id=showtime_id)
+        page = page_request(request.page_size, request.page_token, "ListBookings", wanted, caller.owner_key())
+        result = await uc.list_bookings(self._uow(), caller, wanted, page)
+        return pb.ListBookingsResponse(
+            bookings=[booking_message(b) for b in result.items], next_page_token=result.next_page_token(page)
+        )
+
+    async def CancelBooking(self, request: pb.CancelBookingRequest, context: Context) -> pb.Booking:
+        booking_id = require_id("booking_id", request.booking_id)
+        booking = await uc.cancel_booking(
+            self._uow(), self._clock, self._rules, current_caller(), booking_id, request.reason
+        )
+        return booking_message(booking)
+
+    async def GetSeatMap(self, request: pb.GetSeatMapRequest, context: Context) -> pb.SeatMap:
+        showtime_id = require_id("showtime_id", request.showtime_id)
+        return seat_map_message(await uc.seat_map(self._uow(), self._clock, current_caller(), showtime_id))
+
+    async def WatchSeatAvailability(
+        self, request: pb.WatchSeatAvailabilityRequest, context: Context
+    ) -> AsyncIterator[pb.SeatAvailabilityEvent]:
+        showtime_id = require_id("showtime_id", request.showtime_id)
+        if request.since_version < 0:
+            raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")
+        stream = uc.watch_seats(self._uow, self._bus, self._clock, current_caller(), showtime_id, request.since_version)
+        async for item in stream:
+            if isinstance(item, SeatMap):
+                yield pb.SeatAvailabilityEvent(snapshot=seat_map_message(item))
+            else:
+                yield pb.SeatAvailabilityEvent(changes=seat_changes_message(item))
