@@ -7,8 +7,9 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import psycopg
@@ -23,6 +24,7 @@ from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_databas
 from tests.auth_client import sign_in, with_token
 
 SCHEMAS = ("screening", "booking", "api")
+T = TypeVar("T")
 
 # Warnings and errors only: expected failures of RPCs under test would drown the output.
 configure_logging("WARNING", "console")
@@ -113,6 +115,10 @@ class RunningServer:
         self.loop.run_until_complete(start())
         self.loop.run_forever()
 
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs a coroutine on the server's event loop (e.g. one sweep of expired holds)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
     def stop(self) -> None:
         assert self.server is not None
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
@@ -122,7 +128,14 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def server_settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, grpc_port=0, shutdown_grace_seconds=2, log_format="console")
+    # The expiry job is run by the tests themselves (RunningServer.run) so they stay deterministic.
+    return Settings(
+        database_url=database_url,
+        grpc_port=0,
+        shutdown_grace_seconds=2,
+        log_format="console",
+        sweep_interval_seconds=3600,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2, status_pb2
 
 from cinema.screening.v1 import screening_pb2
 
@@ -25,11 +24,13 @@ class RpcFailure:
 
 
 def failure(error: grpc.RpcError) -> RpcFailure:
-    assert isinstance(error, grpc.Call)
-    result = RpcFailure(error.code(), error.details() or "")
-    status = rpc_status.from_call(error)
-    if status is None:
+    """Works for errors of sync (grpc.Call) and asyncio (AioRpcError) stubs alike."""
+    result = RpcFailure(error.code(), error.details() or "")  # type: ignore[attr-defined]
+    trailing = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    raw = next((value for key, value in trailing if key == "grpc-status-details-bin"), None)
+    if raw is None:
         return result
+    status = status_pb2.Status.FromString(raw)
     for detail in status.details:
         for message_type in (
             error_details_pb2.ErrorInfo,

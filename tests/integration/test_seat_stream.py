@@ -1,0 +1,191 @@
+"""The live seat availability stream: snapshot then deltas in version order, consistent with
+GetSeatMap; resuming from a version; expiry announced; slow watchers start over."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import psycopg
+import pytest
+
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub
+from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.domain.access import ANONYMOUS
+from cinema_grpc.domain.booking.model import SeatEvent, SeatMap
+from cinema_grpc.domain.booking.use_cases import watch_seats
+from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+from tests.booking_data import Customer, Sale, customer, hold, open_sale
+from tests.conftest import RunningServer
+from tests.rpc_errors import failure
+from tests.stream_reader import StreamReader
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+@pytest.fixture
+def sale(screening: ScreeningServiceStub) -> Sale:
+    return open_sale(screening)
+
+
+@pytest.fixture
+def ana(channel: grpc.Channel, db: Db) -> Customer:
+    return customer(channel, db)
+
+
+@pytest.fixture
+def clerk(channel: grpc.Channel, db: Db) -> Customer:
+    return customer(channel, db, "STAFF")
+
+
+@pytest.fixture
+def watch(channel: grpc.Channel) -> Iterator[object]:
+    readers: list[StreamReader] = []
+
+    def start(showtime_id: str, since_version: int = 0) -> StreamReader:
+        call = BookingServiceStub(channel).WatchSeatAvailability(
+            bpb.WatchSeatAvailabilityRequest(showtime_id=showtime_id, since_version=since_version)
+        )
+        reader = StreamReader(call)
+        readers.append(reader)
+        return reader
+
+    yield start
+    for reader in readers:
+        reader.close()
+
+
+def apply(seat_map: dict[str, int], event: bpb.SeatAvailabilityEvent) -> None:
+    for change in event.changes.changes:
+        seat_map[change.seat_id] = change.state
+
+
+def test_a_watcher_gets_a_snapshot_then_every_change_in_version_order(
+    watch: object, ana: Customer, clerk: Customer, sale: Sale
+) -> None:
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    first = reader.next()
+    assert first.WhichOneof("event") == "snapshot"
+    seen = {s.seat_id: s.state for s in first.snapshot.seats}
+    assert set(seen.values()) == {bpb.SEAT_STATE_FREE}
+    version = first.snapshot.version
+
+    held = hold(ana, sale, "C1", "C2")
+    other = hold(ana, sale, "C3")
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=other.id))
+    clerk.booking.SellHoldAtCounter(bpb.SellHoldAtCounterRequest(hold_id=held.id, payment=bpb.COUNTER_PAYMENT_CASH))
+
+    expected = [
+        {sale.seat("C1"): bpb.SEAT_STATE_HELD, sale.seat("C2"): bpb.SEAT_STATE_HELD},
+        {sale.seat("C3"): bpb.SEAT_STATE_HELD},
+        {sale.seat("C3"): bpb.SEAT_STATE_FREE},
+        {sale.seat("C1"): bpb.SEAT_STATE_SOLD, sale.seat("C2"): bpb.SEAT_STATE_SOLD},
+    ]
+    for changes in expected:
+        event = reader.next()
+        assert event.WhichOneof("event") == "changes"
+        assert event.changes.version == version + 1
+        version = event.changes.version
+        assert {c.seat_id: c.state for c in event.changes.changes} == changes
+        apply(seen, event)
+    now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
+    assert now.version == version
+    assert {s.seat_id: s.state for s in now.seats} == seen
+
+
+def test_a_watcher_that_reconnects_with_its_version_gets_only_what_it_missed(
+    watch: object, ana: Customer, sale: Sale, db: Db
+) -> None:
+    hold(ana, sale, "C1")
+    seen = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id)).version
+    hold(ana, sale, "C2")
+    hold(ana, sale, "C3")
+    reader = watch(sale.showtime.id, since_version=seen)  # type: ignore[operator]
+    missed = [reader.next(), reader.next()]
+    assert [e.changes.version for e in missed] == [seen + 1, seen + 2]
+    assert [e.changes.changes[0].seat_id for e in missed] == sale.seats("C2", "C3")
+    assert reader.nothing_within(0.3)
+
+    db.execute("DELETE FROM booking.seat_events WHERE showtime_id = %s", (sale.showtime.id,))
+    too_old = watch(sale.showtime.id, since_version=seen)  # type: ignore[operator]
+    fresh = too_old.next()
+    assert fresh.WhichOneof("event") == "snapshot"
+    assert fresh.snapshot.version == seen + 2
+    from_the_future = watch(sale.showtime.id, since_version=seen + 100)  # type: ignore[operator]
+    assert from_the_future.next().WhichOneof("event") == "snapshot"
+
+
+def test_expired_holds_released_by_the_sweeper_are_announced(
+    server: RunningServer, watch: object, ana: Customer, sale: Sale, db: Db
+) -> None:
+    held = hold(ana, sale, "D1", "D2")
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    version = reader.next().snapshot.version
+    db.execute("UPDATE booking.holds SET expires_at = now() - interval '1 second' WHERE id = %s", (held.id,))
+    db.execute("UPDATE booking.seat_claims SET expires_at = now() - interval '1 second' WHERE hold_id = %s", (held.id,))
+    assert server.server is not None
+    server.run(server.server.sweep_expired_holds())
+    event = reader.next()
+    assert event.changes.version == version + 1
+    assert {(c.seat_id, c.state) for c in event.changes.changes} == {
+        (sale.seat("D1"), bpb.SEAT_STATE_FREE),
+        (sale.seat("D2"), bpb.SEAT_STATE_FREE),
+    }
+
+
+def test_a_watcher_that_does_not_read_slows_down_neither_holds_nor_other_watchers(
+    channel: grpc.Channel, watch: object, ana: Customer, sale: Sale
+) -> None:
+    stalled = BookingServiceStub(channel).WatchSeatAvailability(
+        bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+    )
+    next(stalled)  # takes the snapshot, then never reads again
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    reader.next()
+    for label in [f"{row}{n}" for row in "BCDE" for n in range(1, 11)][:30]:
+        held = hold(ana, sale, label)
+        ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    versions = [reader.next(timeout=5).changes.version for _ in range(60)]
+    assert versions == list(range(versions[0], versions[0] + 60))
+    stalled.cancel()
+
+
+def test_a_watcher_whose_inbox_overflows_starts_over_from_a_fresh_seat_map(
+    server: RunningServer, ana: Customer, sale: Sale
+) -> None:
+    assert server.server is not None
+    database = server.server.database
+    bus = InProcessBus(LocalHub(capacity=2))
+    showtime_id = uuid.UUID(sale.showtime.id)
+
+    async def scenario() -> list[SeatMap | SeatEvent]:
+        stream = watch_seats(
+            lambda: SqlUnitOfWork(database.sessions, bus), bus, SystemClock(), ANONYMOUS, showtime_id, 0
+        )
+        received = [await anext(stream)]
+        assert isinstance(received[0], SeatMap)
+        version = received[0].version
+        await bus.publish([SeatEvent(showtime_id, version + i, ()) for i in range(1, 6)])
+        received.append(await anext(stream))
+        await stream.aclose()
+        return received
+
+    _, after_overflow = server.run(scenario())
+    assert isinstance(after_overflow, SeatMap)
+    assert bus.hub.watcher_count == 0
+
+
+def test_watching_an_unknown_or_malformed_showtime_fails_clearly(channel: grpc.Channel, db: Db) -> None:
+    stub = BookingServiceStub(channel)
+    for showtime_id, code, reason in (
+        (str(uuid.uuid4()), grpc.StatusCode.NOT_FOUND, "SHOWTIME_NOT_FOUND"),
+        ("nope", grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_FAILED"),
+    ):
+        call = stub.WatchSeatAvailability(bpb.WatchSeatAvailabilityRequest(showtime_id=showtime_id))
+        with pytest.raises(grpc.RpcError) as caught:
+            next(call)
+        assert (failure(caught.value).code, failure(caught.value).reason) == (code, reason)
