@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.booking.model import BookingRules
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")
+
+    @field_validator("database_url", "redis_url", "token_signing_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     def booking_rules(self) -> BookingRules:
         return BookingRules(
