@@ -12,22 +12,30 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
 
 from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
 from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
+from cinema.payment.v1 import payment_pb2, payment_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
 from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, RedisBus
 from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
+from cinema_grpc.adapters.stripe_gateway import StripeGateway
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator
+from cinema_grpc.domain.payment.use_cases import handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.services.access import AccessControl, declared_policies
 from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
+from cinema_grpc.services.payment import PaymentServicer
 from cinema_grpc.services.screening import ScreeningServicer
+from cinema_grpc.services.stripe_webhook import PATH as WEBHOOK_PATH
+from cinema_grpc.services.stripe_webhook import WebhookListener
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import Database, open_database, try_session_lock
 from cinema_grpc.storage.locks import LockNamespace
@@ -39,6 +47,7 @@ SERVICES = (
     screening_pb2.DESCRIPTOR.services_by_name["ScreeningService"],
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     booking_pb2.DESCRIPTOR.services_by_name["BookingService"],
+    payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
 )
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
@@ -47,6 +56,8 @@ class CinemaServer:
     """The gRPC server with health and reflection, and the resources it must release."""
 
     def __init__(self, settings: Settings, database: Database, clock: Clock) -> None:
+        if settings.stripe_secret_key is None or settings.stripe_webhook_secret is None:
+            raise ValueError("a Stripe secret key and webhook secret are needed (serve starts a local one)")
         self.settings = settings
         self.database = database
         self.clock = clock
@@ -62,6 +73,7 @@ class CinemaServer:
         self.unit_of_work = unit_of_work
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._sweep: asyncio.Task[None] | None = None
+        self.webhook_port = 0
 
         uow: Callable[[], UnitOfWork] = unit_of_work
         key = settings.token_signing_key.get_secret_value() if settings.token_signing_key else None
@@ -88,6 +100,21 @@ class CinemaServer:
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
             BookingServicer(uow, clock, settings.booking_rules(), self.bus), self.grpc
         )
+        self.gateway = StripeGateway(
+            settings.stripe_secret_key.get_secret_value(),
+            settings.stripe_webhook_secret.get_secret_value(),
+            api_base=settings.stripe_api_base or None,
+            timeout_seconds=settings.stripe_timeout_seconds,
+        )
+        payment_pb2_grpc.add_PaymentServiceServicer_to_server(
+            PaymentServicer(uow, clock, self.gateway, settings.payment_rules(), settings.booking_rules()), self.grpc
+        )
+        gateway = self.gateway
+
+        async def on_webhook(payload: bytes, signature: str) -> str:
+            return await handle_webhook(unit_of_work, gateway, clock, payload, signature)
+
+        self.webhooks = WebhookListener(on_webhook)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -112,6 +139,21 @@ class CinemaServer:
                 await uow.commit()
             return freed
 
+    async def reconcile_payments(self) -> None:
+        """One run of the reconciliation job, in one replica at a time."""
+        async with try_session_lock(self.database.engine, LockNamespace.PAYMENT_RECONCILER) as mine:
+            if not mine:
+                return
+            done = await reconcile(self.unit_of_work, self.gateway, self.clock, self.settings.payment_rules())
+            if done.settled or done.abandoned or done.refunds_done or done.refunds_requested:
+                log.info("reconciled payments with Stripe", **done.__dict__)
+
+    async def _reconcile_job(self) -> None:
+        try:
+            await self.reconcile_payments()
+        except Exception:
+            log.exception("reconciling payments failed")
+
     async def _sweep_job(self) -> None:
         try:
             await self.sweep_expired_holds()
@@ -128,11 +170,30 @@ class CinemaServer:
             max_instances=1,
             coalesce=True,
         )
+        self.scheduler.add_job(
+            self._reconcile_job,
+            "interval",
+            seconds=self.settings.reconcile_interval_seconds,
+            id="reconcile-payments",
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.start()
+        self.webhook_port = await self.webhooks.start(self.settings.webhook_host, self.settings.webhook_port)
         await self.grpc.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", host=self.settings.grpc_host, port=self.port)
+        log.info(
+            "serving",
+            host=self.settings.grpc_host,
+            port=self.port,
+            webhook_url=self.webhook_url,
+            stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
+        )
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://{self.settings.webhook_host}:{self.webhook_port}{WEBHOOK_PATH}"
 
     async def stop(self) -> None:
         """Graceful shutdown: report NOT_SERVING, let in-flight RPCs finish, release the pool."""
@@ -142,6 +203,7 @@ class CinemaServer:
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
         if self._sweep is not None and not self._sweep.done():
             await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)
+        await self.webhooks.stop()
         await self.bus.stop()
         await self.database.close()
         log.info("stopped")
@@ -155,16 +217,33 @@ def create_server(settings: Settings, database: Database, clock: Clock | None = 
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    local_stripe = None
+    if settings.stripe_secret_key is None:
+        # No Stripe account configured: payments go to a local Stripe-compatible test server.
+        local_stripe = await asyncio.to_thread(LocalStripe().start)
+        settings = settings.model_copy(
+            update={
+                "stripe_secret_key": SecretStr(API_KEY),
+                "stripe_webhook_secret": SecretStr(local_stripe.webhook_secret),
+                "stripe_api_base": local_stripe.api_base,
+            }
+        )
     database = await asyncio.to_thread(open_database, settings)
     try:
         server, _ = create_server(settings, database)
+        await server.start()
+        if local_stripe is not None:
+            await asyncio.to_thread(local_stripe.deliver_webhooks_to, server.webhook_url)
     except BaseException:
         await database.close()
+        if local_stripe is not None:
+            local_stripe.stop()
         raise
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+    if local_stripe is not None:
+        local_stripe.stop()

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.booking.model import BookingRules
+from cinema_grpc.domain.payment.use_cases import PaymentRules
 
 
 class Settings(BaseSettings):
@@ -51,11 +52,28 @@ class Settings(BaseSettings):
     watcher_buffer: int = Field(default=256, ge=1, le=100_000)
     # How long seat events are kept for watchers that reconnect with a version.
     event_retention_minutes: int = Field(default=60, ge=1)
+    # Stripe secret key (sk_live_... / sk_test_...). Empty: a local Stripe-compatible test
+    # server (localstripe) is started next to the server, so payments work offline.
+    stripe_secret_key: SecretStr | None = None
+    # Signing secret of the webhook endpoint (whsec_...); required with a Stripe key.
+    stripe_webhook_secret: SecretStr | None = None
+    # Stripe API base URL; empty means Stripe's own.
+    stripe_api_base: str = ""
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Where Stripe delivers webhook events: http://HOST:PORT/stripe/webhook. Port 0: any free one.
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8081, ge=0, le=65535)
+    # A hold whose payment is in flight is kept at most this long after the payment started.
+    payment_deadline_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # How often unsettled payments and pending refunds are reconciled with Stripe.
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
-    @field_validator("database_url", "redis_url", "token_signing_key", mode="before")
+    @field_validator(
+        "database_url", "redis_url", "token_signing_key", "stripe_secret_key", "stripe_webhook_secret", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -68,3 +86,6 @@ class Settings(BaseSettings):
             max_active_holds=self.max_active_holds_per_customer,
             customer_cancel_cutoff=timedelta(minutes=self.customer_cancel_cutoff_minutes),
         )
+
+    def payment_rules(self) -> PaymentRules:
+        return PaymentRules(payment_deadline=timedelta(minutes=self.payment_deadline_minutes))

@@ -17,13 +17,16 @@ import pytest
 from sqlalchemy import make_url
 
 from cinema.screening.v1 import screening_pb2_grpc
+from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import CinemaServer, create_server
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
 from tests.auth_client import sign_in, with_token
 
-SCHEMAS = ("screening", "booking", "api")
+SCHEMAS = ("screening", "booking", "api", "payment")
+# Append-only by design (the database refuses TRUNCATE); entries of earlier tests stay.
+KEPT_TABLES = ("payment.audit_log",)
 T = TypeVar("T")
 
 # Warnings and errors only: expected failures of RPCs under test would drown the output.
@@ -79,8 +82,9 @@ def db(db_admin: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[t
     the login throttle is emptied because all tests sign in from the same address.
     """
     tables = db_admin.execute(
-        "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = ANY(%s)",
-        (list(SCHEMAS),),
+        "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables"
+        " WHERE schemaname = ANY(%s) AND format('%%I.%%I', schemaname, tablename) <> ALL(%s)",
+        (list(SCHEMAS), list(KEPT_TABLES)),
     ).fetchall()
     db_admin.execute(
         f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.login_failures RESTART IDENTITY CASCADE"
@@ -127,7 +131,15 @@ class RunningServer:
 
 
 @pytest.fixture(scope="session")
-def server_settings(database_url: str) -> Settings:
+def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    """The Stripe-compatible test server (localstripe), on a free loopback port."""
+    stripe = LocalStripe().start(log=tmp_path_factory.mktemp("stripe") / "localstripe.log")
+    yield stripe
+    stripe.stop()
+
+
+@pytest.fixture(scope="session")
+def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
     # The expiry job is run by the tests themselves (RunningServer.run) so they stay deterministic.
     return Settings(
         database_url=database_url,
@@ -135,12 +147,19 @@ def server_settings(database_url: str) -> Settings:
         shutdown_grace_seconds=2,
         log_format="console",
         sweep_interval_seconds=3600,
+        reconcile_interval_seconds=3600,
+        stripe_secret_key=API_KEY,
+        stripe_webhook_secret=local_stripe.webhook_secret,
+        stripe_api_base=local_stripe.api_base,
+        webhook_port=0,
     )
 
 
 @pytest.fixture(scope="session")
-def server(server_settings: Settings) -> Iterator[RunningServer]:
+def server(server_settings: Settings, local_stripe: LocalStripe) -> Iterator[RunningServer]:
     running = RunningServer(server_settings)
+    assert running.server is not None
+    local_stripe.deliver_webhooks_to(running.server.webhook_url)
     yield running
     running.stop()
 

@@ -398,3 +398,34 @@ class TooManyActiveHolds(LimitExceeded):
 
 class HoldExtensionLimit(LimitExceeded):
     reason = "HOLD_EXTENSION_LIMIT"
+
+
+class PaymentNotFound(NotFound):
+    reason = "PAYMENT_NOT_FOUND"
+    resource_type = "payment"
+
+
+class PaymentInProgress(PreconditionFailed):
+    """The hold already has a payment that is not failed."""
+
+    reason = "PAYMENT_IN_PROGRESS"
+
+
+class PaymentNotRefundable(PreconditionFailed):
+    reason = "PAYMENT_NOT_REFUNDABLE"
+
+
+class PaymentProviderUnavailable(DomainError):
+    """Stripe could not be reached or failed; nothing was charged twice, retry later."""
+
+    kind = ErrorKind.UNAVAILABLE
+    reason = "PAYMENT_PROVIDER_UNAVAILABLE"
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 2.0
+
+
+class InvalidWebhook(DomainError):
+    kind = ErrorKind.INVALID_ARGUMENT
+    reason = "INVALID_WEBHOOK"

@@ -21,7 +21,9 @@ from cinema_grpc.domain.booking.model import (
 )
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
+from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
 from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
 
 
@@ -290,6 +292,76 @@ class BookingRepository(Protocol):
 
     async def prune_events(self, older_than: datetime) -> int: ...
 
+    async def set_payment_deadline(self, hold: Hold, deadline: datetime | None) -> None:
+        """Keeps the hold (and its seats) at least until ``deadline``; None lets it expire as usual."""
+        ...
+
+
+class PaymentRepository(Protocol):
+    async def add(self, payment: Payment) -> None:
+        """Raises PaymentInProgress when the hold has a payment that has not failed."""
+        ...
+
+    async def get(self, payment_id: uuid.UUID, *, for_update: bool = False) -> Payment | None: ...
+
+    async def by_intent(self, intent_id: str) -> Payment | None: ...
+
+    async def update(self, payment: Payment) -> None: ...
+
+    async def live_for_hold(self, hold_id: uuid.UUID, *, other_than: uuid.UUID) -> Payment | None: ...
+
+    async def add_refund(self, refund: Refund) -> None: ...
+
+    async def get_refund(self, refund_id: uuid.UUID, *, for_update: bool = False) -> Refund | None: ...
+
+    async def update_refund(self, refund: Refund) -> None: ...
+
+    async def pending_refunds(self, limit: int) -> list[Refund]: ...
+
+    async def unsettled(self, older_than: datetime, limit: int) -> list[Payment]:
+        """INITIALIZED payments created before ``older_than``, oldest first."""
+        ...
+
+    async def owed_by_cancelled_bookings(self, limit: int) -> list[Payment]:
+        """Paid payments whose booking was cancelled and which have no refund pending yet."""
+        ...
+
+    async def record_webhook(self, event_id: str, event_type: str) -> bool:
+        """True the first time an event id is seen, False for a redelivery."""
+        ...
+
+
+class AuditTrail(Protocol):
+    """Append-only: the database refuses UPDATE, DELETE and TRUNCATE of its entries."""
+
+    async def append(self, entry: AuditEntry) -> AuditEntry: ...
+
+    async def for_payment(self, payment_id: uuid.UUID) -> list[AuditEntry]: ...
+
+    async def everything(self) -> list[AuditEntry]: ...
+
+
+class PaymentGateway(Protocol):
+    """Stripe PaymentIntents. Every mutating call carries an idempotency key."""
+
+    async def create_intent(
+        self, payment_id: uuid.UUID, amount: Money, *, payment_method: str | None, idempotency_key: str
+    ) -> IntentStatus: ...
+
+    async def confirm_intent(self, intent_id: str, *, idempotency_key: str) -> IntentStatus:
+        """A declined card is an IntentStatus with a failure reason, not an exception."""
+        ...
+
+    async def retrieve_intent(self, intent_id: str) -> IntentStatus: ...
+
+    async def refund(self, intent_id: str, amount: Money, *, idempotency_key: str) -> str:
+        """Returns the refund id; raises PaymentProviderUnavailable when Stripe did not accept it."""
+        ...
+
+    def parse_webhook(self, payload: bytes, signature: str) -> GatewayEvent:
+        """Raises InvalidWebhook unless the signature is valid for our webhook secret."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless ``commit`` was called."""
@@ -303,6 +375,8 @@ class UnitOfWork(Protocol):
     sessions: SessionRepository
     login_throttle: LoginThrottle
     booking: BookingRepository
+    payments: PaymentRepository
+    audit: AuditTrail
 
     async def __aenter__(self) -> Self: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +51,8 @@ _EXPIRE_DUE = text(
     """
     WITH expired AS (
         UPDATE booking.holds SET state = 'EXPIRED', ended_at = :now
-        WHERE showtime_id = :showtime_id AND state = 'ACTIVE' AND expires_at <= :now
+        WHERE showtime_id = :showtime_id AND state = 'ACTIVE'
+          AND greatest(expires_at, payment_deadline) <= :now
         RETURNING id
     )
     UPDATE booking.seat_claims SET status = 'RELEASED'
@@ -108,7 +110,9 @@ class SqlBookingRepository:
 
     async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int:
         query = select(func.count()).where(
-            HoldRow.customer_id == customer_id, HoldRow.state == "ACTIVE", HoldRow.expires_at > now
+            HoldRow.customer_id == customer_id,
+            HoldRow.state == "ACTIVE",
+            func.greatest(HoldRow.expires_at, HoldRow.payment_deadline) > now,
         )
         return int(await self._session.scalar(query) or 0)
 
@@ -186,6 +190,7 @@ class SqlBookingRepository:
             row.expires_at,
             row.extensions_used,
             row.created_at,
+            row.payment_deadline,
         )
 
     async def end_hold(self, hold: Hold, state: HoldState, now: datetime) -> None:
@@ -204,10 +209,18 @@ class SqlBookingRepository:
             .where(HoldRow.id == hold.id)
             .values(expires_at=hold.expires_at, extensions_used=hold.extensions_used)
         )
+        await self._keep_seats_until(hold.id, hold.kept_until)
+
+    async def set_payment_deadline(self, hold: Hold, deadline: datetime | None) -> None:
+        await self._session.execute(update(HoldRow).where(HoldRow.id == hold.id).values(payment_deadline=deadline))
+        await self._keep_seats_until(hold.id, replace(hold, payment_deadline=deadline).kept_until)
+
+    async def _keep_seats_until(self, hold_id: uuid.UUID, until: datetime) -> None:
+        # Claims carry the moment their seat is free again, so "is it taken?" reads one table.
         await self._session.execute(
             update(SeatClaimRow)
-            .where(SeatClaimRow.hold_id == hold.id, SeatClaimRow.status == "HELD")
-            .values(expires_at=hold.expires_at)
+            .where(SeatClaimRow.hold_id == hold_id, SeatClaimRow.status == "HELD")
+            .values(expires_at=until)
         )
 
     async def convert_hold(self, hold: Hold, booking: Booking) -> None:
@@ -361,7 +374,7 @@ class SqlBookingRepository:
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]:
         query = (
             select(HoldRow.showtime_id)
-            .where(HoldRow.state == "ACTIVE", HoldRow.expires_at <= now)
+            .where(HoldRow.state == "ACTIVE", func.greatest(HoldRow.expires_at, HoldRow.payment_deadline) <= now)
             .group_by(HoldRow.showtime_id)
             .limit(limit)
         )

@@ -24,6 +24,11 @@ class LockNamespace(enum.StrEnum):
     # Session lock held by the replica that is sweeping expired holds (pg_try_advisory_lock:
     # the others skip their turn instead of waiting).
     HOLD_SWEEPER = "hold-sweeper"
+    # Session lock of the replica reconciling payments with Stripe (pg_try_advisory_lock).
+    PAYMENT_RECONCILER = "payment-reconciler"
+    # Transaction lock serialising appends to the payment audit trail, so each entry's
+    # previous hash is the hash of the entry before it.
+    AUDIT_CHAIN = "audit-chain"
 
 
 def advisory_key(namespace: LockNamespace, value: str = "") -> int:

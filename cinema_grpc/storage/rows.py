@@ -110,6 +110,7 @@ class HoldRow(Row):
     extensions_used: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     ended_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    payment_deadline: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class BookingRow(Row):
@@ -214,3 +215,68 @@ class LoginFailureRow(Row):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     window_start: Mapped[datetime] = mapped_column(Timestamp)
     failures: Mapped[int] = mapped_column(Integer)
+
+
+class PaymentRow(Row):
+    __tablename__ = "payments"
+    __table_args__ = {"schema": "payment"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    hold_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("booking.holds.id"))
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    channel: Mapped[str] = mapped_column(Text)
+    booking_id: Mapped[uuid.UUID | None] = mapped_column(UUID, ForeignKey("booking.bookings.id"), nullable=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    state: Mapped[str] = mapped_column(Text)
+    intent_id: Mapped[str | None] = mapped_column(Text, unique=True, nullable=True)
+    client_secret: Mapped[str] = mapped_column(Text, default="")
+    failure_reason: Mapped[str] = mapped_column(Text, default="")
+    refund_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RefundRow(Row):
+    __tablename__ = "refunds"
+    __table_args__ = {"schema": "payment"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("payment.payments.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
+    state: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(Text)
+    stripe_refund_id: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WebhookEventRow(Row):
+    __tablename__ = "webhook_events"
+    __table_args__ = {"schema": "payment"}
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class AuditLogRow(Row):
+    __tablename__ = "audit_log"
+    __table_args__ = {"schema": "payment"}
+
+    sequence: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    payment_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    kind: Mapped[str] = mapped_column(Text)
+    stripe_id: Mapped[str] = mapped_column(Text, default="")
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    currency: Mapped[str | None] = mapped_column(CHAR(3), nullable=True)
+    actor: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    prev_hash: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(Text, unique=True)

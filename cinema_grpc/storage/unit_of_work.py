@@ -12,12 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cinema_grpc.domain.booking.model import SeatEvent
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
 from cinema_grpc.domain.ports import (
+    AuditTrail,
     AvailabilityBus,
     BookingRepository,
     CinemaRepository,
     HallRepository,
     LoginThrottle,
     MovieRepository,
+    PaymentRepository,
     RequestLog,
     SessionRepository,
     ShowtimeRepository,
@@ -25,6 +27,7 @@ from cinema_grpc.domain.ports import (
 )
 from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
+from cinema_grpc.storage.payment_repository import SqlAuditTrail, SqlPaymentRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
     SqlHallRepository,
@@ -68,6 +71,8 @@ class SqlUnitOfWork:
         self.sessions: SessionRepository = SqlSessionRepository(self.session)
         self.login_throttle: LoginThrottle = SqlLoginThrottle(self.session)
         self.booking: BookingRepository = SqlBookingRepository(self.session)
+        self.payments: PaymentRepository = SqlPaymentRepository(self.session)
+        self.audit: AuditTrail = SqlAuditTrail(self.session)
         return self
 
     async def __aexit__(

@@ -52,6 +52,7 @@ def replicas(database_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
             "CINEMA_TOKEN_SIGNING_KEY": "replica-test-signing-key-0123456789abcdef",
             "CINEMA_SWEEP_INTERVAL_SECONDS": "0.5",
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
+            "CINEMA_WEBHOOK_PORT": "0",
         }
         log = (tmp_path / f"{name}.log").open("w")
         processes.append(subprocess.Popen([str(BIN / "cinema-grpc"), "serve"], env=env, stderr=log, stdout=log))

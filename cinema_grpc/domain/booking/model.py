@@ -92,17 +92,25 @@ class Hold:
     expires_at: datetime
     extensions_used: int
     created_at: datetime
+    # While a card payment is in flight the hold lives at least until then (a hard limit).
+    payment_deadline: datetime | None = None
 
     @property
     def total(self) -> Money:
         return total(self.seats)
 
+    @property
+    def kept_until(self) -> datetime:
+        if self.payment_deadline is not None and self.payment_deadline > self.expires_at:
+            return self.payment_deadline
+        return self.expires_at
+
     def active(self, now: datetime) -> bool:
-        return self.state is HoldState.ACTIVE and now < self.expires_at
+        return self.state is HoldState.ACTIVE and now < self.kept_until
 
     def shown_state(self, now: datetime) -> HoldState:
         """EXPIRED as soon as the time is up, even before the sweeper has run."""
-        if self.state is HoldState.ACTIVE and now >= self.expires_at:
+        if self.state is HoldState.ACTIVE and now >= self.kept_until:
             return HoldState.EXPIRED
         return self.state
 

@@ -1,0 +1,1050 @@
+"""Booking benchmark: HoldSeats against two ceilings, a contention round and the seat stream.
+
+Not part of the test suite. Run from the project root:
+
+    .venv/bin/python bench/booking_bench.py --duration 10
+
+It starts a real cinema-grpc server in this process (on an event loop of its own, in a
+background thread, as tests/conftest.py does), on an embedded PostgreSQL in a temporary
+directory unless --database-url names a server (a fresh database is then created there and
+dropped afterwards). Everything is seeded through the public gRPC API; the load comes from
+grpc.aio clients on the main thread. One run measures, on the same server and database:
+
+  a. the empty-RPC ceiling: grpc.health.v1.Health/Check, same concurrency and channels;
+  b. the raw-SQL ceiling: psycopg transactions doing what a hold must do at least (the
+     showtime's advisory lock, one hold row, one seat claim), same concurrency;
+  c. HoldSeats (one free seat per hold, signed-in customers): throughput, p50/p99;
+  d. a contention round: many clients, each on its own channel, for a few seats at once;
+  e. stream fan-out: many WatchSeatAvailability watchers, then holds one after another, and
+     the delay from each HoldSeats response to each watcher receiving the change.
+
+Then it prints one table with every figure, the ratios and the targets (see
+docs/performance.md for what each line means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import psycopg
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import make_url
+
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.common.v1 import money_pb2
+from cinema.identity.v1 import identity_pb2 as ipb
+from cinema.identity.v1.identity_pb2_grpc import IdentityServiceStub
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.log_config import configure_logging
+from cinema_grpc.server import CinemaServer, create_server
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
+from cinema_grpc.storage.locks import LockNamespace, advisory_key
+
+if TYPE_CHECKING:  # the async stub class exists in the type stubs only
+    from cinema.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
+
+T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
+AsyncDb = psycopg.AsyncConnection[tuple[Any, ...]]
+
+PASSWORD = "bench password, long enough"
+# Settings caps max_active_holds_per_customer at 100 (pydantic le=100): the bench hands out
+# holds round-robin over its customers and never asks one for more than this.
+MAX_ACTIVE_HOLDS = 100
+PRICE_MINOR = 1200
+CURRENCY = "EUR"
+# Every client channel gets a TCP connection of its own: without this option gRPC shares one
+# subchannel (one connection) between all channels with the same target and arguments.
+CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+DOUBLE_CLAIMS_SQL = (
+    "SELECT count(*) FROM (SELECT showtime_id, seat_id FROM booking.seat_claims"
+    " WHERE status IN ('HELD', 'SOLD') GROUP BY 1, 2 HAVING count(*) > 1) AS doubles"
+)
+HOLD_ROW_SQL = (
+    "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at)"
+    " VALUES (%s, %s, %s, 'ACTIVE', now() + interval '10 minutes', now())"
+)
+CLAIM_ROW_SQL = (
+    "INSERT INTO booking.seat_claims"
+    " (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
+    " VALUES (%s, %s, %s, %s, 'HELD', %s, %s, now() + interval '10 minutes', now())"
+)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def libpq_url(url: str) -> str:
+    """A URL psycopg accepts (no SQLAlchemy driver suffix)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call (google.rpc details), else its status code."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):  # False for details of other types
+                    return info.reason
+    return error.code().name
+
+
+def row_labels(rows: int) -> list[str]:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return [letters[i] if i < len(letters) else f"R{i + 1}" for i in range(rows)]
+
+
+def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    return [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(count)]
+
+
+async def ready(channels: Sequence[grpc.aio.Channel]) -> None:
+    await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), timeout=60)
+
+
+async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
+    await asyncio.gather(*(ch.close() for ch in channels))
+
+
+# ----------------------------------------------------------------------------- database and server
+
+
+@contextlib.contextmanager
+def provision_database(configured: str | None) -> Iterator[tuple[str, str]]:
+    """A migrated, empty database: (url, where). Removed again afterwards.
+
+    With a URL, a fresh database is created on that server and dropped at the end; without one,
+    an embedded PostgreSQL runs in a temporary directory, as tests/conftest.py does.
+    """
+    if configured:
+        name = f"cinema_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(libpq_url(configured), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+            url = make_url(libpq_url(configured)).set(database=name).render_as_string(hide_password=False)
+            try:
+                migrate(sqlalchemy_url(url))
+                yield url, f"database {name} on {make_url(url).host}:{make_url(url).port} (dropped afterwards)"
+            finally:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        return
+    with tempfile.TemporaryDirectory(prefix="cinema-bench-") as tmp:
+        embedded = EmbeddedPostgres(Path(tmp) / "pgdata")
+        url = embedded.start()
+        try:
+            migrate(sqlalchemy_url(url))
+            yield url, f"embedded PostgreSQL in {tmp}"
+        finally:
+            embedded.stop()
+
+
+class ServerThread:
+    """A CinemaServer on its own event loop in a background thread (as tests' RunningServer)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.server: CinemaServer | None = None
+        self._serving = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cinema-grpc-bench-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the server did not start within 60 s")
+        if self.server is None or not self._serving:
+            raise RuntimeError("the server failed to start (see the traceback above)")
+        self.port: int = self.server.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def start() -> None:
+            database = open_database(self.settings, run_migrations=False)
+            self.server, _ = create_server(self.settings, database)
+            await self.server.start()
+            self._serving = True
+
+        try:
+            self.loop.run_until_complete(start())
+        finally:
+            self._ready.set()  # a failure is printed by the thread and noticed by __init__
+        self.loop.run_forever()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs a coroutine on the server's loop (and so in the server's thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+@dataclass(frozen=True)
+class Customer:
+    user_id: str
+    metadata: Metadata
+
+
+@dataclass
+class World:
+    """What the bench seeded: one hall, its showtimes and signed-in customers."""
+
+    hall: spb.Hall
+    showtimes: list[str]
+    customers: list[Customer]
+    admin: Metadata
+    lock_keys: dict[str, int] = field(default_factory=dict)
+
+    def pairs(self, rng: random.Random) -> list[tuple[str, str]]:
+        """Every (showtime, seat) pair, shuffled."""
+        everything = [(showtime, seat.id) for showtime in self.showtimes for seat in self.hall.seats]
+        rng.shuffle(everything)
+        return everything
+
+
+async def register(identity: IdentityServiceAsyncStub, label: str) -> tuple[str, str]:
+    """A new account: (user id, email)."""
+    email = f"{label}-{uuid.uuid4().hex[:10]}@example.com"
+    user = await identity.Register(ipb.RegisterRequest(email=email, password=PASSWORD, display_name=label))
+    return user.id, email
+
+
+async def sign_in(identity: IdentityServiceAsyncStub, email: str) -> Metadata:
+    pair = await identity.Login(ipb.LoginRequest(email=email, password=PASSWORD))
+    return bearer(pair.access_token)
+
+
+async def new_customer(identity: IdentityServiceAsyncStub, label: str) -> Customer:
+    user_id, email = await register(identity, label)
+    return Customer(user_id, await sign_in(identity, email))
+
+
+async def seed(channel: grpc.aio.Channel, db: AsyncDb, args: argparse.Namespace) -> World:
+    """Admin, cinema, hall, movie, showtimes and customers, all through the public API."""
+    identity = IdentityServiceStub(channel)
+    admin_id, admin_email = await register(identity, "bench-admin")
+    await db.execute("INSERT INTO identity.user_roles (user_id, role) VALUES (%s, 'ADMIN')", (admin_id,))
+    admin = await sign_in(identity, admin_email)
+
+    screening = ScreeningServiceStub(channel)
+    cinema = await screening.CreateCinema(
+        spb.CreateCinemaRequest(
+            cinema=spb.Cinema(name=f"Bench {uuid.uuid4().hex[:8]}", time_zone="Europe/Berlin", currency_code=CURRENCY)
+        ),
+        metadata=admin,
+    )
+    layout = spb.SeatLayout(
+        rows=[spb.SeatRow(label=label, columns=args.seats_per_row) for label in row_labels(args.rows)]
+    )
+    hall = await screening.CreateHall(
+        spb.CreateHallRequest(cinema_id=cinema.id, name="Bench hall", layout=layout), metadata=admin
+    )
+    movie = await screening.CreateMovie(
+        spb.CreateMovieRequest(movie=spb.Movie(title="Bench movie", duration_minutes=100, rating="PG", active=True)),
+        metadata=admin,
+    )
+    prices = [
+        spb.SeatPrice(kind=kind, price=money_pb2.Money(amount_minor=PRICE_MINOR, currency_code=CURRENCY))
+        for kind in sorted({seat.kind for seat in hall.seats})
+    ]
+    # Four hours apart: a 100-minute movie plus the cleaning buffer never overlaps the next.
+    first = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    showtimes = []
+    for i in range(args.showtimes):
+        request = spb.CreateShowtimeRequest(
+            hall_id=hall.id, movie_id=movie.id, start_time=timestamp(first + timedelta(hours=4 * i)), prices=prices
+        )
+        showtimes.append((await screening.CreateShowtime(request, metadata=admin)).id)
+
+    customers = await asyncio.gather(*(new_customer(identity, f"bench-customer-{i}") for i in range(args.customers)))
+    world = World(hall, showtimes, list(customers), admin)
+    world.lock_keys = {s: advisory_key(LockNamespace.SHOWTIME_SEATS, s) for s in showtimes}
+    return world
+
+
+async def reset_holds(db: AsyncDb) -> None:
+    """Removes every hold and claim, so the next phase starts from empty showtimes."""
+    await db.execute("DELETE FROM booking.seat_claims")
+    await db.execute("DELETE FROM booking.holds")
+    await db.execute("VACUUM ANALYZE booking.seat_claims, booking.holds")
+
+
+async def double_claims(db: AsyncDb) -> int:
+    cursor = await db.execute(DOUBLE_CLAIMS_SQL)
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+# ----------------------------------------------------------------------------- closed-loop load
+
+
+class Exhausted(Exception):
+    """The phase ran out of free seats or of customers below their hold limit."""
+
+
+@dataclass
+class LoadResult:
+    """Requests completed inside the measurement window of one closed-loop run."""
+
+    concurrency: int
+    ok: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+
+# One request of worker i: None when it succeeded, else the reason it failed.
+Operation = Callable[[int], Awaitable[str | None]]
+
+
+async def closed_loop(concurrency: int, duration: float, warmup: float, operation: Operation) -> LoadResult:
+    """`concurrency` workers, each with one request in flight at a time, for warmup + duration.
+
+    Only requests that complete inside the window (after the warm-up) are counted.
+    """
+    result = LoadResult(concurrency)
+    window_start = time.perf_counter() + warmup
+    window_end = window_start + duration
+    exhausted: list[tuple[float, str]] = []
+
+    async def worker(i: int) -> None:
+        while not exhausted:
+            started = time.perf_counter()
+            if started >= window_end:
+                return
+            try:
+                failure = await operation(i)
+            except Exhausted as why:
+                exhausted.append((time.perf_counter(), str(why)))
+                return
+            done = time.perf_counter()
+            if window_start <= done <= window_end:
+                if failure is None:
+                    result.ok += 1
+                    result.latencies_ms.append((done - started) * 1000)
+                else:
+                    result.failures[failure] += 1
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    end = window_end
+    if exhausted:
+        end = min(window_end, exhausted[0][0])
+        result.note = f"stopped after {max(end - window_start, 0):.1f} s: {exhausted[0][1]}"
+    result.elapsed = max(end - window_start, 0.0)
+    return result
+
+
+class HoldFeed:
+    """Hands out never-used (showtime, seat) pairs and customers round-robin, each customer
+    below the server's active-hold limit."""
+
+    def __init__(self, pairs: list[tuple[str, str]], customers: Sequence[Customer]) -> None:
+        self._pairs = iter(pairs)
+        self._customers = customers
+        self._issued = 0
+
+    def next(self) -> tuple[str, str, Customer]:
+        if self._issued >= len(self._customers) * (MAX_ACTIVE_HOLDS - 1):
+            raise Exhausted("every customer is at the active-hold limit (raise --customers)")
+        pair = next(self._pairs, None)
+        if pair is None:
+            raise Exhausted("no free seat left (raise --showtimes or the hall size)")
+        customer = self._customers[self._issued % len(self._customers)]
+        self._issued += 1
+        return pair[0], pair[1], customer
+
+
+def health_operation(channels: Sequence[grpc.aio.Channel]) -> Operation:
+    stubs = [health_pb2_grpc.HealthStub(ch) for ch in channels]
+    request = health_pb2.HealthCheckRequest(service="")
+
+    async def check(i: int) -> str | None:
+        try:
+            await stubs[i % len(stubs)].Check(request, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            return reason_of(error)
+        return None
+
+    return check
+
+
+def hold_operation(channels: Sequence[grpc.aio.Channel], feed: HoldFeed) -> Operation:
+    stubs = [BookingServiceStub(ch) for ch in channels]
+
+    async def hold(i: int) -> str | None:
+        showtime, seat, customer = feed.next()
+        request = bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seat])
+        try:
+            await stubs[i % len(stubs)].HoldSeats(request, metadata=customer.metadata, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            return reason_of(error)
+        return None
+
+    return hold
+
+
+def raw_sql_operation(connections: Sequence[AsyncDb], feed: HoldFeed, lock_keys: dict[str, int]) -> Operation:
+    """What a hold must do at least: the showtime's advisory lock, a hold row, a claim row."""
+    marker = str(uuid.uuid4())  # customer id of every raw hold
+
+    async def transaction(i: int) -> str | None:
+        showtime, seat, _ = feed.next()
+        conn = connections[i]
+        hold_id = uuid.uuid4()
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_keys[showtime],))
+                await conn.execute(HOLD_ROW_SQL, (hold_id, showtime, marker))
+                await conn.execute(CLAIM_ROW_SQL, (uuid.uuid4(), hold_id, showtime, seat, PRICE_MINOR, CURRENCY))
+        except psycopg.Error as error:
+            return f"SQLSTATE {error.sqlstate}"
+        return None
+
+    return transaction
+
+
+# ----------------------------------------------------------------------------- the phases
+
+
+async def measure_empty_rpc(address: str, args: argparse.Namespace, concurrency: int) -> LoadResult:
+    channels = open_channels(address, args.channels)
+    try:
+        await ready(channels)
+        return await closed_loop(concurrency, args.duration, args.warmup, health_operation(channels))
+    finally:
+        await close_channels(channels)
+
+
+async def measure_raw_sql(
+    url: str, world: World, db: AsyncDb, args: argparse.Namespace, concurrency: int, rng: random.Random
+) -> LoadResult:
+    connections = await asyncio.gather(
+        *(psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) for _ in range(concurrency))
+    )
+    try:
+        feed = HoldFeed(world.pairs(rng), world.customers)
+        return await closed_loop(
+            concurrency, args.duration, args.warmup, raw_sql_operation(connections, feed, world.lock_keys)
+        )
+    finally:
+        await asyncio.gather(*(conn.close() for conn in connections))
+        await reset_holds(db)
+
+
+@dataclass
+class HoldRun:
+    load: LoadResult
+    doubles: int
+    statements_per_hold: float
+
+
+class StatementCounter:
+    """Counts the SQL statements the server's engine sends (a SQLAlchemy event hook)."""
+
+    def __init__(self, server: CinemaServer) -> None:
+        from sqlalchemy import event  # noqa: PLC0415 - only this class needs it
+
+        self.count = 0
+        self._engine = server.database.engine.sync_engine
+        self._event = event
+
+    def _seen(self, *_: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> StatementCounter:
+        self._event.listen(self._engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._event.remove(self._engine, "before_cursor_execute", self._seen)
+
+
+async def measure_holds(
+    address: str,
+    world: World,
+    db: AsyncDb,
+    args: argparse.Namespace,
+    concurrency: int,
+    rng: random.Random,
+    server: ServerThread,
+) -> HoldRun:
+    channels = open_channels(address, args.channels)
+    try:
+        await ready(channels)
+        feed = HoldFeed(world.pairs(rng), world.customers)
+        assert server.server is not None
+        with StatementCounter(server.server) as statements:
+            load = await closed_loop(concurrency, args.duration, args.warmup, hold_operation(channels, feed))
+        cursor = await db.execute("SELECT count(*) FROM booking.holds")
+        row = await cursor.fetchone()
+        holds = int(row[0]) if row else 0
+        doubles = await double_claims(db)
+        return HoldRun(load, doubles, statements.count / holds if holds else float("nan"))
+    finally:
+        await close_channels(channels)
+        await reset_holds(db)
+
+
+async def profile_holds(
+    address: str,
+    world: World,
+    db: AsyncDb,
+    args: argparse.Namespace,
+    rng: random.Random,
+    server: ServerThread,
+) -> str:
+    """An extra HoldSeats run (not in the table) with cProfile on the server's thread."""
+    profiler = cProfile.Profile()
+
+    async def enable() -> None:
+        profiler.enable()
+
+    async def disable() -> None:
+        profiler.disable()
+
+    channels = open_channels(address, args.channels)
+    try:
+        await ready(channels)
+        feed = HoldFeed(world.pairs(rng), world.customers)
+        server.run(enable())
+        try:
+            load = await closed_loop(args.levels[0], args.duration, 0, hold_operation(channels, feed))
+        finally:
+            server.run(disable())
+    finally:
+        await close_channels(channels)
+        await reset_holds(db)
+    profiler.dump_stats(args.profile)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    return (
+        f"cProfile of the server thread during {load.ok} HoldSeats ({load.rate:.0f}/s under the profiler),"
+        f" c={args.levels[0]}; full stats in {args.profile}\n{out.getvalue()}"
+    )
+
+
+@dataclass
+class ContentionResult:
+    clients: int
+    seats: int
+    winners: int
+    seats_won: int
+    doubles: int
+    refusals: Counter[str]
+    refusal_p50_ms: float
+    refusal_p99_ms: float
+    slowest_ms: float
+
+
+async def contention_round(address: str, world: World, db: AsyncDb, args: argparse.Namespace) -> ContentionResult:
+    """Every client, each on its own channel, asks for one of a few seats at the same moment."""
+    showtime = world.showtimes[0]
+    seats = [seat.id for seat in world.hall.seats[: args.contention_seats]]
+    channels = open_channels(address, args.contention_clients)
+    try:
+        await ready(channels)
+        start = asyncio.Event()
+
+        async def one(i: int) -> tuple[bpb.Hold | str, float]:
+            stub = BookingServiceStub(channels[i])
+            customer = world.customers[i % len(world.customers)]
+            request = bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seats[i % len(seats)]])
+            await start.wait()
+            started = time.perf_counter()
+            try:
+                hold = await stub.HoldSeats(request, metadata=customer.metadata, timeout=120)
+            except grpc.aio.AioRpcError as error:
+                return reason_of(error), (time.perf_counter() - started) * 1000
+            return hold, (time.perf_counter() - started) * 1000
+
+        tasks = [asyncio.create_task(one(i)) for i in range(len(channels))]
+        await asyncio.sleep(0.2)  # every task is waiting at the start line
+        start.set()
+        results = await asyncio.gather(*tasks)
+    finally:
+        await close_channels(channels)
+    wins = [outcome for outcome, _ in results if isinstance(outcome, bpb.Hold)]
+    refused = [(outcome, ms) for outcome, ms in results if isinstance(outcome, str)]
+    refusal_ms = [ms for _, ms in refused]
+    doubles = await double_claims(db)
+    await reset_holds(db)
+    return ContentionResult(
+        clients=len(results),
+        seats=len(seats),
+        winners=len(wins),
+        seats_won=len({seat.seat_id for hold in wins for seat in hold.seats}),
+        doubles=doubles,
+        refusals=Counter(reason for reason, _ in refused),
+        refusal_p50_ms=percentile(refusal_ms, 50),
+        refusal_p99_ms=percentile(refusal_ms, 99),
+        slowest_ms=max(ms for _, ms in results),
+    )
+
+
+@dataclass
+class FanOutResult:
+    watchers: int
+    snapshots: int
+    snapshot_seconds: float
+    events: int
+    expected: int
+    received: int
+    delays_ms: list[float]
+    hold_p50_ms: float
+    errors: Counter[str]
+
+
+async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namespace) -> FanOutResult:
+    """Watchers on one showtime; holds one after another; delay from each HoldSeats response
+    to each watcher receiving that seat's change."""
+    showtime = world.showtimes[1 % len(world.showtimes)]
+    seats = [seat.id for seat in world.hall.seats[: args.events]]
+    arrivals: dict[str, list[float]] = {seat: [] for seat in seats}
+    all_arrived = {seat: asyncio.Event() for seat in seats}
+    errors: Counter[str] = Counter()
+    started_watchers = {"snapshots": 0, "ended": 0}
+    settled = asyncio.Event()  # every watcher has its snapshot or has failed
+    channels = open_channels(address, args.watch_channels)
+    calls: list[Any] = []
+
+    def check_settled() -> None:
+        if started_watchers["snapshots"] + started_watchers["ended"] >= args.watchers:
+            settled.set()
+
+    async def watch(i: int) -> None:
+        call = BookingServiceStub(channels[i % len(channels)]).WatchSeatAvailability(
+            bpb.WatchSeatAvailabilityRequest(showtime_id=showtime), timeout=3600
+        )
+        calls.append(call)
+        has_snapshot = False
+        try:
+            async for message in call:
+                now = time.perf_counter()
+                if message.WhichOneof("event") == "snapshot":
+                    if not has_snapshot:
+                        has_snapshot = True
+                        started_watchers["snapshots"] += 1
+                        check_settled()
+                    continue
+                for change in message.changes.changes:
+                    seen = arrivals.get(change.seat_id)
+                    if seen is not None and change.state == bpb.SEAT_STATE_HELD:
+                        seen.append(now)
+                        if len(seen) == started_watchers["snapshots"]:
+                            all_arrived[change.seat_id].set()
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                errors[reason_of(error)] += 1
+        finally:
+            if not has_snapshot:
+                started_watchers["ended"] += 1
+                check_settled()
+
+    delays: list[float] = []
+    hold_ms: list[float] = []
+    try:
+        await ready(channels)
+        began = time.perf_counter()
+        tasks = [asyncio.create_task(watch(i)) for i in range(args.watchers)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled.wait(), timeout=args.snapshot_timeout)
+        snapshot_seconds = time.perf_counter() - began
+        booking = BookingServiceStub(channels[0])
+        holder = world.customers[0]
+        for seat in seats:
+            sent = time.perf_counter()
+            await booking.HoldSeats(
+                bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seat]), metadata=holder.metadata, timeout=30
+            )
+            answered = time.perf_counter()
+            hold_ms.append((answered - sent) * 1000)
+            if len(arrivals[seat]) < started_watchers["snapshots"]:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_arrived[seat].wait(), timeout=10)
+            delays.extend((arrived - answered) * 1000 for arrived in arrivals[seat])
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*tasks)
+    finally:
+        await close_channels(channels)
+        await reset_holds(db)
+    return FanOutResult(
+        watchers=args.watchers,
+        snapshots=started_watchers["snapshots"],
+        snapshot_seconds=snapshot_seconds,
+        events=len(seats),
+        expected=len(seats) * started_watchers["snapshots"],
+        received=len(delays),
+        delays_ms=delays,
+        hold_p50_ms=percentile(hold_ms, 50),
+        errors=errors,
+    )
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+class Table:
+    """A plain-text table, columns aligned."""
+
+    HEADINGS = ("measure", "value", "target", "verdict")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, measure: str, value: str, target: str = "", verdict: str = "") -> None:
+        self.rows.append((measure, value, target, verdict))
+
+    def check(self, measure: str, value: str, target: str, ok: bool) -> bool:
+        self.add(measure, value, target, "met" if ok else "NOT MET")
+        return ok
+
+    def render(self) -> str:
+        widths = [max(len(row[i]) for row in [self.HEADINGS, *self.rows]) for i in range(4)]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in [self.HEADINGS, *self.rows]
+        ]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        return "\n".join(lines)
+
+
+def ms(value: float) -> str:
+    return f"{value:,.1f} ms"
+
+
+def per_second(value: float) -> str:
+    return f"{value:,.0f} /s"
+
+
+def failures_text(failures: Counter[str]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in failures.most_common()) or "none"
+
+
+@dataclass
+class Results:
+    empty: dict[int, LoadResult] = field(default_factory=dict)
+    raw: dict[int, LoadResult] = field(default_factory=dict)
+    holds: dict[int, HoldRun] = field(default_factory=dict)
+    contention: ContentionResult | None = None
+    fan_out: FanOutResult | None = None
+
+
+def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict[str, Any]]:
+    table = Table()
+    figures: dict[str, Any] = {"levels": {}}
+    doubles = 0
+    for c in args.levels:
+        empty, raw, run = results.empty[c], results.raw[c], results.holds[c]
+        hold = run.load
+        doubles += run.doubles
+        table.add(f"empty RPC Health/Check, c={c}", per_second(empty.rate), verdict=empty.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(empty.p(50))} / {ms(empty.p(99))}")
+        table.add(f"raw SQL hold transaction, c={c}", per_second(raw.rate), verdict=raw.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(raw.p(50))} / {ms(raw.p(99))}")
+        table.add(f"HoldSeats (1 seat, successful), c={c}", per_second(hold.rate), verdict=hold.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(hold.p(50))} / {ms(hold.p(99))}")
+        table.add(f"  failed HoldSeats, c={c}", failures_text(hold.failures), "none", "" if not hold.failures else "!")
+        table.add(f"  server SQL statements per hold, c={c}", f"{run.statements_per_hold:.1f}")
+        vs_empty = hold.rate / empty.rate if empty.rate else 0.0
+        vs_raw = hold.rate / raw.rate if raw.rate else 0.0
+        table.check(f"HoldSeats / empty RPC, c={c}", f"{vs_empty:.1%}", ">= 50 %", vs_empty >= 0.5)
+        table.add(f"HoldSeats / raw SQL, c={c}", f"{vs_raw:.1%}")
+        figures["levels"][str(c)] = {
+            "empty_rpc_qps": empty.rate,
+            "empty_rpc_p50_ms": empty.p(50),
+            "empty_rpc_p99_ms": empty.p(99),
+            "raw_sql_tps": raw.rate,
+            "raw_sql_p50_ms": raw.p(50),
+            "raw_sql_p99_ms": raw.p(99),
+            "hold_qps": hold.rate,
+            "hold_p50_ms": hold.p(50),
+            "hold_p99_ms": hold.p(99),
+            "hold_failures": dict(hold.failures),
+            "hold_double_claims": run.doubles,
+            "server_sql_statements_per_hold": run.statements_per_hold,
+            "hold_vs_empty_rpc": vs_empty,
+            "hold_vs_raw_sql": vs_raw,
+            "notes": [n for n in (empty.note, raw.note, hold.note) if n],
+        }
+    if (con := results.contention) is not None:
+        doubles += con.doubles
+        table.check(
+            f"contention: winners of {con.clients} clients",
+            f"{con.winners} ({con.seats_won} distinct seats)",
+            str(con.seats),
+            con.winners == con.seats == con.seats_won,
+        )
+        table.add("  refusals", failures_text(con.refusals))
+        table.add("  refusal latency p50 / p99", f"{ms(con.refusal_p50_ms)} / {ms(con.refusal_p99_ms)}")
+        table.add("  slowest answer of the round", ms(con.slowest_ms))
+        figures["contention"] = {
+            "clients": con.clients,
+            "seats": con.seats,
+            "winners": con.winners,
+            "seats_won": con.seats_won,
+            "double_claims": con.doubles,
+            "refusals": dict(con.refusals),
+            "refusal_p50_ms": con.refusal_p50_ms,
+            "refusal_p99_ms": con.refusal_p99_ms,
+            "slowest_ms": con.slowest_ms,
+        }
+    table.check("double claims in SQL (all hold phases)", str(doubles), "0", doubles == 0)
+    figures["double_claims"] = doubles
+    if (fan := results.fan_out) is not None:
+        p50, p99 = percentile(fan.delays_ms, 50), percentile(fan.delays_ms, 99)
+        table.add(
+            f"fan-out: watchers with a snapshot, {args.watch_channels} channels",
+            f"{fan.snapshots} / {fan.watchers} in {fan.snapshot_seconds:.1f} s",
+            str(fan.watchers),
+            "" if fan.snapshots == fan.watchers else "!",
+        )
+        table.add(
+            f"  changes received ({fan.events} holds x watchers)",
+            f"{fan.received:,} / {fan.events * fan.watchers:,}",
+            f"{fan.events * fan.watchers:,}",
+            "" if fan.received == fan.events * fan.watchers else "!",
+        )
+        table.check("  delivery delay p50 / p99", f"{ms(p50)} / {ms(p99)}", "p99 < 250 ms", p99 < 250)
+        table.add(
+            "  delivery delay min / max",
+            f"{ms(min(fan.delays_ms, default=float('nan')))} / {ms(max(fan.delays_ms, default=float('nan')))}",
+        )
+        table.add("  HoldSeats p50 while watched", ms(fan.hold_p50_ms))
+        if fan.errors:
+            table.add("  watcher errors", failures_text(fan.errors), "none", "!")
+        figures["fan_out"] = {
+            "watchers": fan.watchers,
+            "snapshots": fan.snapshots,
+            "snapshot_seconds": fan.snapshot_seconds,
+            "events": fan.events,
+            "received": fan.received,
+            "delivery_p50_ms": p50,
+            "delivery_p99_ms": p99,
+            "hold_p50_ms": fan.hold_p50_ms,
+            "errors": dict(fan.errors),
+        }
+    return table, figures
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def scalar(db: AsyncDb, sql: str) -> str:
+    cursor = await db.execute(sql)
+    row = await cursor.fetchone()
+    return str(row[0]) if row else "?"
+
+
+async def run(args: argparse.Namespace, url: str, where: str, server: ServerThread) -> tuple[str, Results, str]:
+    address = f"127.0.0.1:{server.port}"
+    rng = random.Random(args.seed)
+    results = Results()
+    async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as db:
+        setup = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        try:
+            await ready([setup])
+            began = time.perf_counter()
+            world = await seed(setup, db, args)
+        finally:
+            await setup.close()
+        progress(
+            f"seeded {len(world.showtimes)} showtimes x {len(world.hall.seats)} seats and "
+            f"{len(world.customers)} customers in {time.perf_counter() - began:.1f} s"
+        )
+        settings = server.settings
+        header = "\n".join(
+            [
+                f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+                f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
+                f" grpcio {grpc.__version__}",
+                f"database  PostgreSQL {await scalar(db, 'SHOW server_version')}, {where};"
+                f" max_connections {await scalar(db, 'SHOW max_connections')},"
+                f" synchronous_commit {await scalar(db, 'SHOW synchronous_commit')},"
+                f" fsync {await scalar(db, 'SHOW fsync')}",
+                f"server    in this process, own event-loop thread, 127.0.0.1:{server.port};"
+                f" db pool {settings.db_pool_size} + overflow {settings.db_max_overflow};"
+                f" lock_timeout {settings.db_lock_timeout_ms} ms;"
+                f" seat events {'Redis' if settings.redis_url else 'in-process'}",
+                f"workload  hall {args.rows}x{args.seats_per_row} = {len(world.hall.seats)} seats,"
+                f" {len(world.showtimes)} showtimes 4 h apart,"
+                f" {len(world.customers)} customers (<= {MAX_ACTIVE_HOLDS - 1} holds each);"
+                f" {args.channels} client channels; concurrency {', '.join(map(str, args.levels))};"
+                f" {args.duration:g} s per phase after {args.warmup:g} s warm-up",
+                f"          contention {args.contention_clients} clients (own channels) for"
+                f" {args.contention_seats} seats; fan-out {args.watchers} watchers on"
+                f" {args.watch_channels} channels, {args.events} holds one after another",
+            ]
+        )
+        for c in args.levels:
+            progress(f"empty RPC, c={c}")
+            results.empty[c] = await measure_empty_rpc(address, args, c)
+        for c in args.levels:
+            progress(f"raw SQL hold transactions, c={c}")
+            results.raw[c] = await measure_raw_sql(url, world, db, args, c, rng)
+        for c in args.levels:
+            progress(f"HoldSeats, c={c}")
+            results.holds[c] = await measure_holds(address, world, db, args, c, rng, server)
+        progress(f"contention round: {args.contention_clients} clients, {args.contention_seats} seats")
+        results.contention = await contention_round(address, world, db, args)
+        progress(f"fan-out: {args.watchers} watchers, {args.events} holds")
+        results.fan_out = await fan_out(address, world, db, args)
+        profile = ""
+        if args.profile:
+            progress(f"profiling HoldSeats on the server thread, c={args.levels[0]}")
+            profile = await profile_holds(address, world, db, args, rng, server)
+    return header, results, profile
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase (default 1)")
+    parser.add_argument("--database-url", help="PostgreSQL server to use (a fresh database is made and dropped)")
+    parser.add_argument("--redis-url", help="send seat events through this Redis (default: in-process)")
+    parser.add_argument("--concurrency", default="32,64", help="in-flight requests, comma-separated (default 32,64)")
+    parser.add_argument("--channels", type=int, default=4, help="client channels for the load (default 4)")
+    parser.add_argument("--db-pool-size", type=int, default=16, help="server's pool size (default 16)")
+    parser.add_argument("--db-max-overflow", type=int, default=16, help="server's pool overflow (default 16)")
+    parser.add_argument("--showtimes", type=int, default=50)
+    parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--seats-per-row", type=int, default=20)
+    parser.add_argument("--customers", type=int, default=50)
+    parser.add_argument("--contention-clients", type=int, default=500)
+    parser.add_argument("--contention-seats", type=int, default=10)
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--watch-channels", type=int, default=40)
+    parser.add_argument("--events", type=int, default=20, help="holds made while the watchers watch (default 20)")
+    parser.add_argument("--snapshot-timeout", type=float, default=120.0, help="wait for the watchers' snapshots")
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the seat order")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--profile", help="after the table's runs, profile one HoldSeats run; pstats to this path")
+    args = parser.parse_args(argv)
+    args.levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
+    if not args.levels or min(args.levels) < 1:
+        parser.error("--concurrency needs positive numbers")
+    if args.events > args.rows * args.seats_per_row or args.contention_seats > args.rows * args.seats_per_row:
+        parser.error("the hall has fewer seats than --events or --contention-seats")
+    return args
+
+
+def bench_settings(url: str, args: argparse.Namespace) -> Settings:
+    wanted: dict[str, Any] = {
+        "database_url": url,
+        "redis_url": args.redis_url or "",  # "" rather than None: REDIS_URL in the environment is ignored
+        "grpc_port": 0,
+        "log_level": "WARNING",
+        "log_format": "console",
+        "sweep_interval_seconds": 3600,  # no expiry job during the runs (holds live 10 minutes anyway)
+        "max_active_holds_per_customer": MAX_ACTIVE_HOLDS,
+        "max_seats_per_hold": 10,
+        "db_pool_size": args.db_pool_size,
+        "db_max_overflow": args.db_max_overflow,
+        "shutdown_grace_seconds": 2,
+        "token_signing_key": secrets.token_urlsafe(48),  # else a key file is written to .cinema-data
+    }
+    # Servers with the payment service insist on Stripe settings. The bench pays for nothing,
+    # so a key for a closed loopback port does: no request is ever sent to it.
+    payments = {
+        "stripe_secret_key": "sk_test_bench",
+        "stripe_webhook_secret": f"whsec_{secrets.token_hex(16)}",
+        "stripe_api_base": "http://127.0.0.1:9",
+        "webhook_port": 0,
+        "reconcile_interval_seconds": 3600,
+    }
+    wanted.update({name: value for name, value in payments.items() if name in Settings.model_fields})
+    return Settings(**wanted)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("WARNING", "console")
+    progress("starting PostgreSQL and the server")
+    with provision_database(args.database_url) as (url, where):
+        settings = bench_settings(url, args)
+        server = ServerThread(settings)
+        try:
+            header, results, profile = asyncio.run(run(args, url, where, server))
+        finally:
+            progress("stopping the server")
+            server.stop()
+    table, figures = build_table(results, args)
+    print(header)
+    print()
+    print(table.render())
+    if profile:
+        print()
+        print(profile)
+    if args.json:
+        figures["header"] = header
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

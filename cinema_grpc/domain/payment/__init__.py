@@ -1,0 +1,1 @@
+"""Card payments, refunds and the audit trail of every money movement."""

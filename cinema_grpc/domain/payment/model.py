@@ -1,0 +1,172 @@
+"""Payments and refunds, their state machine, and the hash chain of the audit trail."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from cinema_grpc.domain.errors import PreconditionFailed
+from cinema_grpc.domain.money import Money
+
+GENESIS_HASH = "0" * 64
+
+
+class PaymentState(enum.StrEnum):
+    INITIALIZED = "INITIALIZED"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
+
+
+# The only moves a payment makes (the database refuses the others too). FAILED -> SUCCESS
+# exists because a declined PaymentIntent can still be confirmed with another card.
+TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
+    PaymentState.INITIALIZED: frozenset({PaymentState.SUCCESS, PaymentState.FAILED}),
+    PaymentState.FAILED: frozenset({PaymentState.SUCCESS}),
+    PaymentState.SUCCESS: frozenset({PaymentState.PARTIALLY_REFUNDED, PaymentState.REFUNDED}),
+    PaymentState.PARTIALLY_REFUNDED: frozenset({PaymentState.PARTIALLY_REFUNDED, PaymentState.REFUNDED}),
+    PaymentState.REFUNDED: frozenset(),
+}
+
+
+class IllegalPaymentTransition(PreconditionFailed):
+    reason = "ILLEGAL_PAYMENT_TRANSITION"
+
+
+class PaymentChannel(enum.StrEnum):
+    ONLINE = "ONLINE"
+    TERMINAL = "TERMINAL"
+
+
+class RefundState(enum.StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: uuid.UUID
+    hold_id: uuid.UUID
+    showtime_id: uuid.UUID
+    customer_id: uuid.UUID
+    channel: PaymentChannel
+    amount: Money
+    refunded: Money
+    state: PaymentState
+    intent_id: str
+    client_secret: str
+    booking_id: uuid.UUID | None
+    failure_reason: str
+    refund_reason: str
+    created_at: datetime
+    updated_at: datetime
+    # Refunds asked of Stripe and not yet confirmed (read along with the payment).
+    refund_pending_minor: int = 0
+
+    def moved(self, state: PaymentState, now: datetime, **changes: object) -> Payment:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalPaymentTransition(
+                f"a payment cannot go from {self.state} to {state}", subject=f"payments/{self.id}"
+            )
+        return replace(self, state=state, updated_at=now, **changes)  # type: ignore[arg-type]
+
+    @property
+    def settled(self) -> bool:
+        return self.state not in (PaymentState.INITIALIZED, PaymentState.FAILED)
+
+    @property
+    def refundable(self) -> Money:
+        return Money(self.amount.amount_minor - self.refunded.amount_minor, self.amount.currency)
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    amount: Money
+    state: RefundState
+    reason: str
+    actor: str
+    stripe_refund_id: str
+    attempts: int
+    last_error: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IntentStatus:
+    """What Stripe says about a PaymentIntent."""
+
+    intent_id: str
+    status: str
+    client_secret: str = ""
+    failure_reason: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def failed(self) -> bool:
+        # A fresh intent also waits for a payment method; only one whose attempt failed, or a
+        # cancelled one, has failed.
+        return self.status == "canceled" or (self.status == "requires_payment_method" and bool(self.failure_reason))
+
+
+@dataclass(frozen=True)
+class GatewayEvent:
+    """A verified webhook event about a PaymentIntent."""
+
+    event_id: str
+    type: str
+    intent: IntentStatus | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    payment_id: uuid.UUID
+    kind: str
+    stripe_id: str
+    amount: Money | None
+    actor: str
+    note: str
+    created_at: datetime
+    sequence: int = 0
+    hash: str = ""
+
+    def chained_hash(self, previous: str) -> str:
+        """SHA-256 over the previous entry's hash and every field of this one."""
+        fields = [
+            previous,
+            str(self.payment_id),
+            self.kind,
+            self.stripe_id,
+            self.amount.amount_minor if self.amount else None,
+            self.amount.currency if self.amount else None,
+            self.actor,
+            self.note,
+            self.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        ]
+        return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    intact: bool
+    entries_checked: int
+    first_broken_sequence: int
+
+
+def verify_chain(entries: list[AuditEntry]) -> AuditVerdict:
+    """Recomputes the chain in sequence order; the first entry that does not match is named."""
+    previous = GENESIS_HASH
+    for count, entry in enumerate(entries, start=1):
+        if entry.chained_hash(previous) != entry.hash:
+            return AuditVerdict(False, count, entry.sequence)
+        previous = entry.hash
+    return AuditVerdict(True, len(entries), 0)

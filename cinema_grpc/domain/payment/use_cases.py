@@ -1,0 +1,553 @@
+"""Payment use cases. Calls to Stripe happen between transactions, never inside one; every
+step is written down first, so a crash at any point leaves a state the reconciliation job
+finishes: a booking with its payment, or the money refunded."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from cinema_grpc.domain.access import Caller, PermissionDenied
+from cinema_grpc.domain.booking.model import (
+    Booking,
+    BookingRules,
+    BookingState,
+    HoldState,
+    SaleChannel,
+    SeatChange,
+    SeatState,
+    Ticket,
+)
+from cinema_grpc.domain.booking.model import (
+    RefundState as BookingRefundState,
+)
+from cinema_grpc.domain.booking.use_cases import _own_hold, _record
+from cinema_grpc.domain.errors import (
+    CancellationClosed,
+    HoldNotActive,
+    PaymentNotFound,
+    PaymentNotRefundable,
+    PaymentProviderUnavailable,
+    Violations,
+)
+from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.payment.model import (
+    AuditEntry,
+    AuditVerdict,
+    IntentStatus,
+    Payment,
+    PaymentChannel,
+    PaymentState,
+    Refund,
+    RefundState,
+    verify_chain,
+)
+from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
+from cinema_grpc.domain.text import clean_text
+
+SYSTEM, STRIPE = "system", "stripe"
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+@dataclass(frozen=True)
+class PaymentRules:
+    # A hold whose payment is in flight is kept at most this long after the payment started.
+    payment_deadline: timedelta = timedelta(minutes=30)
+    # INITIALIZED payments older than this are asked about by the reconciliation job.
+    reconcile_after: timedelta = timedelta(minutes=1)
+    # A payment that never got its PaymentIntent (a crash in between) fails after this.
+    abandon_after: timedelta = timedelta(minutes=10)
+
+
+def _actor(caller: Caller) -> str:
+    return str(caller.user_id) if caller.user_id else SYSTEM
+
+
+async def _audit(
+    uow: UnitOfWork,
+    payment: Payment,
+    kind: str,
+    actor: str,
+    now: datetime,
+    *,
+    stripe_id: str = "",
+    amount: Money | None = None,
+    note: str = "",
+) -> None:
+    await uow.audit.append(AuditEntry(payment.id, kind, stripe_id or payment.intent_id, amount, actor, note, now))
+
+
+async def _own_payment(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID, *, for_update: bool = False) -> Payment:
+    payment = await uow.payments.get(payment_id, for_update=for_update)
+    if payment is None or not caller.may_see(payment.customer_id):
+        raise PaymentNotFound(payment_id)
+    return payment
+
+
+async def get_payment(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID) -> Payment:
+    async with uow:
+        return await _own_payment(uow, caller, payment_id)
+
+
+# ---------------------------------------------------------------- starting a payment
+
+
+async def _start(
+    unit_of_work: UnitOfWorkFactory,
+    clock: Clock,
+    rules: PaymentRules,
+    caller: Caller,
+    hold_id: uuid.UUID,
+    channel: PaymentChannel,
+    request: RequestKey | None,
+    scope: str,
+) -> tuple[Payment, bool]:
+    """Writes the payment down and keeps its hold; returns it and whether it is new."""
+    async with unit_of_work() as uow:
+        if (earlier := await earlier_result(uow, scope, request)) is not None:
+            return await _own_payment(uow, caller, earlier), False
+        hold = await _own_hold(uow, caller, hold_id)
+        await uow.booking.lock_showtime(hold.showtime_id)
+        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        now = clock.now()
+        if not hold.active(now):
+            raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
+        amount = hold.total
+        payment = Payment(
+            uuid.uuid4(),
+            hold.id,
+            hold.showtime_id,
+            hold.customer_id,
+            channel,
+            amount,
+            Money(0, amount.currency),
+            PaymentState.INITIALIZED,
+            "",
+            "",
+            None,
+            "",
+            "",
+            now,
+            now,
+        )
+        await uow.payments.add(payment)
+        # The seats stay held while the money is in flight, up to a hard limit.
+        await uow.booking.set_payment_deadline(hold, now + rules.payment_deadline)
+        await _audit(
+            uow,
+            payment,
+            "payment_started",
+            _actor(caller),
+            now,
+            amount=amount,
+            note=f"hold {hold.id}, {channel.lower()}",
+        )
+        await remember_result(uow, scope, request, payment.id)
+        await uow.commit()
+    return payment, True
+
+
+async def _attach_intent(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, payment: Payment, payment_method: str | None
+) -> Payment:
+    try:
+        intent = await gateway.create_intent(
+            payment.id, payment.amount, payment_method=payment_method, idempotency_key=f"create-{payment.id}"
+        )
+    except PaymentProviderUnavailable:
+        await _fail(unit_of_work, clock, payment.id, "payment provider unavailable", SYSTEM)
+        raise
+    async with unit_of_work() as uow:
+        current = await uow.payments.get(payment.id, for_update=True)
+        assert current is not None
+        current = replace(
+            current, intent_id=intent.intent_id, client_secret=intent.client_secret, updated_at=clock.now()
+        )
+        await uow.payments.update(current)
+        await _audit(
+            uow, current, "intent_created", STRIPE, clock.now(), stripe_id=intent.intent_id, amount=current.amount
+        )
+        await uow.commit()
+    return current
+
+
+async def create_payment(
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    rules: PaymentRules,
+    caller: Caller,
+    hold_id: uuid.UUID,
+    request: RequestKey | None,
+) -> Payment:
+    """A PaymentIntent for the hold's frozen total; the frontend confirms the card with Stripe."""
+    payment, new = await _start(
+        unit_of_work, clock, rules, caller, hold_id, PaymentChannel.ONLINE, request, "CreatePayment"
+    )
+    if not new and payment.intent_id:
+        return payment
+    return await _attach_intent(unit_of_work, gateway, clock, payment, None)
+
+
+async def charge_at_terminal(
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    rules: PaymentRules,
+    caller: Caller,
+    hold_id: uuid.UUID,
+    payment_method: str,
+    request: RequestKey | None,
+) -> Payment:
+    """POS: creates and confirms the intent server-side with the terminal's payment method."""
+    violations = Violations()
+    method = clean_text(violations, "payment_method", payment_method, max_length=255)
+    violations.raise_if_any()
+    payment, new = await _start(
+        unit_of_work, clock, rules, caller, hold_id, PaymentChannel.TERMINAL, request, "ChargeAtTerminal"
+    )
+    if not new and payment.settled:
+        return payment
+    if not payment.intent_id:
+        payment = await _attach_intent(unit_of_work, gateway, clock, payment, method)
+    try:
+        intent = await gateway.confirm_intent(payment.intent_id, idempotency_key=f"confirm-{payment.id}")
+    except PaymentProviderUnavailable:
+        # The outcome is unknown: the payment stays INITIALIZED and reconciliation asks Stripe.
+        raise
+    return await settle(unit_of_work, gateway, clock, payment.id, intent, STRIPE)
+
+
+async def _fail(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.UUID, reason: str, actor: str) -> None:
+    async with unit_of_work() as uow:
+        payment = await uow.payments.get(payment_id, for_update=True)
+        if payment is None or payment.state is not PaymentState.INITIALIZED:
+            return
+        await _mark_failed(uow, payment, reason, actor, clock.now())
+        await uow.commit()
+
+
+async def _mark_failed(uow: UnitOfWork, payment: Payment, reason: str, actor: str, now: datetime) -> Payment:
+    failed = payment.moved(PaymentState.FAILED, now, failure_reason=reason[:200])
+    await uow.payments.update(failed)
+    hold = await uow.booking.get_hold(payment.hold_id, for_update=True)
+    if hold is not None and hold.state is HoldState.ACTIVE:
+        # The customer may try again until the hold's own expiry.
+        await uow.booking.set_payment_deadline(hold, None)
+    await _audit(uow, failed, "failed", actor, now, note=reason)
+    return failed
+
+
+# ---------------------------------------------------------------- settling
+
+
+async def settle_in(
+    uow: UnitOfWork, clock: Clock, payment: Payment, intent: IntentStatus, actor: str
+) -> tuple[Payment, Refund | None]:
+    """Applies Stripe's word about the payment inside the caller's transaction.
+
+    Succeeded: the hold becomes a booking, or, when the hold is gone, the money is to be
+    refunded. Failed: the payment fails and the hold expires as usual. Stale or repeated news
+    (an older event arriving late) changes nothing.
+    """
+    await uow.booking.lock_showtime(payment.showtime_id)
+    current = await uow.payments.get(payment.id, for_update=True)
+    assert current is not None
+    now = clock.now()
+    if intent.succeeded and current.state in (PaymentState.INITIALIZED, PaymentState.FAILED):
+        hold = await uow.booking.get_hold(current.hold_id, for_update=True)
+        other = await uow.payments.live_for_hold(current.hold_id, other_than=current.id)
+        if hold is not None and hold.state is HoldState.ACTIVE and other is None:
+            booking = Booking(
+                uuid.uuid4(),
+                hold.showtime_id,
+                hold.customer_id,
+                hold.id,
+                tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
+                BookingState.CONFIRMED,
+                SaleChannel.ONLINE,
+                None,
+                BookingRefundState.NONE,
+                now,
+            )
+            await uow.booking.convert_hold(hold, booking)
+            await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
+            paid = current.moved(PaymentState.SUCCESS, now, booking_id=booking.id, intent_id=intent.intent_id)
+            await uow.payments.update(paid)
+            await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note=f"booking {booking.id}")
+            return paid, None
+        why = "the hold had ended before the payment arrived; the payment is refunded in full"
+        paid = current.moved(PaymentState.SUCCESS, now, refund_reason=why, intent_id=intent.intent_id)
+        await uow.payments.update(paid)
+        await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note="no hold to turn into a booking")
+        refund = await _request_refund(uow, paid, paid.amount, why, SYSTEM, now, kind="auto_refund_requested")
+        return paid, refund
+    if intent.failed and current.state is PaymentState.INITIALIZED:
+        return await _mark_failed(uow, current, intent.failure_reason or intent.status, actor, now), None
+    return current, None
+
+
+async def settle(
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    payment_id: uuid.UUID,
+    intent: IntentStatus,
+    actor: str,
+) -> Payment:
+    async with unit_of_work() as uow:
+        payment = await uow.payments.get(payment_id)
+        assert payment is not None
+        payment, refund = await settle_in(uow, clock, payment, intent, actor)
+        await uow.commit()
+    if refund is not None:
+        await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+        return await _reload(unit_of_work, payment_id)
+    return payment
+
+
+async def _reload(unit_of_work: UnitOfWorkFactory, payment_id: uuid.UUID) -> Payment:
+    async with unit_of_work() as uow:
+        payment = await uow.payments.get(payment_id)
+    assert payment is not None
+    return payment
+
+
+async def sync_payment(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, caller: Caller, payment_id: uuid.UUID
+) -> Payment:
+    async with unit_of_work() as uow:
+        payment = await _own_payment(uow, caller, payment_id)
+    if not payment.intent_id or payment.settled:
+        return payment
+    intent = await gateway.retrieve_intent(payment.intent_id)
+    return await settle(unit_of_work, gateway, clock, payment.id, intent, STRIPE)
+
+
+async def handle_webhook(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, payload: bytes, signature: str
+) -> str:
+    """Processes one signed Stripe event exactly once; returns what was done with it."""
+    event = gateway.parse_webhook(payload, signature)
+    refund: Refund | None = None
+    async with unit_of_work() as uow:
+        if not await uow.payments.record_webhook(event.event_id, event.type):
+            return "duplicate"
+        payment = await uow.payments.by_intent(event.intent.intent_id) if event.intent else None
+        if payment is None or event.intent is None:
+            await uow.commit()
+            return "ignored"
+        _, refund = await settle_in(uow, clock, payment, event.intent, STRIPE)
+        await uow.commit()
+    if refund is not None:
+        await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+    return "processed"
+
+
+# ---------------------------------------------------------------- refunds
+
+
+async def _request_refund(
+    uow: UnitOfWork,
+    payment: Payment,
+    amount: Money,
+    reason: str,
+    actor: str,
+    now: datetime,
+    *,
+    kind: str = "refund_requested",
+) -> Refund:
+    refund = Refund(uuid.uuid4(), payment.id, amount, RefundState.PENDING, reason[:500], actor, "", 0, "", now)
+    await uow.payments.add_refund(refund)
+    await _audit(uow, payment, kind, actor, now, amount=amount, note=reason)
+    return refund
+
+
+async def refund_payment(
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    booking_rules: BookingRules,
+    caller: Caller,
+    payment_id: uuid.UUID,
+    amount: Money | None,
+    reason: str,
+    request: RequestKey | None,
+) -> Payment:
+    """Staff refund any part; customers refund all of it before the cancellation cut-off.
+    A full refund cancels the booking and frees its seats in the same transaction."""
+    violations = Violations()
+    reason = clean_text(violations, "reason", reason, max_length=500, required=False)
+    if amount is not None and amount.amount_minor <= 0:
+        violations.add("amount.amount_minor", "OUT_OF_RANGE", "must be positive")
+    violations.raise_if_any()
+    if amount is not None and not caller.is_staff:
+        raise PermissionDenied("only staff refund part of a payment", metadata={"required_role": "STAFF"})
+    async with unit_of_work() as uow:
+        if (earlier := await earlier_result(uow, "RefundPayment", request)) is not None:
+            done = await uow.payments.get_refund(earlier)
+            if done is None:
+                raise PaymentNotFound(earlier)
+            return await _own_payment(uow, caller, done.payment_id)
+        payment = await _own_payment(uow, caller, payment_id)
+        await uow.booking.lock_showtime(payment.showtime_id)
+        payment = await _own_payment(uow, caller, payment_id, for_update=True)
+        now = clock.now()
+        if payment.state not in (PaymentState.SUCCESS, PaymentState.PARTIALLY_REFUNDED):
+            raise PaymentNotRefundable(
+                f"a {payment.state.lower()} payment cannot be refunded", subject=f"payments/{payment.id}"
+            )
+        left = payment.refundable.amount_minor - payment.refund_pending_minor
+        wanted = amount or Money(left, payment.amount.currency)
+        if wanted.currency != payment.amount.currency or wanted.amount_minor > left or wanted.amount_minor <= 0:
+            raise PaymentNotRefundable(
+                f"at most {left} {payment.amount.currency} minor units can still be refunded",
+                subject=f"payments/{payment.id}",
+            )
+        if payment.booking_id is not None and wanted.amount_minor == left:
+            await _cancel_booking_for_refund(uow, caller, booking_rules, payment.booking_id, reason, now)
+        refund = await _request_refund(uow, payment, wanted, reason or "refund", _actor(caller), now)
+        await remember_result(uow, "RefundPayment", request, refund.id)
+        await uow.commit()
+    await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+    return await _reload(unit_of_work, payment_id)
+
+
+async def _cancel_booking_for_refund(
+    uow: UnitOfWork, caller: Caller, rules: BookingRules, booking_id: uuid.UUID, reason: str, now: datetime
+) -> None:
+    booking = await uow.booking.get_booking(booking_id, for_update=True)
+    if booking is None or booking.state is BookingState.CANCELLED:
+        return
+    showtime = await uow.showtimes.get(booking.showtime_id)
+    assert showtime is not None
+    closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
+    if not caller.is_staff and now >= closes:
+        raise CancellationClosed(
+            f"this booking could be cancelled and refunded until {closes.isoformat()}", subject=f"bookings/{booking.id}"
+        )
+    cancelled = replace(booking, cancelled_at=now, cancel_reason=reason or "refunded")
+    await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, BookingRefundState.PENDING)
+    await _record(uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets])
+
+
+async def carry_out_refund(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, refund_id: uuid.UUID
+) -> bool:
+    """Asks Stripe for a pending refund and records the outcome. Failures stay pending, are
+    recorded, and are retried by the reconciliation job. Returns whether it went through."""
+    async with unit_of_work() as uow:
+        refund = await uow.payments.get_refund(refund_id)
+        payment = await uow.payments.get(refund.payment_id) if refund else None
+    if refund is None or payment is None or refund.state is RefundState.SUCCEEDED:
+        return False
+    try:
+        stripe_refund_id = await gateway.refund(payment.intent_id, refund.amount, idempotency_key=f"refund-{refund.id}")
+    except PaymentProviderUnavailable as exc:
+        async with unit_of_work() as uow:
+            current = await uow.payments.get_refund(refund_id, for_update=True)
+            if current is not None and current.state is RefundState.PENDING:
+                await uow.payments.update_refund(
+                    replace(current, attempts=current.attempts + 1, last_error=exc.message[:500])
+                )
+                await _audit(
+                    uow,
+                    payment,
+                    "refund_failed",
+                    STRIPE,
+                    clock.now(),
+                    amount=refund.amount,
+                    note=f"will retry: {exc.message}",
+                )
+                await uow.commit()
+        return False
+    async with unit_of_work() as uow:
+        current = await uow.payments.get_refund(refund_id, for_update=True)
+        paying = await uow.payments.get(payment.id, for_update=True)
+        if current is None or paying is None or current.state is RefundState.SUCCEEDED:
+            return False
+        now = clock.now()
+        await uow.payments.update_refund(
+            replace(
+                current, state=RefundState.SUCCEEDED, stripe_refund_id=stripe_refund_id, attempts=current.attempts + 1
+            )
+        )
+        refunded = Money(paying.refunded.amount_minor + refund.amount.amount_minor, paying.amount.currency)
+        state = (
+            PaymentState.REFUNDED
+            if refunded.amount_minor >= paying.amount.amount_minor
+            else PaymentState.PARTIALLY_REFUNDED
+        )
+        paying = paying.moved(state, now, refunded=refunded)
+        await uow.payments.update(paying)
+        if paying.booking_id is not None and state is PaymentState.REFUNDED:
+            booking = await uow.booking.get_booking(paying.booking_id, for_update=True)
+            if booking is not None and booking.state is BookingState.CANCELLED:
+                await uow.booking.cancel_booking(booking, BookingState.CANCELLED, BookingRefundState.REFUNDED)
+        kind = "auto_refunded" if refund.actor == SYSTEM else "refunded"
+        await _audit(
+            uow, paying, kind, STRIPE, now, stripe_id=stripe_refund_id, amount=refund.amount, note=refund.reason
+        )
+        await uow.commit()
+    return True
+
+
+# ---------------------------------------------------------------- reconciliation and audit
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    settled: int = 0
+    abandoned: int = 0
+    refunds_done: int = 0
+    refunds_requested: int = 0
+
+
+async def reconcile(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, rules: PaymentRules, batch: int = 100
+) -> Reconciled:
+    """Finishes what webhooks and crashes left open: asks Stripe about unsettled payments,
+    refunds cancelled online bookings, retries pending refunds."""
+    settled = abandoned = requested = done = 0
+    now = clock.now()
+    async with unit_of_work() as uow:
+        waiting = await uow.payments.unsettled(now - rules.reconcile_after, batch)
+    for payment in waiting:
+        if not payment.intent_id:
+            if payment.created_at <= now - rules.abandon_after:
+                await _fail(unit_of_work, clock, payment.id, "no payment intent was created", SYSTEM)
+                abandoned += 1
+            continue
+        try:
+            intent = await gateway.retrieve_intent(payment.intent_id)
+        except PaymentProviderUnavailable:
+            continue
+        after = await settle(unit_of_work, gateway, clock, payment.id, intent, SYSTEM)
+        settled += after.state is not PaymentState.INITIALIZED
+    async with unit_of_work() as uow:
+        owed = await uow.payments.owed_by_cancelled_bookings(batch)
+        for payment in owed:
+            await uow.booking.lock_showtime(payment.showtime_id)
+            await _request_refund(uow, payment, payment.refundable, "booking cancelled", SYSTEM, clock.now())
+            requested += 1
+        await uow.commit()
+    async with unit_of_work() as uow:
+        pending = await uow.payments.pending_refunds(batch)
+    for refund in pending:
+        done += await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+    return Reconciled(settled, abandoned, done, requested)
+
+
+async def payment_events(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID) -> list[AuditEntry]:
+    async with uow:
+        await _own_payment(uow, caller, payment_id)
+        return await uow.audit.for_payment(payment_id)
+
+
+async def verify_audit_trail(uow: UnitOfWork) -> AuditVerdict:
+    async with uow:
+        entries = await uow.audit.everything()
+    return verify_chain(entries)
