@@ -176,8 +176,8 @@ def test_money_arriving_after_the_hold_ended_and_the_seat_was_resold_is_refunded
     payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
     # The customer takes too long: past the hold and past the payment's hard limit.
     db.execute(
-        "UPDATE booking.holds SET expires_at = now() - interval '1 hour', payment_deadline = now() - interval '1 minute'"
-        " WHERE id = %s",
+        "UPDATE booking.holds SET expires_at = now() - interval '1 hour',"
+        " payment_deadline = now() - interval '1 minute' WHERE id = %s",
         (held.id,),
     )
     db.execute("UPDATE booking.seat_claims SET expires_at = now() - interval '1 minute' WHERE hold_id = %s", (held.id,))
