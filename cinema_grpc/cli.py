@@ -1,4 +1,4 @@
-"""The cinema-grpc command: serve, migrate, seed-demo, create-admin."""
+"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from cinema_grpc.demo import seed_demo
 from cinema_grpc.domain.errors import ValidationFailed
 from cinema_grpc.domain.identity.model import User
 from cinema_grpc.domain.identity.use_cases import create_admin
+from cinema_grpc.domain.payment.model import AuditVerdict
+from cinema_grpc.domain.payment.use_cases import verify_audit_trail
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import serve
 from cinema_grpc.settings import Settings
@@ -92,6 +94,26 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> AuditVerdict:
+        database = await asyncio.to_thread(open_database, settings)
+        try:
+            return await verify_audit_trail(SqlUnitOfWork(database.sessions))
+        finally:
+            await database.close()
+
+    verdict = asyncio.run(run())
+    if verdict.intact:
+        print(f"audit trail intact: {verdict.entries_checked} entries checked")
+        return 0
+    print(
+        f"audit trail BROKEN at entry {verdict.first_broken_sequence} "
+        f"({verdict.entries_checked} entries checked): its hash does not match its content or its predecessor",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinema-grpc",
@@ -115,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from the first line of stdin instead of asking"
     )
     admin.set_defaults(run=_create_admin)
+    audit = commands.add_parser("audit", help="payment audit trail tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    audit_commands.add_parser(
+        "verify", help="recompute the audit trail's hash chain; exit 1 and name the first broken entry if any"
+    ).set_defaults(run=_audit_verify)
     return parser
 
 

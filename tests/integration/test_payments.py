@@ -4,8 +4,12 @@ money is refunded, and the audit trail cannot be rewritten unnoticed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -412,3 +416,24 @@ def test_only_admins_verify_the_trail_and_only_staff_read_it(channel: grpc.Chann
         payments(channel, ana).ListPaymentEvents, ppb.ListPaymentEventsRequest(payment_id=str(uuid.uuid4()))
     )
     assert events.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "cinema-grpc"), "audit", "verify"]
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_audit_verify_command_names_the_broken_entry(database_url: str, tampered: int) -> None:
+    broken = audit_verify(database_url)
+    assert broken.returncode == 1
+    assert f"BROKEN at entry {tampered}" in broken.stderr
+
+
+def test_the_audit_verify_command_passes_an_intact_trail(
+    database_url: str, channel: grpc.Channel, ana: Customer, clerk: Customer, sale: Sale
+) -> None:
+    paid_booking(channel, ana, clerk, sale, "E3")
+    intact = audit_verify(database_url)
+    assert intact.returncode == 0, intact.stderr
+    assert "audit trail intact" in intact.stdout
