@@ -25,6 +25,8 @@ from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_databas
 from tests.auth_client import sign_in, with_token
 
 SCHEMAS = ("screening", "booking", "api", "payment")
+# Shared by every server a test starts, in process or as a separate process.
+TEST_SIGNING_KEY = "test-signing-key-0123456789abcdefghijklmnop"
 # Append-only by design (the database refuses TRUNCATE); entries of earlier tests stay.
 KEPT_TABLES = ("payment.audit_log",)
 T = TypeVar("T")
@@ -153,6 +155,7 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         stripe_webhook_secret=local_stripe.webhook_secret,
         stripe_api_base=local_stripe.api_base,
         webhook_port=0,
+        token_signing_key=TEST_SIGNING_KEY,
     )
 
 

@@ -1,0 +1,224 @@
+"""Stripe failing, slow, or a server dying between Stripe's success and our commit: clear
+statuses, no double charge, and in the end a booking with its payment or the money back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.payment.v1 import payment_pb2 as ppb
+from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
+from cinema_grpc.settings import Settings
+from tests.auth_client import with_token
+from tests.booking_data import Customer, Sale, customer, hold, open_sale
+from tests.conftest import TEST_SIGNING_KEY, RunningServer
+from tests.e2e.test_command_line import free_port
+from tests.integration.test_cinemas_and_movies import count
+from tests.payment_data import stripe_client
+from tests.rpc_errors import call_fails
+from tests.stripe_proxy import FaultyStripe
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+@pytest.fixture(scope="module")
+def proxy(local_stripe: LocalStripe) -> Iterator[FaultyStripe]:
+    faulty = FaultyStripe(local_stripe.api_base)
+    yield faulty
+    faulty.stop()
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(server_settings: Settings, proxy: FaultyStripe, server: RunningServer) -> Iterator[RunningServer]:
+    """A second server on the same database whose Stripe calls go through the proxy."""
+    settings = server_settings.model_copy(update={"stripe_api_base": proxy.url, "stripe_timeout_seconds": 1.0})
+    running = RunningServer(settings)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def healed(proxy: FaultyStripe) -> Iterator[None]:
+    proxy.heal()
+    yield
+    proxy.heal()
+
+
+@pytest.fixture
+def no_webhooks(local_stripe: LocalStripe, server: RunningServer) -> Iterator[None]:
+    """Stripe's events go nowhere, so only reconciliation can learn the outcome."""
+    local_stripe.deliver_webhooks_to("http://127.0.0.1:9/nowhere")
+    yield
+    assert server.server is not None
+    local_stripe.deliver_webhooks_to(server.server.webhook_url)
+
+
+@pytest.fixture
+def sale(screening: ScreeningServiceStub) -> Sale:
+    return open_sale(screening)
+
+
+@pytest.fixture
+def ana(channel: grpc.Channel, db: Db) -> Customer:
+    return customer(channel, db)
+
+
+@pytest.fixture
+def clerk(channel: grpc.Channel, db: Db) -> Customer:
+    return customer(channel, db, "STAFF")
+
+
+def stub_on(server: RunningServer, who: Customer) -> tuple[grpc.Channel, PaymentServiceStub]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    return channel, PaymentServiceStub(with_token(channel, who.token))
+
+
+def test_a_stripe_outage_fails_the_payment_clearly_and_the_hold_stays_for_a_retry(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, sale: Sale, db: Db
+) -> None:
+    channel, stub = stub_on(behind_proxy, ana)
+    with channel:
+        held = hold(ana, sale, "C1")
+        proxy.fail(r"^/v1/payment_intents$", status=500)
+        failed = call_fails(stub.CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id))
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE")
+        assert failed.retry_delay_seconds is not None
+        row = db.execute("SELECT state, failure_reason FROM payment.payments WHERE hold_id = %s", (held.id,)).fetchone()
+        assert row == ("FAILED", "payment provider unavailable")
+        assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
+        proxy.heal()
+        retried = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+        assert retried.state == ppb.PAYMENT_STATE_INITIALIZED and retried.intent_id
+
+
+@pytest.mark.usefixtures("no_webhooks")
+def test_a_stripe_timeout_at_confirmation_is_unavailable_and_reconciliation_settles_it(
+    behind_proxy: RunningServer,
+    proxy: FaultyStripe,
+    ana: Customer,
+    clerk: Customer,
+    sale: Sale,
+    local_stripe: LocalStripe,
+    db: Db,
+) -> None:
+    channel, terminal = stub_on(behind_proxy, clerk)
+    with channel:
+        held = hold(ana, sale, "C2")
+        slow = proxy.fail(r"/confirm$", delay=3)
+        failed = call_fails(
+            terminal.ChargeAtTerminal, ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa")
+        )
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE")
+        assert slow.hits >= 1
+        row = db.execute("SELECT id, state, intent_id FROM payment.payments WHERE hold_id = %s", (held.id,)).fetchone()
+        assert row is not None and row[1] == "INITIALIZED"
+        assert str(stripe_client(local_stripe).v1.payment_intents.retrieve(str(row[2])).status) == "succeeded"
+        proxy.heal()
+        assert behind_proxy.server is not None
+        behind_proxy.run(behind_proxy.server.reconcile_payments())
+        after = terminal.GetPayment(ppb.GetPaymentRequest(payment_id=str(row[0])))
+        assert after.state == ppb.PAYMENT_STATE_SUCCESS and after.booking_id
+        assert count(db, "booking.bookings") == 1
+
+
+def serve_process(
+    database_url: str, local_stripe: LocalStripe, api_base: str, port: int, log: Path, *, reconcile_every: float
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CINEMA_GRPC_PORT": str(port),
+        "CINEMA_WEBHOOK_PORT": "0",
+        "CINEMA_TOKEN_SIGNING_KEY": TEST_SIGNING_KEY,
+        "CINEMA_STRIPE_SECRET_KEY": API_KEY,
+        "CINEMA_STRIPE_WEBHOOK_SECRET": local_stripe.webhook_secret,
+        "CINEMA_STRIPE_API_BASE": api_base,
+        "CINEMA_RECONCILE_INTERVAL_SECONDS": str(reconcile_every),
+        "CINEMA_RECONCILE_AFTER_SECONDS": "0",
+        "CINEMA_SWEEP_INTERVAL_SECONDS": "3600",
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "cinema-grpc"), "serve"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    return process
+
+
+@pytest.mark.usefixtures("no_webhooks")
+def test_a_server_killed_between_stripe_success_and_its_commit_ends_with_booking_and_payment(
+    database_url: str,
+    proxy: FaultyStripe,
+    local_stripe: LocalStripe,
+    ana: Customer,
+    clerk: Customer,
+    sale: Sale,
+    db: Db,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    # The first server would reconcile the payment itself; it must die before it can.
+    first = serve_process(database_url, local_stripe, proxy.url, port, tmp_path / "server.log", reconcile_every=3600)
+    held = hold(ana, sale, "C3")
+    proxy.fail(r"/confirm$", delay=30)
+    outcome: list[object] = []
+
+    def charge() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            terminal = PaymentServiceStub(with_token(channel, clerk.token))
+            try:
+                outcome.append(
+                    terminal.ChargeAtTerminal(
+                        ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa")
+                    )
+                )
+            except grpc.RpcError as error:
+                outcome.append(error.code())  # type: ignore[attr-defined]
+
+    caller = threading.Thread(target=charge)
+    caller.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not proxy.faults[0].hits:
+        time.sleep(0.05)
+    assert proxy.faults[0].hits, "the confirmation never reached Stripe"
+    time.sleep(0.5)  # Stripe has confirmed; the server is waiting for the answer
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    caller.join(10)
+    assert outcome == [grpc.StatusCode.UNAVAILABLE]
+    row = db.execute("SELECT id, state, intent_id FROM payment.payments WHERE hold_id = %s", (held.id,)).fetchone()
+    assert row is not None and row[1] == "INITIALIZED"
+    assert str(stripe_client(local_stripe).v1.payment_intents.retrieve(str(row[2])).status) == "succeeded"
+
+    proxy.heal()
+    second = serve_process(database_url, local_stripe, proxy.url, port, tmp_path / "server.log", reconcile_every=0.5)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = db.execute("SELECT state, booking_id FROM payment.payments WHERE id = %s", (row[0],)).fetchone()
+            if state is not None and state[0] != "INITIALIZED":
+                break
+            time.sleep(0.2)
+        # Money taken means a ticket exists (or the money went back) - never one without the other.
+        assert state is not None and state[0] == "SUCCESS" and state[1] is not None
+        booking = ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=str(state[1])))
+        assert booking.state == bpb.BOOKING_STATE_CONFIRMED and len(booking.tickets) == 1
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
