@@ -222,3 +222,38 @@ def test_a_server_killed_between_stripe_success_and_its_commit_ends_with_booking
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
+
+
+def test_a_refund_stripe_refuses_stays_pending_visibly_and_is_retried_until_it_goes_through(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    channel, terminal = stub_on(behind_proxy, clerk)
+    with channel:
+        held = hold(ana, sale, "C4")
+        paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
+        proxy.fail(r"^/v1/refunds$", status=502)
+        asked = terminal.RefundPayment(ppb.RefundPaymentRequest(payment_id=paid.id, reason="customer complaint"))
+        assert asked.state == ppb.PAYMENT_STATE_SUCCESS
+        assert (asked.refund_pending.amount_minor, asked.refunded.amount_minor) == (1200, 0)
+        row = db.execute(
+            "SELECT state, attempts, last_error FROM payment.refunds WHERE payment_id = %s", (paid.id,)
+        ).fetchone()
+        assert row is not None and row[0] == "PENDING" and row[1] == 1 and "Stripe" in str(row[2])
+        assert behind_proxy.server is not None
+        behind_proxy.run(behind_proxy.server.reconcile_payments())  # Stripe still failing
+        assert terminal.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id)).refund_pending.amount_minor == 1200
+        proxy.heal()
+        behind_proxy.run(behind_proxy.server.reconcile_payments())
+        done = terminal.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id))
+        assert (done.state, done.refunded.amount_minor, done.refund_pending.amount_minor) == (
+            ppb.PAYMENT_STATE_REFUNDED,
+            1200,
+            0,
+        )
+        kinds = [
+            r[0]
+            for r in db.execute(
+                "SELECT kind FROM payment.audit_log WHERE payment_id = %s ORDER BY sequence", (paid.id,)
+            )
+        ]
+        assert kinds.count("refund_failed") == 2 and kinds[-1] == "refunded"
