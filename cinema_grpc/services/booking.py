@@ -77,6 +77,8 @@ def hold_message(hold: Hold, rules: BookingRules, clock: Clock) -> pb.Hold:
         expire_time=timestamp(hold.expires_at),
         extensions_left=max(rules.max_extensions - hold.extensions_used, 0),
         create_time=timestamp(hold.created_at),
+        ended_by=str(hold.ended_by) if hold.ended_by else "",
+        end_reason=hold.end_reason,
     )
 
 
@@ -96,6 +98,7 @@ def booking_message(booking: Booking) -> pb.Booking:
         refund_state=_REFUNDS[booking.refund_state],
         create_time=timestamp(booking.created_at),
         cancel_reason=booking.cancel_reason,
+        cancelled_by=str(booking.cancelled_by) if booking.cancelled_by else "",
     )
     if booking.cancelled_at is not None:
         message.cancel_time.CopyFrom(timestamp(booking.cancelled_at))
@@ -219,6 +222,18 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         booking_id = require_id("booking_id", request.booking_id)
         booking = await uc.cancel_booking(
             self._uow(), self._clock, self._rules, current_caller(), booking_id, request.reason
+        )
+        return booking_message(booking)
+
+    async def ForceReleaseHold(self, request: pb.ForceReleaseHoldRequest, context: Context) -> pb.Hold:
+        hold_id = require_id("hold_id", request.hold_id)
+        hold = await uc.force_release_hold(self._uow(), self._clock, current_caller(), hold_id, request.reason)
+        return self._hold(hold)
+
+    async def ForceCancelBooking(self, request: pb.ForceCancelBookingRequest, context: Context) -> pb.Booking:
+        booking_id = require_id("booking_id", request.booking_id)
+        booking = await uc.cancel_booking(
+            self._uow(), self._clock, self._rules, current_caller(), booking_id, request.reason, force=True
         )
         return booking_message(booking)
 

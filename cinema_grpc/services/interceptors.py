@@ -14,6 +14,7 @@ from grpc.aio import AbortError
 from cinema_grpc.domain.errors import DomainError
 from cinema_grpc.services.access import AccessControl
 from cinema_grpc.services.convert import Context
+from cinema_grpc.services.metrics import RPC_DURATION, RPC_REQUESTS
 from cinema_grpc.services.status import domain_error_status, internal_error_status
 
 log = structlog.get_logger("cinema_grpc.rpc")
@@ -61,12 +62,15 @@ class _Call:
     def finish(self) -> None:
         if self.context.cancelled() and self.code is grpc.StatusCode.OK:
             self.code = grpc.StatusCode.CANCELLED
+        elapsed = time.perf_counter() - self.started
+        RPC_REQUESTS.labels(self.method, self.code.name, self.reason).inc()
+        RPC_DURATION.labels(self.method).observe(elapsed)
         log.info(
             "rpc",
             user_id=str(self.user_id) if self.user_id else None,
             code=self.code.name,
             reason=self.reason or None,
-            duration_ms=round((time.perf_counter() - self.started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
         )
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
 

@@ -191,11 +191,15 @@ class SqlBookingRepository:
             row.extensions_used,
             row.created_at,
             row.payment_deadline,
+            row.ended_by,
+            row.end_reason,
         )
 
     async def end_hold(self, hold: Hold, state: HoldState, now: datetime) -> None:
         await self._session.execute(
-            update(HoldRow).where(HoldRow.id == hold.id).values(state=state.value, ended_at=now)
+            update(HoldRow)
+            .where(HoldRow.id == hold.id)
+            .values(state=state.value, ended_at=now, ended_by=hold.ended_by, end_reason=hold.end_reason)
         )
         await self._session.execute(
             update(SeatClaimRow)
@@ -260,6 +264,7 @@ class SqlBookingRepository:
             row.created_at,
             row.cancelled_at,
             row.cancel_reason,
+            row.cancelled_by,
         )
 
     async def get_booking(self, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking | None:
@@ -298,6 +303,7 @@ class SqlBookingRepository:
                 refund_state=refund.value,
                 cancelled_at=booking.cancelled_at,
                 cancel_reason=booking.cancel_reason,
+                cancelled_by=booking.cancelled_by,
             )
         )
         await self._session.execute(

@@ -111,6 +111,8 @@ class HoldRow(Row):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     ended_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     payment_deadline: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    ended_by: Mapped[uuid.UUID | None] = mapped_column(UUID, nullable=True)
+    end_reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class BookingRow(Row):
@@ -128,6 +130,7 @@ class BookingRow(Row):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     cancel_reason: Mapped[str] = mapped_column(Text, default="")
+    cancelled_by: Mapped[uuid.UUID | None] = mapped_column(UUID, nullable=True)
 
 
 class ShowtimeVersionRow(Row):

@@ -410,3 +410,45 @@ def test_hold_best_available_holds_a_wheelchair_space_with_its_companion(
 def test_holding_a_wheelchair_space_holds_its_companion_seat_too(ana: Customer, sale: Sale) -> None:
     held = hold(ana, sale, "A1")
     assert [(s.row_label, s.number) for s in held.seats] == [("A", 1), ("A", 2)]
+
+
+def test_staff_force_release_any_hold_and_the_override_is_recorded(
+    ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    held = hold(ana, sale, "C7", "C8")
+    no_reason = call_fails(clerk.booking.ForceReleaseHold, bpb.ForceReleaseHoldRequest(hold_id=held.id))
+    assert no_reason.fields == {"reason": "REQUIRED"}
+    released = clerk.booking.ForceReleaseHold(bpb.ForceReleaseHoldRequest(hold_id=held.id, reason="customer left"))
+    assert (released.state, released.ended_by, released.end_reason) == (
+        bpb.HOLD_STATE_RELEASED,
+        clerk.user.id,
+        "customer left",
+    )
+    assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).end_reason == "customer left"
+    assert states(seat_map(ana, sale), sale) == {}
+    customer_override = call_fails(
+        ana.booking.ForceReleaseHold, bpb.ForceReleaseHoldRequest(hold_id=held.id, reason="x")
+    )
+    assert customer_override.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_staff_force_cancel_a_booking_after_the_start_and_the_override_is_recorded(
+    ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    booking = sell(ana, clerk, sale, "C9")
+    db.execute(
+        "UPDATE screening.showtimes SET starts_at = now() - interval '5 minutes' WHERE id = %s", (sale.showtime.id,)
+    )
+    normal = call_fails(clerk.booking.CancelBooking, bpb.CancelBookingRequest(booking_id=booking.id))
+    assert normal.reason == "CANCELLATION_CLOSED"
+    forced = clerk.booking.ForceCancelBooking(
+        bpb.ForceCancelBookingRequest(booking_id=booking.id, reason="sound failed")
+    )
+    assert (forced.state, forced.refund_state, forced.cancelled_by, forced.cancel_reason) == (
+        bpb.BOOKING_STATE_CANCELLED,
+        bpb.REFUND_STATE_PENDING,
+        clerk.user.id,
+        "sound failed",
+    )
+    own = ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=booking.id))
+    assert own.cancelled_by == clerk.user.id

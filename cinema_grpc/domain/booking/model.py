@@ -94,6 +94,9 @@ class Hold:
     created_at: datetime
     # While a card payment is in flight the hold lives at least until then (a hard limit).
     payment_deadline: datetime | None = None
+    # A staff member who ended it on the customer's behalf, and why.
+    ended_by: uuid.UUID | None = None
+    end_reason: str = ""
 
     @property
     def total(self) -> Money:
@@ -136,6 +139,7 @@ class Booking:
     created_at: datetime
     cancelled_at: datetime | None = None
     cancel_reason: str = ""
+    cancelled_by: uuid.UUID | None = None
 
     @property
     def total(self) -> Money:

@@ -183,6 +183,20 @@ async def extend_hold(uow: UnitOfWork, clock: Clock, rules: BookingRules, caller
 
 
 async def release_hold(uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID) -> Hold:
+    return await _release(uow, clock, caller, hold_id)
+
+
+async def force_release_hold(uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID, reason: str) -> Hold:
+    """Staff override: ends any customer's hold now, recording who and why."""
+    violations = Violations()
+    reason = clean_text(violations, "reason", reason, max_length=500)
+    violations.raise_if_any()
+    return await _release(uow, clock, caller, hold_id, override_reason=reason)
+
+
+async def _release(
+    uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID, *, override_reason: str = ""
+) -> Hold:
     async with uow:
         hold = await _own_hold(uow, caller, hold_id)
         await uow.booking.lock_showtime(hold.showtime_id)
@@ -192,6 +206,8 @@ async def release_hold(uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: u
             return hold
         if hold.state is not HoldState.ACTIVE:
             raise HoldNotActive(f"the hold is {hold.state.lower()}", subject=f"holds/{hold.id}")
+        if override_reason:
+            hold = replace(hold, ended_by=caller.user_id, end_reason=override_reason)
         await uow.booking.end_hold(hold, HoldState.RELEASED, now)
         await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
         await uow.commit()
@@ -259,10 +275,19 @@ async def list_bookings(uow: UnitOfWork, caller: Caller, wanted: BookingFilter, 
 
 
 async def cancel_booking(
-    uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, booking_id: uuid.UUID, reason: str
+    uow: UnitOfWork,
+    clock: Clock,
+    rules: BookingRules,
+    caller: Caller,
+    booking_id: uuid.UUID,
+    reason: str,
+    *,
+    force: bool = False,
 ) -> Booking:
+    """Cancels a booking for refund: customers until the cut-off, staff until the showtime
+    starts; ``force`` (staff override, reason required) at any time."""
     violations = Violations()
-    reason = clean_text(violations, "reason", reason, max_length=500, required=False)
+    reason = clean_text(violations, "reason", reason, max_length=500, required=force)
     violations.raise_if_any()
     async with uow:
         booking = await _own_booking(uow, caller, booking_id)
@@ -274,13 +299,14 @@ async def cancel_booking(
         showtime = await uow.showtimes.get(booking.showtime_id)
         assert showtime is not None
         closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
-        if now >= closes:
+        if now >= closes and not force:
             raise CancellationClosed(
                 f"bookings of this showtime could be cancelled until {closes.isoformat()}",
                 subject=f"bookings/{booking.id}",
             )
         cancelled = replace(
             booking,
+            cancelled_by=caller.user_id,
             state=BookingState.CANCELLED,
             refund_state=RefundState.PENDING,
             cancelled_at=now,

@@ -196,6 +196,8 @@ class Hold(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     EXTENSIONS_LEFT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ENDED_BY_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     showtime_id: _builtins.str
     customer_id: _builtins.str
@@ -203,6 +205,9 @@ class Hold(_message.Message):
     state: Global___HoldState.ValueType
     extensions_left: _builtins.int
     """How many more times ExtendHold may renew it."""
+    ended_by: _builtins.str
+    """Who ended the hold when it was not its customer (a staff override), and why."""
+    end_reason: _builtins.str
     @_builtins.property
     def seats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimedSeat]: ...
     @_builtins.property
@@ -223,10 +228,12 @@ class Hold(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         extensions_left: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        ended_by: _builtins.str = ...,
+        end_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "end_reason", b"end_reason", "ended_by", b"ended_by", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +287,7 @@ class Booking(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_TIME_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     showtime_id: _builtins.str
     customer_id: _builtins.str
@@ -289,6 +297,8 @@ class Booking(_message.Message):
     counter_payment: Global___CounterPayment.ValueType
     refund_state: Global___RefundState.ValueType
     cancel_reason: _builtins.str
+    cancelled_by: _builtins.str
+    """Who cancelled the booking: the customer, or a staff member."""
     @_builtins.property
     def tickets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ticket]: ...
     @_builtins.property
@@ -313,10 +323,11 @@ class Booking(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_time: _timestamp_pb2.Timestamp | None = ...,
         cancel_reason: _builtins.str = ...,
+        cancelled_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_time", b"cancel_time", "create_time", b"create_time", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "channel", b"channel", "counter_payment", b"counter_payment", "create_time", b"create_time", "customer_id", b"customer_id", "hold_id", b"hold_id", "id", b"id", "refund_state", b"refund_state", "showtime_id", b"showtime_id", "state", b"state", "tickets", b"tickets", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "cancel_time", b"cancel_time", "cancelled_by", b"cancelled_by", "channel", b"channel", "counter_payment", b"counter_payment", "create_time", b"create_time", "customer_id", b"customer_id", "hold_id", b"hold_id", "id", b"id", "refund_state", b"refund_state", "showtime_id", b"showtime_id", "state", b"state", "tickets", b"tickets", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -707,6 +718,50 @@ class CancelBookingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelBookingRequest: _TypeAlias = CancelBookingRequest  # noqa: Y015
+
+@_typing.final
+class ForceReleaseHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForceReleaseHoldRequest: _TypeAlias = ForceReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ForceCancelBookingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForceCancelBookingRequest: _TypeAlias = ForceCancelBookingRequest  # noqa: Y015
 
 @_typing.final
 class GetSeatMapRequest(_message.Message):

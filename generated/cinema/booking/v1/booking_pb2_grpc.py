@@ -86,6 +86,16 @@ class BookingServiceStub:
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.CancelBookingRequest.SerializeToString,
                 response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
                 _registered_method=True)
+        self.ForceReleaseHold = channel.unary_unary(
+                '/cinema.booking.v1.BookingService/ForceReleaseHold',
+                request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceReleaseHoldRequest.SerializeToString,
+                response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.FromString,
+                _registered_method=True)
+        self.ForceCancelBooking = channel.unary_unary(
+                '/cinema.booking.v1.BookingService/ForceCancelBooking',
+                request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.SerializeToString,
+                response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
+                _registered_method=True)
         self.GetSeatMap = channel.unary_unary(
                 '/cinema.booking.v1.BookingService/GetSeatMap',
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.GetSeatMapRequest.SerializeToString,
@@ -177,6 +187,22 @@ class BookingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForceReleaseHold(self, request, context):
+        """Staff override: releases any customer's active hold at once. The staff member and the
+        reason are recorded on the hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForceCancelBooking(self, request, context):
+        """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
+        and marks it for refund. The staff member and the reason are recorded on the booking.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSeatMap(self, request, context):
         """The seat map of a showtime now. Staff also see who holds or owns each seat.
         """
@@ -240,6 +266,16 @@ def add_BookingServiceServicer_to_server(servicer, server):
             'CancelBooking': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelBooking,
                     request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.CancelBookingRequest.FromString,
+                    response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.SerializeToString,
+            ),
+            'ForceReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForceReleaseHold,
+                    request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceReleaseHoldRequest.FromString,
+                    response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.SerializeToString,
+            ),
+            'ForceCancelBooking': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForceCancelBooking,
+                    request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.FromString,
                     response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.SerializeToString,
             ),
             'GetSeatMap': grpc.unary_unary_rpc_method_handler(
@@ -502,6 +538,60 @@ class BookingService:
             target,
             '/cinema.booking.v1.BookingService/CancelBooking',
             cinema_dot_booking_dot_v1_dot_booking__pb2.CancelBookingRequest.SerializeToString,
+            cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForceReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.booking.v1.BookingService/ForceReleaseHold',
+            cinema_dot_booking_dot_v1_dot_booking__pb2.ForceReleaseHoldRequest.SerializeToString,
+            cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForceCancelBooking(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.booking.v1.BookingService/ForceCancelBooking',
+            cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.SerializeToString,
             cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
             options,
             channel_credentials,

@@ -69,6 +69,14 @@ class BookingServiceStub:
     """Cancels a booking and frees its seats: customers until the cancellation cut-off before
     the showtime, staff until it starts. The booking is marked for refund.
     """
+    ForceReleaseHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ForceReleaseHoldRequest, _booking_pb2.Hold]
+    """Staff override: releases any customer's active hold at once. The staff member and the
+    reason are recorded on the hold.
+    """
+    ForceCancelBooking: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ForceCancelBookingRequest, _booking_pb2.Booking]
+    """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
+    and marks it for refund. The staff member and the reason are recorded on the booking.
+    """
     GetSeatMap: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetSeatMapRequest, _booking_pb2.SeatMap]
     """The seat map of a showtime now. Staff also see who holds or owns each seat."""
     WatchSeatAvailability: _grpc.UnaryStreamMultiCallable[_booking_pb2.WatchSeatAvailabilityRequest, _booking_pb2.SeatAvailabilityEvent]
@@ -118,6 +126,14 @@ class BookingServiceAsyncStub(BookingServiceStub):
     CancelBooking: _aio.UnaryUnaryMultiCallable[_booking_pb2.CancelBookingRequest, _booking_pb2.Booking]  # type: ignore[assignment]
     """Cancels a booking and frees its seats: customers until the cancellation cut-off before
     the showtime, staff until it starts. The booking is marked for refund.
+    """
+    ForceReleaseHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ForceReleaseHoldRequest, _booking_pb2.Hold]  # type: ignore[assignment]
+    """Staff override: releases any customer's active hold at once. The staff member and the
+    reason are recorded on the hold.
+    """
+    ForceCancelBooking: _aio.UnaryUnaryMultiCallable[_booking_pb2.ForceCancelBookingRequest, _booking_pb2.Booking]  # type: ignore[assignment]
+    """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
+    and marks it for refund. The staff member and the reason are recorded on the booking.
     """
     GetSeatMap: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetSeatMapRequest, _booking_pb2.SeatMap]  # type: ignore[assignment]
     """The seat map of a showtime now. Staff also see who holds or owns each seat."""
@@ -219,6 +235,26 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.Booking, _abc.Awaitable[_booking_pb2.Booking]]:
         """Cancels a booking and frees its seats: customers until the cancellation cut-off before
         the showtime, staff until it starts. The booking is marked for refund.
+        """
+
+    @_abc_1.abstractmethod
+    def ForceReleaseHold(
+        self,
+        request: _booking_pb2.ForceReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.Hold, _abc.Awaitable[_booking_pb2.Hold]]:
+        """Staff override: releases any customer's active hold at once. The staff member and the
+        reason are recorded on the hold.
+        """
+
+    @_abc_1.abstractmethod
+    def ForceCancelBooking(
+        self,
+        request: _booking_pb2.ForceCancelBookingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.Booking, _abc.Awaitable[_booking_pb2.Booking]]:
+        """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
+        and marks it for refund. The staff member and the reason are recorded on the booking.
         """
 
     @_abc_1.abstractmethod

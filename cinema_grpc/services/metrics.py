@@ -1,0 +1,43 @@
+"""Prometheus metrics: per-RPC counts and latencies, and the selling state of the system."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RPC_REQUESTS = Counter(
+    "cinema_rpc_requests",
+    "RPCs served, by method, status code and error reason",
+    ["method", "code", "reason"],
+    registry=REGISTRY,
+)
+RPC_DURATION = Histogram(
+    "cinema_rpc_duration_seconds",
+    "Time to serve an RPC (streams: until they end)",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+    registry=REGISTRY,
+)
+ACTIVE_HOLDS = Gauge("cinema_active_holds", "Holds that are active and not expired", registry=REGISTRY)
+PAYMENTS = Gauge("cinema_payments", "Payments by state", ["state"], registry=REGISTRY)
+SEATS_RELEASED_BY_EXPIRY = Counter(
+    "cinema_seats_released_by_expiry", "Seats of expired holds released by the sweeper", registry=REGISTRY
+)
+SWEEPER_RUNS = Counter(
+    "cinema_sweeper_runs",
+    "Runs of the expired-hold sweeper by outcome (swept, skipped, failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RECONCILER_RUNS = Counter(
+    "cinema_reconciler_runs", "Runs of the payment reconciliation by outcome", ["outcome"], registry=REGISTRY
+)
+STREAM_WATCHERS = Gauge("cinema_stream_watchers", "Open seat availability streams on this replica", registry=REGISTRY)
+DATABASE_UP = Gauge("cinema_database_up", "1 while the database answers the health probe", registry=REGISTRY)
+
+
+def serve_metrics(host: str, port: int) -> int:
+    """Starts the /metrics HTTP endpoint in a background thread; returns the bound port."""
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    return int(server.server_address[1])
