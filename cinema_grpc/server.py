@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
 from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.payment.v1 import payment_pb2, payment_pb2_grpc
+from cinema.reports.v1 import reports_pb2, reports_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
 from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, RedisBus
 from cinema_grpc.adapters.clock import SystemClock
@@ -33,6 +34,7 @@ from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
 from cinema_grpc.services.payment import PaymentServicer
+from cinema_grpc.services.reports import ReportsServicer
 from cinema_grpc.services.screening import ScreeningServicer
 from cinema_grpc.services.stripe_webhook import PATH as WEBHOOK_PATH
 from cinema_grpc.services.stripe_webhook import WebhookListener
@@ -48,6 +50,7 @@ SERVICES = (
     identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     booking_pb2.DESCRIPTOR.services_by_name["BookingService"],
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+    reports_pb2.DESCRIPTOR.services_by_name["ReportsService"],
 )
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
@@ -109,6 +112,7 @@ class CinemaServer:
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(
             PaymentServicer(uow, clock, self.gateway, settings.payment_rules(), settings.booking_rules()), self.grpc
         )
+        reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), self.grpc)
         gateway = self.gateway
 
         async def on_webhook(payload: bytes, signature: str) -> str:

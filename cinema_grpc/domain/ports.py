@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from cinema_grpc.domain.access import Caller, Role
 from cinema_grpc.domain.booking.model import (
@@ -25,6 +25,9 @@ from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
 from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
+
+if TYPE_CHECKING:  # reports import this module for the UnitOfWork type
+    from cinema_grpc.domain.reports import DayRevenue, MovieSales, Occupancy, Ranking
 
 
 class AvailabilityBus(Protocol):
@@ -363,6 +366,22 @@ class PaymentGateway(Protocol):
         ...
 
 
+class ReportsRepository(Protocol):
+    async def snapshot(self) -> None:
+        """Makes the rest of the transaction one read-only, repeatable-read snapshot."""
+        ...
+
+    async def occupancy(self, showtime_id: uuid.UUID, now: datetime) -> Occupancy | None: ...
+
+    async def top_movies(
+        self, cinema_id: uuid.UUID, sold_from: datetime, sold_before: datetime, limit: int, ranking: Ranking
+    ) -> list[MovieSales]: ...
+
+    async def revenue_by_day(
+        self, cinema_id: uuid.UUID, sold_from: datetime, sold_before: datetime, time_zone: str
+    ) -> list[DayRevenue]: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless ``commit`` was called."""
 
@@ -377,6 +396,7 @@ class UnitOfWork(Protocol):
     booking: BookingRepository
     payments: PaymentRepository
     audit: AuditTrail
+    reports: ReportsRepository
 
     async def __aenter__(self) -> Self: ...
 

@@ -20,6 +20,7 @@ from cinema_grpc.domain.ports import (
     LoginThrottle,
     MovieRepository,
     PaymentRepository,
+    ReportsRepository,
     RequestLog,
     SessionRepository,
     ShowtimeRepository,
@@ -28,6 +29,7 @@ from cinema_grpc.domain.ports import (
 from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
 from cinema_grpc.storage.payment_repository import SqlAuditTrail, SqlPaymentRepository
+from cinema_grpc.storage.reports_repository import SqlReportsRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
     SqlHallRepository,
@@ -73,6 +75,7 @@ class SqlUnitOfWork:
         self.booking: BookingRepository = SqlBookingRepository(self.session)
         self.payments: PaymentRepository = SqlPaymentRepository(self.session)
         self.audit: AuditTrail = SqlAuditTrail(self.session)
+        self.reports: ReportsRepository = SqlReportsRepository(self.session)
         return self
 
     async def __aexit__(
