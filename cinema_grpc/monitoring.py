@@ -1,0 +1,61 @@
+"""Operational watch: health follows the database, and gauges follow the selling state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import structlog
+from grpc_health.v1 import health, health_pb2
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cinema_grpc.services.metrics import ACTIVE_HOLDS, DATABASE_UP, PAYMENTS
+
+log = structlog.get_logger(__name__)
+
+_SELLING_STATE = text(
+    """
+    SELECT 'holds' AS what, 'ACTIVE' AS state, count(*) AS n FROM booking.holds
+     WHERE state = 'ACTIVE' AND greatest(expires_at, payment_deadline) > now()
+    UNION ALL
+    SELECT 'payments', state, count(*) FROM payment.payments GROUP BY state
+    """
+)
+
+
+class DatabaseHealth:
+    """Reports NOT_SERVING for every service while the database does not answer."""
+
+    def __init__(self, engine: AsyncEngine, servicer: health.aio.HealthServicer, services: Iterable[str]) -> None:
+        self._engine = engine
+        self._health = servicer
+        self._services = ("", *services)
+        self.serving = True
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout), self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            up = True
+        except (TimeoutError, OSError, SQLAlchemyError, DBAPIError):
+            up = False
+        DATABASE_UP.set(1 if up else 0)
+        if up != self.serving:
+            log.warning("database reachable again" if up else "database unreachable: NOT_SERVING")
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self._services:
+                await self._health.set(name, status)
+            self.serving = up
+        return up
+
+
+async def refresh_selling_gauges(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(_SELLING_STATE)).all()
+    for what, state, count in rows:
+        if what == "holds":
+            ACTIVE_HOLDS.set(count)
+        else:
+            PAYMENTS.labels(state).set(count)
