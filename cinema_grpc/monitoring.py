@@ -34,9 +34,9 @@ class DatabaseHealth:
         self._services = ("", *services)
         self.serving = True
 
-    async def probe(self, timeout: float = 2.0) -> bool:
+    async def probe(self, within_seconds: float = 2.0) -> bool:
         try:
-            async with asyncio.timeout(timeout), self._engine.connect() as conn:
+            async with asyncio.timeout(within_seconds), self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             up = True
         except (TimeoutError, OSError, SQLAlchemyError, DBAPIError):

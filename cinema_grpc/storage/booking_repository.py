@@ -239,6 +239,9 @@ class SqlBookingRepository:
                 counter_payment=booking.counter_payment.value if booking.counter_payment else None,
                 refund_state=booking.refund_state.value,
                 created_at=booking.created_at,
+                ticket_count=len(booking.tickets),
+                total_minor=booking.total.amount_minor,
+                currency=booking.total.currency,
             )
         )
         await self._session.execute(

@@ -1,4 +1,4 @@
-"""Report queries. They read valid tickets (claims SOLD) through indexed joins."""
+"""Report queries over confirmed bookings and seat claims."""
 
 from __future__ import annotations
 
@@ -30,33 +30,32 @@ _OCCUPANCY = text(
     """
 )
 
-# Valid tickets of the cinema's showtimes, by the time their booking was made.
-_SOLD_FROM = """
+# Confirmed bookings of the cinema's showtimes, by the time they were made. A booking keeps
+# its ticket count and total, so these read the covering index on bookings, not the tickets.
+_SOLD = """
     FROM booking.bookings b
     JOIN screening.showtimes st ON st.id = b.showtime_id
-    JOIN booking.seat_claims c ON c.booking_id = b.id AND c.status = 'SOLD'
+    {join}
+    WHERE st.cinema_id = :cinema_id AND b.state = 'CONFIRMED'
+      AND b.created_at >= :sold_from AND b.created_at < :sold_before
 """
-_SOLD_WHERE = "WHERE st.cinema_id = :cinema_id AND b.created_at >= :sold_from AND b.created_at < :sold_before"
 
-_TOP_MOVIES = f"""
-    SELECT m.id, m.title, count(*) AS tickets, sum(c.amount_minor) AS revenue, c.currency
-    {_SOLD_FROM}
-    JOIN screening.movies m ON m.id = st.movie_id
-    {_SOLD_WHERE}
-    GROUP BY m.id, m.title, c.currency
-    ORDER BY {{order}} DESC, m.title, m.id
+_TOP_MOVIES = """
+    SELECT m.id, m.title, sum(b.ticket_count) AS tickets, sum(b.total_minor) AS revenue, b.currency
+    {sold}
+    GROUP BY m.id, m.title, b.currency
+    ORDER BY {order} DESC, m.title, m.id
     LIMIT :limit
 """
 
 _REVENUE_BY_DAY = text(
-    f"""
-    SELECT (b.created_at AT TIME ZONE :zone)::date AS day, c.currency,
-           count(*) AS tickets, sum(c.amount_minor) AS revenue
-    {_SOLD_FROM}
-    {_SOLD_WHERE}
+    """
+    SELECT (b.created_at AT TIME ZONE :zone)::date AS day, b.currency,
+           sum(b.ticket_count) AS tickets, sum(b.total_minor) AS revenue
+    {sold}
     GROUP BY 1, 2
     ORDER BY 1, 2
-    """
+    """.format(sold=_SOLD.format(join=""))
 )
 
 
@@ -77,7 +76,8 @@ class SqlReportsRepository:
         self, cinema_id: uuid.UUID, sold_from: datetime, sold_before: datetime, limit: int, ranking: Ranking
     ) -> list[MovieSales]:
         order = "revenue" if ranking is Ranking.REVENUE else "tickets"
-        query = text(_TOP_MOVIES.format(order=order))
+        sold = _SOLD.format(join="JOIN screening.movies m ON m.id = st.movie_id")
+        query = text(_TOP_MOVIES.format(sold=sold, order=order))
         rows = await self._session.execute(
             query, {"cinema_id": cinema_id, "sold_from": sold_from, "sold_before": sold_before, "limit": limit}
         )

@@ -131,6 +131,9 @@ class BookingRow(Row):
     cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     cancel_reason: Mapped[str] = mapped_column(Text, default="")
     cancelled_by: Mapped[uuid.UUID | None] = mapped_column(UUID, nullable=True)
+    ticket_count: Mapped[int] = mapped_column(Integer)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CHAR(3))
 
 
 class ShowtimeVersionRow(Row):
