@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -110,6 +111,12 @@ class HallRepository(Protocol):
         ...
 
     async def update_seat(self, seat: Seat, updated_at: datetime) -> None: ...
+
+    async def seats(
+        self, hall_id: uuid.UUID, *, seat_ids: Collection[uuid.UUID] = (), rows: Collection[str] = ()
+    ) -> tuple[Seat, ...]:
+        """Current seats of the hall with these ids, or in these rows, in layout order."""
+        ...
 
     async def capacities(self, cinema_id: uuid.UUID) -> list[HallSuggestion]:
         """Every hall of the cinema with its number of seats in service."""
@@ -250,6 +257,12 @@ class BookingRepository(Protocol):
         """Seats sold, or held by a hold that has not expired."""
         ...
 
+    async def claimed_among(
+        self, showtime_id: uuid.UUID, seat_ids: Collection[uuid.UUID], now: datetime
+    ) -> set[uuid.UUID]:
+        """Which of these seats are sold, or held by a hold that has not expired."""
+        ...
+
     async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int: ...
 
     async def add_hold(self, hold: Hold) -> None:
@@ -367,10 +380,6 @@ class PaymentGateway(Protocol):
 
 
 class ReportsRepository(Protocol):
-    async def snapshot(self) -> None:
-        """Makes the rest of the transaction one read-only, repeatable-read snapshot."""
-        ...
-
     async def occupancy(self, showtime_id: uuid.UUID, now: datetime) -> Occupancy | None: ...
 
     async def top_movies(
@@ -409,6 +418,10 @@ class UnitOfWork(Protocol):
 
     async def commit(self) -> None:
         """Commits, then publishes the announced events (never before the data is durable)."""
+        ...
+
+    async def snapshot(self) -> None:
+        """Makes this transaction one read-only, repeatable-read snapshot (call it first)."""
         ...
 
     def announce(self, event: SeatEvent) -> None:

@@ -76,7 +76,7 @@ async def _sale_window(uow: UnitOfWork, cinema_id: uuid.UUID, start: date, end: 
 
 async def showtime_occupancy(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> Occupancy:
     async with uow:
-        await uow.reports.snapshot()
+        await uow.snapshot()
         occupancy = await uow.reports.occupancy(showtime_id, now)
     if occupancy is None:
         raise ShowtimeNotFound(showtime_id)
@@ -93,7 +93,7 @@ async def top_movies(
     violations.raise_if_any()
     assert start is not None and end is not None
     async with uow:
-        await uow.reports.snapshot()
+        await uow.snapshot()
         begin, finish, _ = await _sale_window(uow, cinema_id, start, end)
         return await uow.reports.top_movies(cinema_id, begin, finish, limit or 10, ranking)
 
@@ -106,6 +106,6 @@ async def revenue_by_day(
     violations.raise_if_any()
     assert start is not None and end is not None
     async with uow:
-        await uow.reports.snapshot()
+        await uow.snapshot()
         begin, finish, zone = await _sale_window(uow, cinema_id, start, end)
         return await uow.reports.revenue_by_day(cinema_id, begin, finish, zone)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -107,6 +108,18 @@ class SqlBookingRepository:
             ActiveClaim(seat_id, SeatState(status), customer)
             for seat_id, status, customer in await self._session.execute(query)
         ]
+
+    async def claimed_among(
+        self, showtime_id: uuid.UUID, seat_ids: Collection[uuid.UUID], now: datetime
+    ) -> set[uuid.UUID]:
+        # Served by the unique index on active claims (showtime_id, seat_id).
+        query = select(SeatClaimRow.seat_id).where(
+            SeatClaimRow.showtime_id == showtime_id,
+            SeatClaimRow.seat_id.in_(list(seat_ids)),
+            SeatClaimRow.status.in_(ACTIVE),
+            or_(SeatClaimRow.status == "SOLD", SeatClaimRow.expires_at > now),
+        )
+        return set(await self._session.scalars(query))
 
     async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int:
         query = select(func.count()).where(

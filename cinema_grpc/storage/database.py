@@ -104,6 +104,7 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout_seconds,
             pool_pre_ping=True,
             connect_args={
                 "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"

@@ -63,9 +63,6 @@ class SqlReportsRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def snapshot(self) -> None:
-        await self._session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-
     async def occupancy(self, showtime_id: uuid.UUID, now: datetime) -> Occupancy | None:
         row = (await self._session.execute(_OCCUPANCY, {"showtime_id": showtime_id, "now": now})).first()
         if row is None:

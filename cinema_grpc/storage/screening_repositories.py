@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -256,6 +257,20 @@ class SqlHallRepository:
             .values(in_service=seat.in_service, out_of_service_reason=seat.out_of_service_reason)
         )
         await self._session.execute(update(HallRow).where(HallRow.id == seat.hall_id).values(updated_at=updated_at))
+
+    async def seats(
+        self, hall_id: uuid.UUID, *, seat_ids: Collection[uuid.UUID] = (), rows: Collection[str] = ()
+    ) -> tuple[Seat, ...]:
+        query = (
+            select(SeatRow)
+            .where(SeatRow.hall_id == hall_id, SeatRow.retired_at.is_(None))
+            .order_by(SeatRow.row_index, SeatRow.grid_column)
+        )
+        if seat_ids:
+            query = query.where(SeatRow.id.in_(list(seat_ids)))
+        if rows:
+            query = query.where(SeatRow.row_label.in_(list(rows)))
+        return tuple(_seat(row) for row in await self._session.scalars(query))
 
     async def capacities(self, cinema_id: uuid.UUID) -> list[HallSuggestion]:
         in_service = func.count(SeatRow.id).filter(SeatRow.in_service, SeatRow.retired_at.is_(None))

@@ -6,7 +6,9 @@ from types import TracebackType
 from typing import Self
 
 import psycopg.errors
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cinema_grpc.domain.booking.model import SeatEvent
@@ -93,12 +95,18 @@ class SqlUnitOfWork:
                 raise
         if isinstance(exc, DBAPIError) and (domain_error := translate_database_error(exc)) is not None:
             raise domain_error from exc
+        if isinstance(exc, PoolTimeout):
+            # Every connection is busy: the server is overloaded, not broken.
+            raise Contention("the server is busy; retry shortly") from exc
 
     async def commit(self) -> None:
         await self.session.commit()
         announced, self._announced = self._announced, []
         if announced and self._bus is not None:
             await self._bus.publish(announced)
+
+    async def snapshot(self) -> None:
+        await self.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
 
     def announce(self, event: SeatEvent) -> None:
         self._announced.append(event)

@@ -278,13 +278,14 @@ def _wheelchair_spaces(seats: Sequence[Seat], taken: Collection[uuid.UUID], coun
 
 
 def with_companions(requested: Sequence[Seat], hall_seats: Sequence[Seat], taken: Collection[uuid.UUID]) -> list[Seat]:
-    """The requested seats plus the free companion seat beside each requested wheelchair space."""
+    """The requested seats plus the free companion seat beside each requested wheelchair space
+    (``hall_seats`` must hold at least the rows of the requested wheelchair spaces)."""
     chosen = list(requested)
     ids = {s.id for s in chosen}
     usable = {s.id for s in hall_seats if s.in_service and s.id not in taken} - ids
     rows = {row[0].row_label: row for row in _rows(hall_seats)}
     for seat in requested:
-        if seat.kind is SeatKind.WHEELCHAIR:
+        if seat.kind is SeatKind.WHEELCHAIR and seat.row_label in rows:
             companion = companion_of(seat, rows[seat.row_label], usable)
             if companion is not None:
                 chosen.append(companion)

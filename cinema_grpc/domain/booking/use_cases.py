@@ -47,11 +47,11 @@ from cinema_grpc.domain.errors import (
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork, WatcherLagging
-from cinema_grpc.domain.screening.model import Hall, Seat, SeatKind, Showtime, ShowtimeState
+from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, ShowtimeState
 from cinema_grpc.domain.text import clean_text
 
 
-async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> tuple[Showtime, Hall]:
+async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> Showtime:
     showtime = await uow.showtimes.get(showtime_id)
     if showtime is None:
         raise ShowtimeNotFound(showtime_id)
@@ -59,9 +59,7 @@ async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> t
         raise ShowtimeCancelled(f"showtime {showtime_id} is cancelled", subject=f"showtimes/{showtime_id}")
     if showtime.has_started(now):
         raise ShowtimeAlreadyStarted(f"showtime {showtime_id} has started", subject=f"showtimes/{showtime_id}")
-    hall = await uow.halls.get(showtime.hall_id)
-    assert hall is not None, "showtimes reference existing halls"
-    return showtime, hall
+    return showtime
 
 
 async def _record(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
@@ -102,12 +100,14 @@ async def hold_seats(
             return await _own_hold(uow, caller, earlier)
         await uow.booking.lock_showtime(cmd.showtime_id)
         now = clock.now()
-        showtime, hall = await _sellable(uow, cmd.showtime_id, now)
+        showtime = await _sellable(uow, cmd.showtime_id, now)
         if await uow.booking.count_active_holds(caller.user_id, now) >= rules.max_active_holds:
             raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
         changes = await uow.booking.expire_due(showtime.id, now)
-        taken = {claim.seat_id for claim in await uow.booking.active_claims(showtime.id, now)}
-        seats = _chosen_seats(cmd, hall, taken)
+        if isinstance(cmd, HoldBestAvailable):
+            seats = await _best_seats(uow, showtime, cmd, now)
+        else:
+            seats = await _requested_seats(uow, showtime, cmd, now)
         if len(seats) > rules.max_seats_per_hold:
             raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
         hold = Hold(
@@ -127,15 +127,22 @@ async def hold_seats(
     return hold
 
 
-def _chosen_seats(cmd: HoldSeats | HoldBestAvailable, hall: Hall, taken: set[uuid.UUID]) -> list[Seat]:
-    if isinstance(cmd, HoldBestAvailable):
-        block = best_available(hall.seats, taken, cmd.count, cmd.kind)
-        if block is None:
-            raise NoAdjacentSeats(
-                f"no {cmd.count} adjacent free {cmd.kind.lower()} seats", subject=f"showtimes/{cmd.showtime_id}"
-            )
-        return block
-    by_id = {seat.id: seat for seat in hall.seats}
+async def _best_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldBestAvailable, now: datetime) -> list[Seat]:
+    hall = await uow.halls.get(showtime.hall_id)
+    assert hall is not None, "showtimes reference existing halls"
+    taken = {claim.seat_id for claim in await uow.booking.active_claims(showtime.id, now)}
+    block = best_available(hall.seats, taken, cmd.count, cmd.kind)
+    if block is None:
+        raise NoAdjacentSeats(
+            f"no {cmd.count} adjacent free {cmd.kind.lower()} seats", subject=f"showtimes/{cmd.showtime_id}"
+        )
+    return block
+
+
+async def _requested_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldSeats, now: datetime) -> list[Seat]:
+    # Only the requested seats are read (and the rows of requested wheelchair spaces, for their
+    # companion seats): holding a seat must not cost a read of the whole hall.
+    by_id = {seat.id: seat for seat in await uow.halls.seats(showtime.hall_id, seat_ids=cmd.seat_ids)}
     violations = Violations()
     for i, seat_id in enumerate(cmd.seat_ids):
         seat = by_id.get(seat_id)
@@ -147,10 +154,14 @@ def _chosen_seats(cmd: HoldSeats | HoldBestAvailable, hall: Hall, taken: set[uui
             violations.add(f"seat_ids[{i}]", "SEAT_OUT_OF_SERVICE", f"seat {seat.label} is out of service")
     violations.raise_if_any()
     requested = [by_id[seat_id] for seat_id in cmd.seat_ids]
+    wheelchair_rows = {s.row_label for s in requested if s.kind is SeatKind.WHEELCHAIR}
+    row_seats = list(await uow.halls.seats(showtime.hall_id, rows=wheelchair_rows)) if wheelchair_rows else []
+    considered = {s.id for s in requested} | {s.id for s in row_seats}
+    taken = await uow.booking.claimed_among(showtime.id, considered, now)
     clash = {str(s.id): s.label for s in requested if s.id in taken}
     if clash:
         raise SeatAlreadyTaken(clash)
-    return with_companions(requested, hall.seats, taken)
+    return with_companions(requested, row_seats, taken)
 
 
 async def _own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
@@ -328,12 +339,13 @@ async def end_sales_of_cancelled_showtime(uow: UnitOfWork, showtime: Showtime, n
 
 async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: uuid.UUID) -> SeatMap:
     async with uow:
+        # Version and claims are read in one snapshot so they agree with each other.
+        await uow.snapshot()
         showtime = await uow.showtimes.get(showtime_id)
         if showtime is None:
             raise ShowtimeNotFound(showtime_id)
         hall = await uow.halls.get(showtime.hall_id)
         assert hall is not None
-        # Version and claims are read in one snapshot so they agree with each other.
         version = await uow.booking.current_version(showtime_id)
         claims = await uow.booking.active_claims(showtime_id, clock.now())
     statuses = seat_states(hall.seats, claims)

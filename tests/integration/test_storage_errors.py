@@ -1,0 +1,40 @@
+"""Database trouble reaches callers as retryable statuses, never as INTERNAL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from cinema_grpc.domain.errors import Contention, StorageUnavailable
+from cinema_grpc.domain.screening import use_cases
+from cinema_grpc.storage.database import sqlalchemy_url
+from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+
+
+def test_a_request_that_cannot_get_a_connection_in_time_is_told_to_retry(database_url: str) -> None:
+    async def scenario() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_url), pool_size=1, max_overflow=0, pool_timeout=0.2)
+        try:
+            async with engine.connect():  # the only connection is busy
+                with pytest.raises(Contention):
+                    await use_cases.get_cinema(SqlUnitOfWork(async_sessionmaker(engine)), uuid.uuid4())
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_database_is_unavailable(database_url: str) -> None:
+    async def scenario() -> None:
+        dead = sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={})
+        engine = create_async_engine(dead, connect_args={"connect_timeout": 1})
+        try:
+            with pytest.raises(StorageUnavailable):
+                await use_cases.get_cinema(SqlUnitOfWork(async_sessionmaker(engine)), uuid.uuid4())
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
