@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test check lint typecheck proto-check generate clean
+.PHONY: install serve test check lint typecheck proto-check generate gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -40,11 +40,18 @@ proto-check: install
 	$(BIN)/buf format --diff --exit-code
 	scripts/check-breaking.sh
 	scripts/generate.sh
-	@git diff --exit-code --stat -- generated || (echo "generated/ is stale: run 'make generate' and commit"; exit 1)
+	@if [ -n "$$CI" ] || scripts/build-gateway.sh --check-tools 2>/dev/null; then scripts/build-gateway.sh; \
+	else echo "gateway toolchain not installed (scripts/install-gateway-deps.sh): generated/openapi not checked"; fi
+	@git diff --exit-code --stat -- generated || (echo "generated/ is stale: run 'make generate' (generated/openapi: 'make gateway') and commit"; exit 1)
 	@test -z "$$(git status --porcelain -- generated)" || (echo "generated/ has untracked files: commit them"; exit 1)
 
 generate: install
 	scripts/generate.sh
+
+## Build the REST/JSON gateway (build/gateway/gateway) and refresh generated/openapi;
+## needs Go and protoc from Debian: scripts/install-gateway-deps.sh.
+gateway:
+	scripts/build-gateway.sh
 
 clean:
 	rm -rf $(VENV) .cinema-data .pytest_cache .mypy_cache .ruff_cache

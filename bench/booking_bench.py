@@ -30,6 +30,7 @@ import contextlib
 import cProfile
 import io
 import json
+import math
 import os
 import platform
 import pstats
@@ -113,7 +114,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -926,29 +927,29 @@ async def run(args: argparse.Namespace, url: str, where: str, server: ServerThre
             f"{len(world.customers)} customers in {time.perf_counter() - began:.1f} s"
         )
         settings = server.settings
-        header = "\n".join(
-            [
-                f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-                f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
-                f" grpcio {grpc.__version__}",
-                f"database  PostgreSQL {await scalar(db, 'SHOW server_version')}, {where};"
-                f" max_connections {await scalar(db, 'SHOW max_connections')},"
-                f" synchronous_commit {await scalar(db, 'SHOW synchronous_commit')},"
-                f" fsync {await scalar(db, 'SHOW fsync')}",
-                f"server    in this process, own event-loop thread, 127.0.0.1:{server.port};"
-                f" db pool {settings.db_pool_size} + overflow {settings.db_max_overflow};"
-                f" lock_timeout {settings.db_lock_timeout_ms} ms;"
-                f" seat events {'Redis' if settings.redis_url else 'in-process'}",
-                f"workload  hall {args.rows}x{args.seats_per_row} = {len(world.hall.seats)} seats,"
-                f" {len(world.showtimes)} showtimes 4 h apart,"
-                f" {len(world.customers)} customers (<= {MAX_ACTIVE_HOLDS - 1} holds each);"
-                f" {args.channels} client channels; concurrency {', '.join(map(str, args.levels))};"
-                f" {args.duration:g} s per phase after {args.warmup:g} s warm-up",
-                f"          contention {args.contention_clients} clients (own channels) for"
-                f" {args.contention_seats} seats; fan-out {args.watchers} watchers on"
-                f" {args.watch_channels} channels, {args.events} holds one after another",
-            ]
-        )
+        load_at_start = os.getloadavg()[0]
+        header_lines = [
+            f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
+            f" grpcio {grpc.__version__}",
+            f"database  PostgreSQL {await scalar(db, 'SHOW server_version')}, {where};"
+            f" max_connections {await scalar(db, 'SHOW max_connections')},"
+            f" synchronous_commit {await scalar(db, 'SHOW synchronous_commit')},"
+            f" fsync {await scalar(db, 'SHOW fsync')}",
+            f"server    in this process (clients on the main thread share its GIL), own event-loop thread,"
+            f" 127.0.0.1:{server.port};"
+            f" db pool {settings.db_pool_size} + overflow {settings.db_max_overflow};"
+            f" lock_timeout {settings.db_lock_timeout_ms} ms;"
+            f" seat events {'Redis' if settings.redis_url else 'in-process'}",
+            f"workload  hall {args.rows}x{args.seats_per_row} = {len(world.hall.seats)} seats,"
+            f" {len(world.showtimes)} showtimes 4 h apart,"
+            f" {len(world.customers)} customers (<= {MAX_ACTIVE_HOLDS - 1} holds each);"
+            f" {args.channels} client channels; concurrency {', '.join(map(str, args.levels))};"
+            f" {args.duration:g} s per phase after {args.warmup:g} s warm-up",
+            f"          contention {args.contention_clients} clients (own channels) for"
+            f" {args.contention_seats} seats; fan-out {args.watchers} watchers on"
+            f" {args.watch_channels} channels, {args.events} holds one after another",
+        ]
         for c in args.levels:
             if "empty" in args.phases:
                 progress(f"empty RPC, c={c}")
@@ -971,7 +972,13 @@ async def run(args: argparse.Namespace, url: str, where: str, server: ServerThre
         if args.profile:
             progress(f"profiling HoldSeats on the server thread, c={args.levels[0]}")
             profile = await profile_holds(address, world, db, args, rng, server)
-    return header, results, profile
+    # Anything else running on the machine competes for the same cores and skews every figure.
+    header_lines.insert(
+        2,
+        f"load      1-minute load average {load_at_start:.2f} after seeding, {os.getloadavg()[0]:.2f} at the end"
+        f" ({os.cpu_count()} CPUs; this run itself keeps about 2 busy)",
+    )
+    return "\n".join(header_lines), results, profile
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify."""
+"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify, gateway build."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -18,6 +19,7 @@ from cinema_grpc.domain.identity.model import User
 from cinema_grpc.domain.identity.use_cases import create_admin
 from cinema_grpc.domain.payment.model import AuditVerdict
 from cinema_grpc.domain.payment.use_cases import verify_audit_trail
+from cinema_grpc.gateway import BUILD_DIR, GatewayConfig, GatewayError, build_gateway, ensure_gateway, openapi_dir_of
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import serve
 from cinema_grpc.settings import Settings
@@ -30,8 +32,38 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         settings.grpc_port = args.port
     if args.host is not None:
         settings.grpc_host = args.host
-    asyncio.run(serve(settings))
+    gateway = None
+    try:
+        if args.gateway:
+            binary = ensure_gateway()
+            host = args.gateway_host or "127.0.0.1"
+            port = 8080 if args.gateway_port is None else args.gateway_port
+            gateway = GatewayConfig(binary, host, port, openapi_dir_of(binary))
+        asyncio.run(serve(settings, gateway))
+    except GatewayError as exc:
+        print(f"cinema-grpc: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _gateway_build(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        binary = build_gateway(args.out, update_openapi=not args.no_openapi_copy)
+    except GatewayError as exc:
+        print(f"cinema-grpc: {exc}", file=sys.stderr)
+        return 1
+    print(f"gateway built: {binary}")
+    return 0
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}: a number from 0 to 65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: a number from 0 to 65535")
+    return port
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -125,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--port", type=int, help="listen port, 0 for any free one (default CINEMA_GRPC_PORT or 50051)"
     )
+    serve_cmd.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also run the REST/JSON gateway (grpc-gateway) in front of the gRPC port; built first if needed",
+    )
+    serve_cmd.add_argument(
+        "--gateway-host", metavar="HOST", help="gateway listen address (default 127.0.0.1; needs --gateway)"
+    )
+    serve_cmd.add_argument(
+        "--gateway-port", type=_port, metavar="PORT", help="gateway listen port (default 8080; needs --gateway)"
+    )
     serve_cmd.set_defaults(run=_serve)
     commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)
     seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")
@@ -142,11 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_parser(
         "verify", help="recompute the audit trail's hash chain; exit 1 and name the first broken entry if any"
     ).set_defaults(run=_audit_verify)
+    gateway = commands.add_parser("gateway", help="the REST/JSON gateway (grpc-gateway) in front of the gRPC server")
+    gateway_commands = gateway.add_subparsers(dest="gateway_command", required=True, metavar="GATEWAY_COMMAND")
+    build = gateway_commands.add_parser(
+        "build",
+        help="build the gateway binary and its OpenAPI documents from protos/ (needs Go and protoc: "
+        "scripts/install-gateway-deps.sh)",
+    )
+    build.add_argument(
+        "--out", type=Path, default=BUILD_DIR, metavar="DIR", help=f"output directory (default {BUILD_DIR})"
+    )
+    build.add_argument(
+        "--no-openapi-copy", action="store_true", help="do not refresh the committed documents in generated/openapi"
+    )
+    build.set_defaults(run=_gateway_build)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and not args.gateway and (args.gateway_host or args.gateway_port is not None):
+        parser.error("--gateway-host and --gateway-port need --gateway")
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from datetime import timedelta
@@ -29,6 +30,7 @@ from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator
 from cinema_grpc.domain.payment.use_cases import handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
+from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
 from cinema_grpc.services.access import AccessControl, declared_policies
 from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.identity import IdentityServicer
@@ -219,8 +221,12 @@ def create_server(settings: Settings, database: Database, clock: Clock | None = 
     return server, server.port
 
 
-async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+async def serve(settings: Settings, gateway: GatewayConfig | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully.
+
+    With ``gateway``, the REST/JSON gateway runs too: started once the gRPC server serves,
+    stopped before it; if the gateway dies, the server shuts down and GatewayError is raised.
+    """
     local_stripe = None
     if settings.stripe_secret_key is None:
         # No Stripe account configured: payments go to a local Stripe-compatible test server.
@@ -247,7 +253,35 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    proxy = None
+    if gateway is not None:
+        proxy = GatewayProcess(gateway.binary)
+        try:
+            await asyncio.to_thread(
+                proxy.start,
+                grpc_target(settings.grpc_host, server.port),
+                gateway.http_host,
+                gateway.http_port,
+                gateway.openapi_dir,
+            )
+        except BaseException:
+            await server.stop()
+            if local_stripe is not None:
+                local_stripe.stop()
+            raise
+    gateway_died = False
+    if proxy is None:
+        await stop.wait()
+    else:
+        while not stop.is_set() and proxy.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+        gateway_died = not stop.is_set()
+        status = await asyncio.to_thread(proxy.stop)
+        if gateway_died:
+            log.error("the gateway exited: shutting down", status=status)
     await server.stop()
     if local_stripe is not None:
         local_stripe.stop()
+    if gateway_died:
+        raise GatewayError("the gateway exited unexpectedly")
