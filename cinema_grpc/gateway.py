@@ -60,7 +60,7 @@ def build_gateway(out_dir: Path = BUILD_DIR, *, update_openapi: bool = True) -> 
     args = [] if update_openapi else ["--no-openapi-copy"]
     result = _run_script(*args, str(out_dir))
     if result.returncode == TOOLCHAIN_MISSING:
-        raise ToolchainMissing(f"{result.stderr.strip()} (run {INSTALL_SCRIPT.relative_to(REPO_ROOT)})")
+        raise ToolchainMissing(result.stderr.strip() or f"the gateway toolchain is missing: run {INSTALL_SCRIPT}")
     if result.returncode != 0:
         raise GatewayError(f"building the gateway failed (exit {result.returncode}):\n{result.stderr.strip()}")
     binary = out_dir / "gateway"

@@ -48,7 +48,10 @@ type service struct {
 	register func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error
 }
 
-const requestIDHeader = "X-Request-Id"
+const (
+	requestIDHeader = "X-Request-Id"
+	maxBodyBytes    = 1 << 20 // no request of the API comes near it
+)
 
 func main() {
 	httpAddr := flag.String("http", "127.0.0.1:8080", "listen address for REST/JSON")
@@ -196,10 +199,10 @@ func canonicalFieldMasks(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		body, err := ioutil.ReadAll(r.Body)
+		body, err := ioutil.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		r.Body.Close()
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			http.Error(w, "request body unreadable or larger than 1 MiB", http.StatusRequestEntityTooLarge)
 			return
 		}
 		r.Body = ioutil.NopCloser(bytes.NewReader(rewriteFieldMasks(body)))

@@ -19,7 +19,7 @@ for arg in "$@"; do
   case "$arg" in
     --check-tools) check_only=true ;;
     --no-openapi-copy) copy_openapi=false ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "build-gateway.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
     *)
       [ -z "$out_arg" ] || { echo "build-gateway.sh: only one OUT_DIR may be given" >&2; exit 2; }
