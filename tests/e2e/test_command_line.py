@@ -90,6 +90,7 @@ def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm
         "cinema.booking.v1.BookingService",
         "cinema.identity.v1.IdentityService",
         "cinema.payment.v1.PaymentService",
+        "cinema.reports.v1.ReportsService",
         "cinema.screening.v1.ScreeningService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -189,7 +189,8 @@ def claim(
     if status == "SOLD":
         db.execute(
             "INSERT INTO booking.bookings (id, showtime_id, customer_id, hold_id, state, channel, counter_payment,"
-            " refund_state, created_at) VALUES (%s, %s, %s, %s, 'CONFIRMED', 'COUNTER', 'CASH', 'NONE', now())",
+            " refund_state, created_at, ticket_count, total_minor, currency)"
+            " VALUES (%s, %s, %s, %s, 'CONFIRMED', 'COUNTER', 'CASH', 'NONE', now(), 1, 1200, 'EUR')",
             (booking_id, showtime_id, uuid.uuid4(), hold_id),
         )
     db.execute(
