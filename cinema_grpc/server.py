@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import grpc
@@ -13,6 +13,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 from pydantic import SecretStr
 
 from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
@@ -31,10 +32,18 @@ from cinema_grpc.domain.identity.use_cases import Authenticator
 from cinema_grpc.domain.payment.use_cases import handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
+from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
 from cinema_grpc.services.access import AccessControl, declared_policies
 from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
+from cinema_grpc.services.metrics import (
+    RECONCILER_RUNS,
+    SEATS_RELEASED_BY_EXPIRY,
+    STREAM_WATCHERS,
+    SWEEPER_RUNS,
+    serve_metrics,
+)
 from cinema_grpc.services.payment import PaymentServicer
 from cinema_grpc.services.reports import ReportsServicer
 from cinema_grpc.services.screening import ScreeningServicer
@@ -128,6 +137,9 @@ class CinemaServer:
             self.grpc,
         )
         self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        self.database_health = DatabaseHealth(database.engine, self.health, SERVICE_NAMES)
+        STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
+        self.metrics_port = 0
 
     async def sweep_expired_holds(self) -> int:
         """One run of the expiry job. Every replica runs it; the advisory lock lets one sweep."""
@@ -135,8 +147,11 @@ class CinemaServer:
         async with try_session_lock(self.database.engine, LockNamespace.HOLD_SWEEPER) as sweeping:
             if not sweeping:
                 log.debug("another replica is sweeping expired holds")
+                SWEEPER_RUNS.labels("skipped").inc()
                 return 0
             freed = await release_expired_holds(self.unit_of_work, self.clock)
+            SWEEPER_RUNS.labels("swept").inc()
+            SEATS_RELEASED_BY_EXPIRY.inc(freed)
             if freed:
                 log.info("released seats of expired holds", seats=freed)
             async with self.unit_of_work() as uow:
@@ -149,50 +164,54 @@ class CinemaServer:
         """One run of the reconciliation job, in one replica at a time."""
         async with try_session_lock(self.database.engine, LockNamespace.PAYMENT_RECONCILER) as mine:
             if not mine:
+                RECONCILER_RUNS.labels("skipped").inc()
                 return
             done = await reconcile(self.unit_of_work, self.gateway, self.clock, self.settings.payment_rules())
+            RECONCILER_RUNS.labels("reconciled").inc()
             if done.settled or done.abandoned or done.refunds_done or done.refunds_requested:
                 log.info("reconciled payments with Stripe", **done.__dict__)
 
-    async def _reconcile_job(self) -> None:
-        try:
-            await self.reconcile_payments()
-        except Exception:
-            log.exception("reconciling payments failed")
+    def _schedule(
+        self, job_id: str, seconds: float, job: Callable[[], Awaitable[object]], runs: Counter | None
+    ) -> None:
+        """Runs ``job`` every ``seconds``; a failed run is logged and counted, the next one retries."""
 
-    async def _sweep_job(self) -> None:
-        try:
-            await self.sweep_expired_holds()
-        except Exception:
-            log.exception("sweeping expired holds failed")
+        async def run() -> None:
+            try:
+                await job()
+            except Exception:
+                log.exception("background job failed", job=job_id)
+                if runs is not None:
+                    runs.labels("failed").inc()
+
+        self.scheduler.add_job(run, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True)
 
     async def start(self) -> None:
         await self.bus.start()
-        self.scheduler.add_job(
-            self._sweep_job,
-            "interval",
-            seconds=self.settings.sweep_interval_seconds,
-            id="release-expired-holds",
-            max_instances=1,
-            coalesce=True,
+        settings = self.settings
+        self._schedule("release-expired-holds", settings.sweep_interval_seconds, self.sweep_expired_holds, SWEEPER_RUNS)
+        self._schedule(
+            "reconcile-payments", settings.reconcile_interval_seconds, self.reconcile_payments, RECONCILER_RUNS
         )
-        self.scheduler.add_job(
-            self._reconcile_job,
-            "interval",
-            seconds=self.settings.reconcile_interval_seconds,
-            id="reconcile-payments",
-            max_instances=1,
-            coalesce=True,
+        self._schedule("probe-database", settings.health_probe_interval_seconds, self.database_health.probe, None)
+        self._schedule(
+            "selling-gauges",
+            settings.gauge_interval_seconds,
+            lambda: refresh_selling_gauges(self.database.engine),
+            None,
         )
         self.scheduler.start()
-        self.webhook_port = await self.webhooks.start(self.settings.webhook_host, self.settings.webhook_port)
+        self.webhook_port = await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        self.metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
         await self.grpc.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.database_health.probe()
         log.info(
             "serving",
             host=self.settings.grpc_host,
             port=self.port,
+            metrics_url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics",
             webhook_url=self.webhook_url,
             stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
         )
@@ -204,8 +223,8 @@ class CinemaServer:
     async def stop(self) -> None:
         """Graceful shutdown: report NOT_SERVING, let in-flight RPCs finish, release the pool."""
         log.info("shutting down", grace_seconds=self.settings.shutdown_grace_seconds)
-        await self.health.enter_graceful_shutdown()
         self.scheduler.shutdown(wait=False)
+        await self.health.enter_graceful_shutdown()
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
         if self._sweep is not None and not self._sweep.done():
             await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)

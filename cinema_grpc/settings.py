@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Payments still INITIALIZED this long after they started are asked about at Stripe.
     reconcile_after_seconds: float = Field(default=60.0, ge=0)
+    # Prometheus metrics at http://HOST:PORT/metrics. Port 0: any free one (the log says which).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # How often the database is probed; while it does not answer, health reports NOT_SERVING.
+    health_probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    # How often the gauges of active holds and payments by state are refreshed.
+    gauge_interval_seconds: float = Field(default=15.0, gt=0, le=3600)
     log_level: str = "INFO"
     # "json" for one JSON object per line (production), "console" for people.
     log_format: str = Field(default="json", pattern="^(json|console)$")

@@ -155,6 +155,7 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         stripe_webhook_secret=local_stripe.webhook_secret,
         stripe_api_base=local_stripe.api_base,
         webhook_port=0,
+        metrics_port=0,
         token_signing_key=TEST_SIGNING_KEY,
     )
 

@@ -57,10 +57,19 @@ def wait_until_serving(port: int, process: subprocess.Popen[str], timeout: float
 
 @pytest.fixture
 def embedded_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a server on its own embedded PostgreSQL in a temporary data dir."""
+    return embedded_server_env(tmp_path)
+
+
+def embedded_server_env(tmp_path: Path) -> dict[str, str]:
+    """Environment of a server on its own embedded PostgreSQL in a temporary data dir, with
+    every port it opens (gRPC, webhooks, metrics) free."""
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CINEMA_DATABASE_URL"}}
     env.update(
-        CINEMA_DATA_DIR=str(tmp_path / "data"), CINEMA_GRPC_PORT=str(free_port()), CINEMA_SHUTDOWN_GRACE_SECONDS="5"
+        CINEMA_DATA_DIR=str(tmp_path / "data"),
+        CINEMA_GRPC_PORT=str(free_port()),
+        CINEMA_SHUTDOWN_GRACE_SECONDS="5",
+        CINEMA_WEBHOOK_PORT="0",
+        CINEMA_METRICS_PORT="0",
     )
     return env
 

@@ -26,7 +26,7 @@ from cinema_grpc.adapters.local_stripe import LocalStripe
 from cinema_grpc.gateway import REPO_ROOT, GatewayProcess, build_gateway, toolchain_available
 from tests.auth_client import PASSWORD
 from tests.booking_data import Sale, open_sale
-from tests.e2e.test_command_line import free_port, wait_until_serving
+from tests.e2e.test_command_line import embedded_server_env, free_port, wait_until_serving
 from tests.payment_data import confirm_card
 
 pytestmark = pytest.mark.e2e
@@ -304,12 +304,7 @@ def test_seat_availability_streams_as_newline_delimited_json(gateway: str, sale:
 
 @pytest.fixture
 def embedded_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a server on its own embedded PostgreSQL in a temporary data dir."""
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CINEMA_DATABASE_URL"}}
-    env.update(
-        CINEMA_DATA_DIR=str(tmp_path / "data"), CINEMA_GRPC_PORT=str(free_port()), CINEMA_SHUTDOWN_GRACE_SECONDS="5"
-    )
-    return env
+    return embedded_server_env(tmp_path)
 
 
 def test_serve_with_gateway_runs_and_stops_both(gateway_binary: Path, embedded_env: dict[str, str]) -> None:

@@ -53,6 +53,7 @@ def replicas(database_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
             "CINEMA_SWEEP_INTERVAL_SECONDS": "0.5",
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
             "CINEMA_WEBHOOK_PORT": "0",
+            "CINEMA_METRICS_PORT": "0",
         }
         log = (tmp_path / f"{name}.log").open("w")
         processes.append(subprocess.Popen([str(BIN / "cinema-grpc"), "serve"], env=env, stderr=log, stdout=log))

@@ -142,6 +142,7 @@ def serve_process(
         "DATABASE_URL": database_url,
         "CINEMA_GRPC_PORT": str(port),
         "CINEMA_WEBHOOK_PORT": "0",
+        "CINEMA_METRICS_PORT": "0",
         "CINEMA_TOKEN_SIGNING_KEY": TEST_SIGNING_KEY,
         "CINEMA_STRIPE_SECRET_KEY": API_KEY,
         "CINEMA_STRIPE_WEBHOOK_SECRET": local_stripe.webhook_secret,

@@ -1,0 +1,90 @@
+"""What operators rely on: Prometheus metrics, and health that follows the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+
+import grpc
+import psycopg
+from grpc_health.v1 import health, health_pb2
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
+from cinema_grpc.storage.database import sqlalchemy_url
+from tests.booking_data import customer, hold, open_sale
+from tests.conftest import RunningServer
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+def scrape(server: RunningServer) -> str:
+    assert server.server is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_metrics_count_rpcs_by_method_and_status_and_show_the_selling_state(
+    server: RunningServer, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
+    sale = open_sale(screening)
+    ana = customer(channel, db)
+    hold(ana, sale, "C1")
+    with contextlib.suppress(grpc.RpcError):
+        hold(ana, sale, "C1")
+    assert server.server is not None
+    server.run(refresh_selling_gauges(server.server.database.engine))
+    text = scrape(server)
+    method = "/cinema.booking.v1.BookingService/HoldSeats"
+    assert metric(text, "cinema_rpc_requests_total", method=method, code="OK", reason="") >= 1
+    assert (
+        metric(
+            text, "cinema_rpc_requests_total", method=method, code="FAILED_PRECONDITION", reason="SEAT_ALREADY_TAKEN"
+        )
+        >= 1
+    )
+    assert metric(text, "cinema_rpc_duration_seconds_count", method=method) >= 2
+    assert metric(text, "cinema_active_holds") == 1
+    assert "cinema_stream_watchers" in text and "cinema_database_up" in text
+
+
+def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_again_after(database_url: str) -> None:
+    async def scenario() -> list[int]:
+        servicer = health.aio.HealthServicer()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        dead = create_async_engine(sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={}))
+        alive = create_async_engine(sqlalchemy_url(database_url))
+        seen = []
+        try:
+            probe = DatabaseHealth(dead, servicer, ["cinema.booking.v1.BookingService"])
+            assert not await probe.probe(within_seconds=2)
+            seen.append((await servicer.Check(health_pb2.HealthCheckRequest(service=""), None)).status)
+            probe._engine = alive
+            assert await probe.probe()
+            seen.append(
+                (
+                    await servicer.Check(
+                        health_pb2.HealthCheckRequest(service="cinema.booking.v1.BookingService"), None
+                    )
+                ).status
+            )
+        finally:
+            await dead.dispose()
+            await alive.dispose()
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+        health_pb2.HealthCheckResponse.SERVING,
+    ]
