@@ -121,7 +121,7 @@ def main() -> int:
         for ticket in sold.tickets:
             print(f"TICKET {ticket.id}  seat {ticket.seat.row_label}{ticket.seat.number}  {amount(ticket.seat.price)}")
         print(f"total {amount(sold.total)}, booking {sold.id}")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while len(changes) < 2 and time.monotonic() < deadline:  # the hold and the sale, seen live
             time.sleep(0.05)
         stream.cancel()

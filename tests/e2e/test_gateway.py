@@ -5,13 +5,11 @@ newline-delimited streaming, the OpenAPI documents, and `cinema-grpc serve --gat
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import requests
 
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
-from cinema_grpc.gateway import REPO_ROOT, GatewayProcess, build_gateway, toolchain_available
+from cinema_grpc.gateway import REPO_ROOT
 from tests.auth_client import PASSWORD
 from tests.booking_data import Sale, open_sale
 from tests.e2e.test_command_line import embedded_server_env, free_port, wait_until_serving
@@ -33,28 +31,6 @@ pytestmark = pytest.mark.e2e
 Db = psycopg.Connection[tuple[object, ...]]
 BIN = Path(sys.executable).parent
 TIMEOUT = 15
-
-
-@pytest.fixture(scope="session")
-def gateway_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The gateway, built once per session from the working tree's protos."""
-    if not toolchain_available():
-        message = (
-            "the gateway toolchain (Go, protoc, grpc-gateway) is not installed: run scripts/install-gateway-deps.sh"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return build_gateway(tmp_path_factory.mktemp("gateway"), update_openapi=False)
-
-
-@pytest.fixture(scope="session")
-def gateway(gateway_binary: Path, address: str) -> Iterator[str]:
-    """Base URL of a gateway in front of the session's test server."""
-    process = GatewayProcess(gateway_binary)
-    process.start(address, "127.0.0.1", 0, gateway_binary.parent / "openapi")
-    yield process.url
-    assert process.stop() == 0  # SIGTERM is a graceful stop
 
 
 class Rest:
