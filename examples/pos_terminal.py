@@ -59,8 +59,8 @@ def watch(stub: BookingServiceStub, showtime_id: str, ready: threading.Event, ch
                     ready.set()
                 else:
                     line = ", ".join(f"{c.seat_id[:8]}->{bpb.SeatState.Name(c.state)}" for c in event.changes.changes)
-                    changes.append(line)
                     print(f"live: version {event.changes.version}: {line}", flush=True)
+                    changes.append(line)  # after printing: the main thread exits once it sees two
         except grpc.RpcError:
             pass  # cancelled when the terminal closes
 
