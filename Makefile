@@ -29,8 +29,8 @@ test: install
 check: lint typecheck proto-check
 
 lint: install
-	$(BIN)/ruff check cinema_grpc tests
-	$(BIN)/ruff format --check cinema_grpc tests
+	$(BIN)/ruff check cinema_grpc tests examples bench
+	$(BIN)/ruff format --check cinema_grpc tests examples bench
 
 typecheck: install
 	$(BIN)/mypy
