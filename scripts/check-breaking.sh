@@ -11,7 +11,7 @@ if ! git rev-parse --verify --quiet HEAD~1 >/dev/null; then
   echo "buf breaking: no previous commit to compare with; skipped"
   exit 0
 fi
-if ! git ls-tree -r --name-only HEAD~1 | grep -q '^buf.yaml$'; then
+if ! git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then
   echo "buf breaking: the previous commit has no buf module; skipped"
   exit 0
 fi
