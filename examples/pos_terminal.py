@@ -34,6 +34,16 @@ STATE = {
 }
 
 
+_OUTPUT = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Prints whole lines only: the live seat stream prints from its own thread."""
+    with _OUTPUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def amount(money: money_pb2.Money) -> str:
     """Minor units as a decimal amount (two decimals, as for EUR and USD)."""
     whole, cents = divmod(money.amount_minor, 100)
@@ -54,12 +64,12 @@ def watch(stub: BookingServiceStub, showtime_id: str, ready: threading.Event, ch
         try:
             for event in call:
                 if event.WhichOneof("event") == "snapshot":
-                    print(f"seat map, version {event.snapshot.version} (. free  h held  X sold  # broken):")
-                    print(draw(event.snapshot), flush=True)
+                    say(f"seat map, version {event.snapshot.version} (. free  h held  X sold  # broken):")
+                    say(draw(event.snapshot))
                     ready.set()
                 else:
                     line = ", ".join(f"{c.seat_id[:8]}->{bpb.SeatState.Name(c.state)}" for c in event.changes.changes)
-                    print(f"live: version {event.changes.version}: {line}", flush=True)
+                    say(f"live: version {event.changes.version}: {line}")
                     changes.append(line)  # after printing: the main thread exits once it sees two
         except grpc.RpcError:
             pass  # cancelled when the terminal closes
@@ -81,7 +91,7 @@ def main() -> int:
     with grpc.insecure_channel(args.server) as channel:
         login = IdentityServiceStub(channel).Login(ipb.LoginRequest(email=args.email, password=password))
         auth = (("authorization", f"Bearer {login.access_token}"),)
-        print(f"signed in as {login.user.display_name} ({', '.join(ipb.Role.Name(r) for r in login.user.roles)})")
+        say(f"signed in as {login.user.display_name} ({', '.join(ipb.Role.Name(r) for r in login.user.roles)})")
 
         today = datetime.now(UTC)
         screening = ScreeningServiceStub(channel)
@@ -99,7 +109,7 @@ def main() -> int:
             print("no showtimes to sell", file=sys.stderr)
             return 1
         showtime = upcoming[0]
-        print(f"selling showtime {showtime.id} at {showtime.start_time.ToDatetime(tzinfo=UTC):%Y-%m-%d %H:%M} UTC")
+        say(f"selling showtime {showtime.id} at {showtime.start_time.ToDatetime(tzinfo=UTC):%Y-%m-%d %H:%M} UTC")
 
         booking = BookingServiceStub(channel)
         ready, changes = threading.Event(), []
@@ -111,7 +121,7 @@ def main() -> int:
             metadata=auth,
         )
         seats = ", ".join(f"{s.row_label}{s.number}" for s in held.seats)
-        print(f"held {seats} until {held.expire_time.ToDatetime():%H:%M:%S} UTC")
+        say(f"held {seats} until {held.expire_time.ToDatetime():%H:%M:%S} UTC")
         sold = booking.SellHoldAtCounter(
             bpb.SellHoldAtCounterRequest(
                 hold_id=held.id, payment=bpb.COUNTER_PAYMENT_CASH, request_id=str(uuid.uuid4())
@@ -119,8 +129,8 @@ def main() -> int:
             metadata=auth,
         )
         for ticket in sold.tickets:
-            print(f"TICKET {ticket.id}  seat {ticket.seat.row_label}{ticket.seat.number}  {amount(ticket.seat.price)}")
-        print(f"total {amount(sold.total)}, booking {sold.id}")
+            say(f"TICKET {ticket.id}  seat {ticket.seat.row_label}{ticket.seat.number}  {amount(ticket.seat.price)}")
+        say(f"total {amount(sold.total)}, booking {sold.id}")
         deadline = time.monotonic() + 10
         while len(changes) < 2 and time.monotonic() < deadline:  # the hold and the sale, seen live
             time.sleep(0.05)
