@@ -125,7 +125,10 @@ class RedisBus:
 
     def __init__(self, url: str, hub: LocalHub | None = None) -> None:
         self.hub = hub or LocalHub()
-        self._redis: Redis = Redis.from_url(url)
+        # Publishing gives up quickly when Redis stops answering (a seat RPC must not hang);
+        # the subscriber waits for messages without a timeout.
+        self._redis: Redis = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._subscriber: Redis = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -141,11 +144,12 @@ class RedisBus:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
         await self._redis.aclose()
+        await self._subscriber.aclose()
 
     async def _listen(self) -> None:
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._subscriber.pubsub() as pubsub:
                     await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
                     self._ready.set()
                     async for message in pubsub.listen():

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import stripe
 
-from cinema_grpc.domain.errors import InvalidWebhook, PaymentProviderUnavailable
+from cinema_grpc.domain.errors import InvalidWebhook, PaymentProviderUnavailable, PaymentRefused
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.payment.model import GatewayEvent, IntentStatus
 
@@ -85,6 +85,13 @@ class StripeGateway:
 
     async def retrieve_intent(self, intent_id: str) -> IntentStatus:
         return _intent(await self._call(lambda: self._client.v1.payment_intents.retrieve(intent_id)))
+
+    async def cancel_intent(self, intent_id: str) -> IntentStatus:
+        try:
+            return _intent(await self._call(lambda: self._client.v1.payment_intents.cancel(intent_id)))
+        except PaymentRefused:
+            # Already succeeded or cancelled meanwhile: its status says which.
+            return await self.retrieve_intent(intent_id)
 
     async def refund(self, intent_id: str, amount: Money, *, idempotency_key: str) -> str:
         refund = await self._call(

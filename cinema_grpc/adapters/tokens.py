@@ -22,6 +22,7 @@ from cinema_grpc.domain.identity.model import (
 
 ISSUER = AUDIENCE = "cinema-grpc"
 ALGORITHM = "HS256"
+LEEWAY_SECONDS = 30
 _REQUIRED = ["exp", "iat", "nbf", "sub", "sid", "typ", "jti", "iss", "aud"]
 
 
@@ -64,6 +65,8 @@ class JwtTokenCodec:
                 audience=AUDIENCE,
                 issuer=ISSUER,
                 options={"require": _REQUIRED},
+                # Replicas' clocks differ a little; a token issued a moment ago elsewhere is fine.
+                leeway=LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired("the token has expired") from exc

@@ -426,6 +426,17 @@ class PaymentProviderUnavailable(DomainError):
         return 2.0
 
 
+class PaymentRefused(DomainError):
+    """Stripe refused the request for good (bad payment method, amount, key): retrying won't help."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
+    reason = "PAYMENT_REFUSED_BY_PROVIDER"
+
+
+class NothingToPay(PreconditionFailed):
+    reason = "NOTHING_TO_PAY"
+
+
 class InvalidWebhook(DomainError):
     kind = ErrorKind.INVALID_ARGUMENT
     reason = "INVALID_WEBHOOK"

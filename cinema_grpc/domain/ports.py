@@ -102,6 +102,10 @@ class HallRepository(Protocol):
 
     async def get(self, hall_id: uuid.UUID, *, for_update: bool = False) -> Hall | None: ...
 
+    async def share_lock(self, hall_id: uuid.UUID) -> None:
+        """Keeps the hall's layout from changing until the transaction ends."""
+        ...
+
     async def list_page(self, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]: ...
 
     async def rename(self, hall: Hall) -> None: ...
@@ -210,8 +214,13 @@ class LoginThrottle(Protocol):
         """Failures counted since ``since`` and when their window began."""
         ...
 
-    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> None:
-        """Counts one failure; a window that began before ``window_start_before`` starts over."""
+    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> tuple[int, datetime]:
+        """Counts one attempt; a window that began before ``window_start_before`` starts over.
+        Returns the count and when its window began."""
+        ...
+
+    async def forgive(self, key: str) -> None:
+        """Takes one counted attempt back (it succeeded)."""
         ...
 
     async def clear(self, key: str) -> None: ...
@@ -243,6 +252,10 @@ class BookingFilter:
 
 class BookingRepository(Protocol):
     """Holds, bookings, their seat claims and the availability versions of showtimes."""
+
+    async def lock_customer_holds(self, customer_id: uuid.UUID) -> None:
+        """Serialises a customer's new holds, so the active-hold limit holds across showtimes."""
+        ...
 
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
         """Serialises seat decisions of one showtime until the transaction ends; other
@@ -324,8 +337,6 @@ class PaymentRepository(Protocol):
 
     async def update(self, payment: Payment) -> None: ...
 
-    async def live_for_hold(self, hold_id: uuid.UUID, *, other_than: uuid.UUID) -> Payment | None: ...
-
     async def add_refund(self, refund: Refund) -> None: ...
 
     async def get_refund(self, refund_id: uuid.UUID, *, for_update: bool = False) -> Refund | None: ...
@@ -340,6 +351,10 @@ class PaymentRepository(Protocol):
 
     async def owed_by_cancelled_bookings(self, limit: int) -> list[Payment]:
         """Paid payments whose booking was cancelled and which have no refund pending yet."""
+        ...
+
+    async def touch(self, payment_id: uuid.UUID, now: datetime) -> None:
+        """Notes that reconciliation looked at the payment (it goes to the back of the queue)."""
         ...
 
     async def record_webhook(self, event_id: str, event_type: str) -> bool:
@@ -369,6 +384,10 @@ class PaymentGateway(Protocol):
         ...
 
     async def retrieve_intent(self, intent_id: str) -> IntentStatus: ...
+
+    async def cancel_intent(self, intent_id: str) -> IntentStatus:
+        """Cancels an intent that has not succeeded; returns its status afterwards."""
+        ...
 
     async def refund(self, intent_id: str, amount: Money, *, idempotency_key: str) -> str:
         """Returns the refund id; raises PaymentProviderUnavailable when Stripe did not accept it."""

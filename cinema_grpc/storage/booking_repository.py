@@ -84,6 +84,10 @@ class SqlBookingRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
+    async def lock_customer_holds(self, customer_id: uuid.UUID) -> None:
+        key = advisory_key(LockNamespace.CUSTOMER_HOLDS, str(customer_id))
+        await self._session.execute(select(func.pg_advisory_xact_lock(key)))
+
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
         # Transaction-scoped: released at commit or rollback, never leaked. The connection's
         # lock_timeout bounds the wait (Contention, i.e. ABORTED with retry advice).

@@ -106,6 +106,8 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_seconds,
             pool_pre_ping=True,
+            # Statement parameters (client secrets, password hashes) stay out of error messages.
+            hide_parameters=True,
             connect_args={
                 "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
                 f" -c lock_timeout={settings.db_lock_timeout_ms}"

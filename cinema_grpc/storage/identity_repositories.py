@@ -162,17 +162,28 @@ class SqlLoginThrottle:
             return 0, None
         return row.failures, row.window_start
 
-    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> None:
+    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> tuple[int, datetime]:
         stale = LoginFailureRow.window_start < window_start_before
         statement = insert(LoginFailureRow).values(key=key, window_start=now, failures=1)
-        await self._session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[LoginFailureRow.key],
-                set_={
-                    "failures": case((stale, 1), else_=LoginFailureRow.failures + 1),
-                    "window_start": case((stale, now), else_=LoginFailureRow.window_start),
-                },
+        row = (
+            await self._session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[LoginFailureRow.key],
+                    set_={
+                        "failures": case((stale, 1), else_=LoginFailureRow.failures + 1),
+                        "window_start": case((stale, now), else_=LoginFailureRow.window_start),
+                    },
+                ).returning(LoginFailureRow.failures, LoginFailureRow.window_start)
             )
+        ).one()
+        return int(row[0]), row[1]
+
+    async def forgive(self, key: str) -> None:
+        await self._session.execute(
+            delete(LoginFailureRow).where(LoginFailureRow.key == key, LoginFailureRow.failures <= 1)
+        )
+        await self._session.execute(
+            update(LoginFailureRow).where(LoginFailureRow.key == key).values(failures=LoginFailureRow.failures - 1)
         )
 
     async def clear(self, key: str) -> None:

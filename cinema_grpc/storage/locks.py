@@ -16,10 +16,13 @@ class LockNamespace(enum.StrEnum):
     # Transaction lock per (scope, request_id): two concurrent retries of one request wait
     # for each other, so the second sees what the first recorded and never repeats it.
     REQUEST_ID = "request-id"
+    # Transaction lock per customer, taken before any showtime lock by a new hold: a
+    # customer's parallel holds on different showtimes count each other for the limit.
+    CUSTOMER_HOLDS = "customer-holds"
     # Transaction lock per showtime: every decision about its seats (hold, release, sell,
     # cancel, expire) is taken by one transaction at a time, so "is this seat free?" and
-    # "claim it" cannot interleave. Other showtimes never wait. Several showtimes are always
-    # locked in sorted order (none does so today).
+    # "claim it" cannot interleave. Other showtimes never wait. No transaction holds two
+    # showtime locks; taken after the request-id and customer locks, before row locks.
     SHOWTIME_SEATS = "showtime-seats"
     # Session lock held by the replica that is sweeping expired holds (pg_try_advisory_lock:
     # the others skip their turn instead of waiting).

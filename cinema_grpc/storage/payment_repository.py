@@ -102,9 +102,9 @@ class SqlPaymentRepository:
                     )
                 )
         except IntegrityError as exc:
-            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "payments_one_live_per_hold":
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "payments_one_open_per_hold":
                 raise PaymentInProgress(
-                    "this hold already has a payment in progress or paid", subject=f"holds/{payment.hold_id}"
+                    "this hold already has a payment in progress", subject=f"holds/{payment.hold_id}"
                 ) from exc
             raise
 
@@ -173,10 +173,12 @@ class SqlPaymentRepository:
         return [_refund(row) for row in await self._session.scalars(query)]
 
     async def unsettled(self, older_than: datetime, limit: int) -> list[Payment]:
+        # Least recently looked at first, so payments that stay open (an abandoned checkout)
+        # cannot crowd out the others.
         query = (
             select(PaymentRow, _PENDING)
             .where(PaymentRow.state == "INITIALIZED", PaymentRow.created_at < older_than)
-            .order_by(PaymentRow.created_at)
+            .order_by(PaymentRow.updated_at)
             .limit(limit)
         )
         return await self._many(query)
@@ -194,6 +196,9 @@ class SqlPaymentRepository:
             .limit(limit)
         )
         return await self._many(query)
+
+    async def touch(self, payment_id: uuid.UUID, now: datetime) -> None:
+        await self._session.execute(update(PaymentRow).where(PaymentRow.id == payment_id).values(updated_at=now))
 
     async def record_webhook(self, event_id: str, event_type: str) -> bool:
         inserted = await self._session.scalar(

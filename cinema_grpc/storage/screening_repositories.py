@@ -191,6 +191,10 @@ class SqlHallRepository:
             return None
         return (await self._with_seats([row]))[0]
 
+    async def share_lock(self, hall_id: uuid.UUID) -> None:
+        # Conflicts with the FOR UPDATE of a layout change, not with other sales.
+        await self._session.execute(select(HallRow.id).where(HallRow.id == hall_id).with_for_update(read=True))
+
     async def list_page(self, cinema_id: uuid.UUID, page: PageRequest) -> Page[Hall]:
         key = (func.lower(HallRow.name), HallRow.id)
         query = select(HallRow).where(HallRow.cinema_id == cinema_id).order_by(*key).limit(page.size + 1)

@@ -295,3 +295,23 @@ def test_only_admins_manage_roles(channel: grpc.Channel, db: Db) -> None:
     )
     assert failed.code is grpc.StatusCode.PERMISSION_DENIED
     assert count(db, f"identity.user_roles WHERE user_id = '{user.id}' AND role = 'ADMIN'") == 0
+
+
+def test_parallel_guesses_are_counted_together_by_the_throttle(address: str, channel: grpc.Channel, db: Db) -> None:
+    user = register(channel)
+    barrier = threading.Barrier(12)
+
+    def guess(i: int) -> str:
+        with grpc.insecure_channel(address) as own:
+            stub = IdentityServiceStub(own)
+            barrier.wait()
+            try:
+                stub.Login(ipb.LoginRequest(email=user.email, password=f"wrong guess {i:04d}"), timeout=30)
+                return "signed in"
+            except grpc.RpcError as error:
+                return failure(error).reason
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(guess, range(12)))
+    assert outcomes.count("INVALID_CREDENTIALS") == 5
+    assert outcomes.count("LOGIN_THROTTLED") == 7

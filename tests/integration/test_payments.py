@@ -437,3 +437,46 @@ def test_the_audit_verify_command_passes_an_intact_trail(
     intact = audit_verify(database_url)
     assert intact.returncode == 0, intact.stderr
     assert "audit trail intact" in intact.stdout
+
+
+@pytest.mark.usefixtures("lost_webhooks")
+def test_a_declined_payment_that_succeeds_later_beside_a_new_attempt_gets_the_booking_and_the_other_is_refunded(
+    channel: grpc.Channel, ana: Customer, sale: Sale, local_stripe: LocalStripe, webhook_url: str, db: Db
+) -> None:
+    stub = payments(channel, ana)
+    held = hold(ana, sale, "E5")
+    first = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    declined = signed_event(
+        local_stripe.webhook_secret, first.intent_id, "requires_payment_method", failure="card_declined"
+    )
+    assert post_webhook(webhook_url, *declined)[0] == 200
+    second = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    assert second.state == ppb.PAYMENT_STATE_INITIALIZED
+    # The customer retried the first intent with another card after all.
+    assert confirm_card(local_stripe, first.intent_id) == "succeeded"
+    assert post_webhook(webhook_url, *signed_event(local_stripe.webhook_secret, first.intent_id, "succeeded"))[0] == 200
+    paid = stub.GetPayment(ppb.GetPaymentRequest(payment_id=first.id))
+    assert paid.state == ppb.PAYMENT_STATE_SUCCESS and paid.booking_id
+    # Then the second attempt is paid too: there is no hold left for it, so it goes back.
+    assert confirm_card(local_stripe, second.intent_id) == "succeeded"
+    assert (
+        post_webhook(webhook_url, *signed_event(local_stripe.webhook_secret, second.intent_id, "succeeded"))[0] == 200
+    )
+    refunded = stub.GetPayment(ppb.GetPaymentRequest(payment_id=second.id))
+    assert (refunded.state, refunded.booking_id) == (ppb.PAYMENT_STATE_REFUNDED, "")
+    assert count(db, "booking.bookings") == 1
+
+
+def test_an_abandoned_checkout_is_cancelled_at_stripe_after_the_payment_deadline(
+    server: RunningServer, channel: grpc.Channel, ana: Customer, sale: Sale, local_stripe: LocalStripe, db: Db
+) -> None:
+    stub = payments(channel, ana)
+    held = hold(ana, sale, "E6")
+    payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    db.execute("UPDATE payment.payments SET created_at = now() - interval '2 hours' WHERE id = %s", (payment.id,))
+    assert server.server is not None
+    server.run(server.server.reconcile_payments())
+    after = stub.GetPayment(ppb.GetPaymentRequest(payment_id=payment.id))
+    assert (after.state, after.failure_reason) == (ppb.PAYMENT_STATE_FAILED, "canceled")
+    assert str(stripe_client(local_stripe).v1.payment_intents.retrieve(payment.intent_id).status) == "canceled"
+    assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE

@@ -110,3 +110,10 @@ def test_a_watcher_that_falls_behind_is_told_to_start_over_and_others_are_not_af
         assert hub.watcher_count == 0
 
     asyncio.run(scenario())
+
+
+def test_a_companion_seat_serves_one_wheelchair_space_only() -> None:
+    seats = hall(RowSpec("A", 3, overrides={1: SeatKind.WHEELCHAIR, 2: SeatKind.COMPANION, 3: SeatKind.WHEELCHAIR}))
+    assert best_available(seats, set(), 2, SeatKind.WHEELCHAIR) is None
+    one = labels(best_available(seats, set(), 1, SeatKind.WHEELCHAIR))
+    assert len(one) == 2 and "A2" in one

@@ -115,3 +115,8 @@ def test_garbage_is_refused(token: str) -> None:
 def test_a_short_signing_key_is_refused() -> None:
     with pytest.raises(ValueError, match="32"):
         JwtTokenCodec("short")
+
+
+def test_a_token_issued_a_moment_ahead_on_another_replica_is_accepted() -> None:
+    _, _, access, _ = pair(created=NOW + timedelta(seconds=10))
+    assert JwtTokenCodec(KEY).decode_access(access).user_id

@@ -264,17 +264,22 @@ def companion_of(seat: Seat, row: Sequence[Seat], usable: Collection[uuid.UUID])
 def _wheelchair_spaces(seats: Sequence[Seat], taken: Collection[uuid.UUID], count: int) -> list[Seat] | None:
     rows = _rows(seats)
     usable = {s.id for s in seats if s.in_service and s.id not in taken}
-    options: list[tuple[float, int, list[Seat]]] = []
-    for index, row in enumerate(rows):
-        for seat in row:
-            if seat.kind is SeatKind.WHEELCHAIR and seat.id in usable:
-                companion = companion_of(seat, row, usable)
-                if companion is not None:
-                    options.append((_row_rank(index, len(rows)), seat.column, [seat, companion]))
-    if len(options) < count:
-        return None
-    options.sort(key=lambda option: (option[0], option[1]))
-    return [seat for _, _, pair in options[:count] for seat in pair]
+    spaces = [
+        (_row_rank(index, len(rows)), seat.column, seat, row)
+        for index, row in enumerate(rows)
+        for seat in row
+        if seat.kind is SeatKind.WHEELCHAIR and seat.id in usable
+    ]
+    chosen: list[Seat] = []
+    for _, _, seat, row in sorted(spaces, key=lambda space: (space[0], space[1])):
+        # A companion seat serves one wheelchair space only.
+        companion = companion_of(seat, row, usable)
+        if companion is not None:
+            chosen += [seat, companion]
+            usable.discard(companion.id)
+            if len(chosen) == 2 * count:
+                return chosen
+    return None
 
 
 def with_companions(requested: Sequence[Seat], hall_seats: Sequence[Seat], taken: Collection[uuid.UUID]) -> list[Seat]:

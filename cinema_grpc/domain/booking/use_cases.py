@@ -39,6 +39,7 @@ from cinema_grpc.domain.errors import (
     ShowtimeAlreadyStarted,
     ShowtimeCancelled,
     ShowtimeNotFound,
+    ShowtimePriceMissing,
     TooManyActiveHolds,
     TooManySeats,
     Violations,
@@ -69,6 +70,12 @@ async def _record(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatCha
 
 def _claimed(showtime: Showtime, seats: Sequence[Seat]) -> tuple[ClaimedSeat, ...]:
     # Prices are copied from the showtime now: later price changes do not touch this claim.
+    unpriced = sorted({s.kind for s in seats} - set(showtime.prices))
+    if unpriced:
+        raise ShowtimePriceMissing(
+            f"showtime {showtime.id} has no price for seat kind {', '.join(unpriced)}",
+            subject=f"showtimes/{showtime.id}",
+        )
     return tuple(ClaimedSeat(s.id, s.row_label, s.number, s.kind, showtime.prices[s.kind]) for s in seats)
 
 
@@ -98,9 +105,13 @@ async def hold_seats(
     async with uow:
         if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
             return await _own_hold(uow, caller, earlier)
+        # Lock order: the customer's holds, then the showtime's seats, then the hall (shared,
+        # so a layout change cannot retire the seats being claimed).
+        await uow.booking.lock_customer_holds(caller.user_id)
         await uow.booking.lock_showtime(cmd.showtime_id)
         now = clock.now()
         showtime = await _sellable(uow, cmd.showtime_id, now)
+        await uow.halls.share_lock(showtime.hall_id)
         if await uow.booking.count_active_holds(caller.user_id, now) >= rules.max_active_holds:
             raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
         changes = await uow.booking.expire_due(showtime.id, now)

@@ -6,6 +6,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 
 from cinema_grpc.domain.access import Caller, PermissionDenied, Role
@@ -76,6 +77,21 @@ def _throttle_keys(email: str, client: str) -> tuple[tuple[str, int], tuple[str,
     return (f"account:{email}", MAX_FAILURES_PER_ACCOUNT), (f"client:{client}", MAX_FAILURES_PER_CLIENT)
 
 
+async def _count_attempt(uow: UnitOfWork, clock: Clock, keys: Sequence[tuple[str, int]]) -> None:
+    """Counts the attempt against each key before the password is checked, in a transaction of
+    its own, so parallel guesses see each other; refuses it when a key is over its limit."""
+    now = clock.now()
+    async with uow:
+        counts = [
+            (await uow.login_throttle.record_failure(key, now, now - THROTTLE_WINDOW), limit) for key, limit in keys
+        ]
+        await uow.commit()
+    for (failures, started), limit in counts:
+        if failures > limit:
+            wait = (started + THROTTLE_WINDOW - now).total_seconds()
+            raise LoginThrottled("too many failed sign-ins; try again later", retry_after_seconds=max(wait, 1))
+
+
 async def login(
     uow: UnitOfWork, hasher: PasswordHasher, tokens: TokenCodec, clock: Clock, *, email: str, password: str, client: str
 ) -> IssuedTokens:
@@ -84,23 +100,18 @@ async def login(
     if not password:
         violations.add("password", "REQUIRED", "must not be empty")
     violations.raise_if_any()
-    now = clock.now()
-    window_start = now - THROTTLE_WINDOW
+    keys = _throttle_keys(normalized, client)
+    await _count_attempt(uow, clock, keys)
     async with uow:
-        for key, limit in _throttle_keys(normalized, client):
-            failures, started = await uow.login_throttle.failures(key, window_start)
-            if failures >= limit and started is not None:
-                wait = (started + THROTTLE_WINDOW - now).total_seconds()
-                raise LoginThrottled("too many failed sign-ins; try again later", retry_after_seconds=max(wait, 1))
         user = await uow.users.by_email(normalized)
-        # An unknown email costs the same hashing time as a wrong password.
-        valid = await hasher.verify(user.password_hash if user else "", password)
-        if user is None or not valid:
-            for key, _ in _throttle_keys(normalized, client):
-                await uow.login_throttle.record_failure(key, now, window_start)
-            await uow.commit()
-            raise InvalidCredentials("wrong email or password")
-        await uow.login_throttle.clear(f"account:{normalized}")
+    # An unknown email costs the same hashing time as a wrong password.
+    valid = await hasher.verify(user.password_hash if user else "", password)
+    if user is None or not valid:
+        raise InvalidCredentials("wrong email or password")  # the attempt stays counted
+    now = clock.now()
+    async with uow:
+        await uow.login_throttle.clear(keys[0][0])
+        await uow.login_throttle.forgive(keys[1][0])
         session = Session(uuid.uuid4(), user.id, secrets.token_urlsafe(16), now, now + REFRESH_TOKEN_TTL)
         await uow.sessions.add(session)
         issued = tokens.issue(user, session, now)
@@ -179,11 +190,19 @@ async def change_password(
     """Changes the password and signs out the caller's other sessions; returns their ids."""
     assert caller.user_id is not None
     async with uow:
+        user = await uow.users.get(caller.user_id)
+    if user is None:
+        raise UserNotFound(caller.user_id)
+    # A stolen session must not be a way to guess the password without limit.
+    account = f"account:{user.email}"
+    await _count_attempt(uow, clock, [(account, MAX_FAILURES_PER_ACCOUNT)])
+    if not await hasher.verify(user.password_hash, current):
+        raise InvalidCredentials("the current password is wrong")
+    async with uow:
+        await uow.login_throttle.clear(account)
         user = await uow.users.get(caller.user_id, for_update=True)
         if user is None:
             raise UserNotFound(caller.user_id)
-        if not await hasher.verify(user.password_hash, current):
-            raise InvalidCredentials("the current password is wrong")
         violations = Violations()
         password_violations(violations, "new_password", new, user.email)
         violations.raise_if_any()

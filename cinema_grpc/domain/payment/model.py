@@ -46,6 +46,8 @@ class PaymentChannel(enum.StrEnum):
 class RefundState(enum.StrEnum):
     PENDING = "PENDING"
     SUCCEEDED = "SUCCEEDED"
+    # Stripe refused it for good (not a passing outage); staff must look at it.
+    FAILED = "FAILED"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,13 @@ class IntentStatus:
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
+
+    @property
+    def unfinished(self) -> bool:
+        """Neither paid nor failed, nor on its way: the customer has not (yet) confirmed a card."""
+        return (
+            self.status in ("requires_payment_method", "requires_confirmation", "requires_action") and not self.failed
+        )
 
     @property
     def failed(self) -> bool:

@@ -4,6 +4,7 @@ finishes: a booking with its payment, or the money refunded."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,10 +27,13 @@ from cinema_grpc.domain.booking.model import (
 from cinema_grpc.domain.booking.use_cases import _own_hold, _record
 from cinema_grpc.domain.errors import (
     CancellationClosed,
+    DomainError,
     HoldNotActive,
+    NothingToPay,
     PaymentNotFound,
     PaymentNotRefundable,
     PaymentProviderUnavailable,
+    PaymentRefused,
     Violations,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
@@ -47,6 +51,8 @@ from cinema_grpc.domain.payment.model import (
 )
 from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
 from cinema_grpc.domain.text import clean_text
+
+log = logging.getLogger(__name__)
 
 SYSTEM, STRIPE = "system", "stripe"
 UnitOfWorkFactory = Callable[[], UnitOfWork]
@@ -116,6 +122,8 @@ async def _start(
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
         amount = hold.total
+        if amount.amount_minor <= 0:
+            raise NothingToPay("this hold costs nothing; sell it at the counter instead", subject=f"holds/{hold.id}")
         payment = Payment(
             uuid.uuid4(),
             hold.id,
@@ -159,6 +167,9 @@ async def _attach_intent(
         )
     except PaymentProviderUnavailable:
         await _fail(unit_of_work, clock, payment.id, "payment provider unavailable", SYSTEM)
+        raise
+    except PaymentRefused as exc:
+        await _fail(unit_of_work, clock, payment.id, exc.message, SYSTEM)
         raise
     async with unit_of_work() as uow:
         current = await uow.payments.get(payment.id, for_update=True)
@@ -223,6 +234,10 @@ async def charge_at_terminal(
 
 async def _fail(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.UUID, reason: str, actor: str) -> None:
     async with unit_of_work() as uow:
+        payment = await uow.payments.get(payment_id)
+        if payment is None:
+            return
+        await uow.booking.lock_showtime(payment.showtime_id)
         payment = await uow.payments.get(payment_id, for_update=True)
         if payment is None or payment.state is not PaymentState.INITIALIZED:
             return
@@ -235,8 +250,11 @@ async def _mark_failed(uow: UnitOfWork, payment: Payment, reason: str, actor: st
     await uow.payments.update(failed)
     hold = await uow.booking.get_hold(payment.hold_id, for_update=True)
     if hold is not None and hold.state is HoldState.ACTIVE:
-        # The customer may try again until the hold's own expiry.
+        # The customer may try again until the hold's own expiry (or, if that has passed, the
+        # seats are free again now).
         await uow.booking.set_payment_deadline(hold, None)
+        if hold.expires_at <= now:
+            await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
     await _audit(uow, failed, "failed", actor, now, note=reason)
     return failed
 
@@ -259,8 +277,7 @@ async def settle_in(
     now = clock.now()
     if intent.succeeded and current.state in (PaymentState.INITIALIZED, PaymentState.FAILED):
         hold = await uow.booking.get_hold(current.hold_id, for_update=True)
-        other = await uow.payments.live_for_hold(current.hold_id, other_than=current.id)
-        if hold is not None and hold.state is HoldState.ACTIVE and other is None:
+        if hold is not None and hold.state is HoldState.ACTIVE:
             booking = Booking(
                 uuid.uuid4(),
                 hold.showtime_id,
@@ -304,9 +321,20 @@ async def settle(
         payment, refund = await settle_in(uow, clock, payment, intent, actor)
         await uow.commit()
     if refund is not None:
-        await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+        await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
         return await _reload(unit_of_work, payment_id)
     return payment
+
+
+async def _refund_after_commit(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, refund_id: uuid.UUID
+) -> None:
+    """The refund is recorded; trouble now must not tell the caller it failed (a retry could
+    refund twice). Reconciliation retries whatever is still pending."""
+    try:
+        await carry_out_refund(unit_of_work, gateway, clock, refund_id)
+    except DomainError as exc:
+        log.warning("refund left pending for reconciliation", extra={"refund_id": str(refund_id), "reason": exc.reason})
 
 
 async def _reload(unit_of_work: UnitOfWorkFactory, payment_id: uuid.UUID) -> Payment:
@@ -343,7 +371,7 @@ async def handle_webhook(
         _, refund = await settle_in(uow, clock, payment, event.intent, STRIPE)
         await uow.commit()
     if refund is not None:
-        await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+        await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
     return "processed"
 
 
@@ -412,8 +440,11 @@ async def refund_payment(
         refund = await _request_refund(uow, payment, wanted, reason or "refund", _actor(caller), now)
         await remember_result(uow, "RefundPayment", request, refund.id)
         await uow.commit()
-    await carry_out_refund(unit_of_work, gateway, clock, refund.id)
-    return await _reload(unit_of_work, payment_id)
+    await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
+    try:
+        return await _reload(unit_of_work, payment_id)
+    except DomainError:
+        return replace(payment, refund_pending_minor=payment.refund_pending_minor + wanted.amount_minor)
 
 
 async def _cancel_booking_for_refund(
@@ -446,6 +477,24 @@ async def carry_out_refund(
         return False
     try:
         stripe_refund_id = await gateway.refund(payment.intent_id, refund.amount, idempotency_key=f"refund-{refund.id}")
+    except PaymentRefused as exc:
+        async with unit_of_work() as uow:
+            current = await uow.payments.get_refund(refund_id, for_update=True)
+            if current is not None and current.state is RefundState.PENDING:
+                await uow.payments.update_refund(
+                    replace(
+                        current, state=RefundState.FAILED, attempts=current.attempts + 1, last_error=exc.message[:500]
+                    )
+                )
+                await _audit(
+                    uow, payment, "refund_refused", STRIPE, clock.now(), amount=refund.amount, note=exc.message
+                )
+                await uow.commit()
+        log.error(
+            "Stripe refused a refund for good; staff must settle it",
+            extra={"refund_id": str(refund_id), "error": exc.message},
+        )
+        return False
     except PaymentProviderUnavailable as exc:
         async with unit_of_work() as uow:
             current = await uow.payments.get_refund(refund_id, for_update=True)
@@ -523,22 +572,45 @@ async def reconcile(
             continue
         try:
             intent = await gateway.retrieve_intent(payment.intent_id)
-        except PaymentProviderUnavailable:
+            if intent.unfinished and payment.created_at <= now - rules.payment_deadline:
+                # An abandoned checkout: close it at Stripe so no late card can still pay it.
+                intent = await gateway.cancel_intent(payment.intent_id)
+        except (PaymentProviderUnavailable, PaymentRefused):
             continue
         after = await settle(unit_of_work, gateway, clock, payment.id, intent, SYSTEM)
-        settled += after.state is not PaymentState.INITIALIZED
+        if after.state is PaymentState.INITIALIZED:
+            async with unit_of_work() as uow:
+                await uow.payments.touch(payment.id, clock.now())
+                await uow.commit()
+        else:
+            settled += 1
     async with unit_of_work() as uow:
-        owed = await uow.payments.owed_by_cancelled_bookings(batch)
-        for payment in owed:
-            await uow.booking.lock_showtime(payment.showtime_id)
-            await _request_refund(uow, payment, payment.refundable, "booking cancelled", SYSTEM, clock.now())
-            requested += 1
-        await uow.commit()
+        owed = [p.id for p in await uow.payments.owed_by_cancelled_bookings(batch)]
+    for payment_id in owed:
+        requested += await _refund_cancelled_booking(unit_of_work, clock, payment_id)
     async with unit_of_work() as uow:
         pending = await uow.payments.pending_refunds(batch)
     for refund in pending:
         done += await carry_out_refund(unit_of_work, gateway, clock, refund.id)
     return Reconciled(settled, abandoned, done, requested)
+
+
+async def _refund_cancelled_booking(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.UUID) -> bool:
+    """Requests the refund a cancelled booking is owed, re-checked under the locks."""
+    async with unit_of_work() as uow:
+        payment = await uow.payments.get(payment_id)
+        if payment is None:
+            return False
+        await uow.booking.lock_showtime(payment.showtime_id)
+        payment = await uow.payments.get(payment_id, for_update=True)
+        left = payment.refundable.amount_minor - payment.refund_pending_minor if payment else 0
+        if payment is None or payment.state not in (PaymentState.SUCCESS, PaymentState.PARTIALLY_REFUNDED) or left <= 0:
+            return False
+        await _request_refund(
+            uow, payment, Money(left, payment.amount.currency), "booking cancelled", SYSTEM, clock.now()
+        )
+        await uow.commit()
+    return True
 
 
 async def payment_events(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID) -> list[AuditEntry]:

@@ -308,6 +308,7 @@ async def create_showtime(uow: UnitOfWork, clock: Clock, cmd: CreateShowtime) ->
     async with uow:
         if (earlier := await earlier_result(uow, "CreateShowtime", cmd.request)) is not None:
             return await _showtime(uow, earlier)
+        await uow.halls.share_lock(cmd.hall_id)  # the layout (and its seat kinds) stays as read
         hall = await _hall(uow, cmd.hall_id)
         movie = await _movie(uow, cmd.movie_id)
         cinema = await _cinema(uow, hall.cinema_id)
@@ -385,6 +386,8 @@ async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID,
     reason = clean_text(violations, "reason", reason, max_length=500)
     violations.raise_if_any()
     async with uow:
+        # The seats' lock before the row lock, as every seat decision takes them.
+        await uow.booking.lock_showtime(showtime_id)
         showtime = await _showtime(uow, showtime_id, for_update=True)
         if showtime.state is ShowtimeState.CANCELLED:
             return showtime
