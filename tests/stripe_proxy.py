@@ -80,7 +80,15 @@ class FaultyStripe:
         self._ready.set()
         self._loop.run_forever()
 
+    async def _shutdown(self) -> None:
+        await self._runner.cleanup()
+        # Responses still held back by a delay fault: end them rather than leave them pending.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

@@ -12,18 +12,12 @@ import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
-from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
-from tests.booking_data import Customer, Sale, customer, open_sale
+from tests.booking_data import Customer, Sale, customer
 from tests.rpc_errors import failure
 
 Db = psycopg.Connection[tuple[object, ...]]
 CLIENTS = 200
 ROUNDS = 10
-
-
-@pytest.fixture
-def sale(screening: ScreeningServiceStub) -> Sale:
-    return open_sale(screening)
 
 
 @pytest.fixture

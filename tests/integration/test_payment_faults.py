@@ -19,11 +19,10 @@ import pytest
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.payment.v1 import payment_pb2 as ppb
 from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
-from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.settings import Settings
 from tests.auth_client import with_token
-from tests.booking_data import Customer, Sale, customer, hold, open_sale
+from tests.booking_data import Customer, Sale, hold
 from tests.conftest import TEST_SIGNING_KEY, RunningServer
 from tests.e2e.test_command_line import free_port
 from tests.integration.test_cinemas_and_movies import count
@@ -64,21 +63,6 @@ def no_webhooks(local_stripe: LocalStripe, server: RunningServer) -> Iterator[No
     yield
     assert server.server is not None
     local_stripe.deliver_webhooks_to(server.server.webhook_url)
-
-
-@pytest.fixture
-def sale(screening: ScreeningServiceStub) -> Sale:
-    return open_sale(screening)
-
-
-@pytest.fixture
-def ana(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db)
-
-
-@pytest.fixture
-def clerk(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db, "STAFF")
 
 
 def stub_on(server: RunningServer, who: Customer) -> tuple[grpc.Channel, PaymentServiceStub]:

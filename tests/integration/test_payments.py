@@ -23,33 +23,13 @@ from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
 from tests.auth_client import with_token
-from tests.booking_data import Customer, Sale, customer, hold, open_sale, states
+from tests.booking_data import Customer, Sale, hold, open_sale, states
 from tests.conftest import RunningServer
 from tests.integration.test_cinemas_and_movies import count
 from tests.payment_data import confirm_card, post_webhook, signed_event, stripe_client, wait_for
 from tests.rpc_errors import call_fails
 
 Db = psycopg.Connection[tuple[object, ...]]
-
-
-@pytest.fixture
-def sale(screening: ScreeningServiceStub) -> Sale:
-    return open_sale(screening)
-
-
-@pytest.fixture
-def ana(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db)
-
-
-@pytest.fixture
-def ben(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db)
-
-
-@pytest.fixture
-def clerk(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db, "STAFF")
 
 
 def payments(channel: grpc.Channel, who: Customer) -> PaymentServiceStub:

@@ -15,26 +15,11 @@ from cinema.reports.v1.reports_pb2_grpc import ReportsServiceStub
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.auth_client import with_token
-from tests.booking_data import Customer, Sale, customer, hold, open_sale
+from tests.booking_data import Customer, Sale, hold
 from tests.rpc_errors import call_fails
 from tests.screening_data import make_hall, make_movie, showtime_request
 
 Db = psycopg.Connection[tuple[object, ...]]
-
-
-@pytest.fixture
-def sale(screening: ScreeningServiceStub) -> Sale:
-    return open_sale(screening)
-
-
-@pytest.fixture
-def ana(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db)
-
-
-@pytest.fixture
-def clerk(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db, "STAFF")
 
 
 def reports(channel: grpc.Channel, who: Customer) -> ReportsServiceStub:

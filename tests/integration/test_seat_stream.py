@@ -12,34 +12,18 @@ import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
-from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.domain.access import ANONYMOUS
 from cinema_grpc.domain.booking.model import SeatEvent, SeatMap
 from cinema_grpc.domain.booking.use_cases import watch_seats
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
-from tests.booking_data import Customer, Sale, customer, hold, open_sale
+from tests.booking_data import Customer, Sale, hold
 from tests.conftest import RunningServer
 from tests.rpc_errors import failure
 from tests.stream_reader import StreamReader
 
 Db = psycopg.Connection[tuple[object, ...]]
-
-
-@pytest.fixture
-def sale(screening: ScreeningServiceStub) -> Sale:
-    return open_sale(screening)
-
-
-@pytest.fixture
-def ana(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db)
-
-
-@pytest.fixture
-def clerk(channel: grpc.Channel, db: Db) -> Customer:
-    return customer(channel, db, "STAFF")
 
 
 @pytest.fixture
