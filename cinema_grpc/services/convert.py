@@ -78,3 +78,28 @@ def money(value: Money) -> money_pb2.Money:
 def fingerprint(request: Message) -> str:
     """Identifies a request's content, so a reused request_id with other content is caught."""
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def refuse_nul_characters(message: Message, prefix: str = "") -> None:
+    """PostgreSQL text cannot hold U+0000: a request carrying one is refused by field, up front."""
+    violations = Violations()
+    _find_nul(message, prefix, violations)
+    violations.raise_if_any()
+
+
+def _find_nul(message: Message, prefix: str, violations: Violations) -> None:
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.type == field.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            for i, text in enumerate(values):
+                if "\x00" in text:
+                    where = f"{path}[{i}]" if field.is_repeated else path
+                    violations.add(where, "INVALID_CHARACTERS", "must not contain NUL characters")
+        elif field.type == field.TYPE_MESSAGE:
+            children = value if field.is_repeated else [value]
+            for i, child in enumerate(children):
+                if not isinstance(child, Message):  # map entries of scalar values
+                    continue
+                where = f"{path}[{i}]." if field.is_repeated else f"{path}."
+                _find_nul(child, where, violations)

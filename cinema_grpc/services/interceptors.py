@@ -13,7 +13,7 @@ from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError
 from cinema_grpc.services.access import AccessControl
-from cinema_grpc.services.convert import Context
+from cinema_grpc.services.convert import Context, refuse_nul_characters
 from cinema_grpc.services.metrics import RPC_DURATION, RPC_REQUESTS
 from cinema_grpc.services.status import domain_error_status, internal_error_status
 
@@ -80,6 +80,7 @@ def _unary(method: str, behavior: UnaryBehavior, access: AccessControl) -> Unary
         call = _Call(method, context)
         try:
             call.user_id = (await access.admit(method, context)).user_id
+            refuse_nul_characters(request)
             return await behavior(request, context)
         except AbortError:
             raise
@@ -96,6 +97,7 @@ def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> Str
         call = _Call(method, context)
         try:
             call.user_id = (await access.admit(method, context)).user_id
+            refuse_nul_characters(request)
             async for response in behavior(request, context):
                 yield response
         except AbortError:

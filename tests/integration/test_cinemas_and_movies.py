@@ -166,3 +166,10 @@ def test_update_movie_needs_a_mask_of_known_fields(screening: ScreeningServiceSt
         pb.UpdateMovieRequest(movie=pb.Movie(id=movie.id), update_mask=field_mask_pb2.FieldMask(paths=["id"])),
     )
     assert unknown.fields == {"update_mask": "UNKNOWN_FIELD"}
+
+
+def test_text_with_nul_characters_is_refused_by_field(screening: ScreeningServiceStub, db: Db) -> None:
+    request = pb.CreateCinemaRequest(cinema=pb.Cinema(name="Od\x00eon", time_zone="UTC", currency_code="EUR"))
+    failed = call_fails(screening.CreateCinema, request)
+    assert (failed.code, failed.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"cinema.name": "INVALID_CHARACTERS"})
+    assert count(db, "screening.cinemas") == 0

@@ -38,11 +38,11 @@ class ShowtimeState(enum.StrEnum):
 
 def zone_of(name: str) -> ZoneInfo | None:
     """The IANA zone of that name, or None when there is no such zone."""
-    if not name or name != name.strip() or ".." in name or name.startswith("/"):
+    if not name or len(name) > 64 or name != name.strip() or ".." in name or name.startswith("/"):
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 
