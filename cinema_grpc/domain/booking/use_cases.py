@@ -63,7 +63,7 @@ async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> S
     return showtime
 
 
-async def _record(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
+async def record_changes(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
     if changes:
         uow.announce(await uow.booking.next_version(showtime_id, changes))
 
@@ -104,7 +104,7 @@ async def hold_seats(
     scope = "HoldSeats" if isinstance(cmd, HoldSeats) else "HoldBestAvailable"
     async with uow:
         if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
-            return await _own_hold(uow, caller, earlier)
+            return await own_hold(uow, caller, earlier)
         # Lock order: the customer's holds, then the showtime's seats, then the hall (shared,
         # so a layout change cannot retire the seats being claimed).
         await uow.booking.lock_customer_holds(caller.user_id)
@@ -132,7 +132,7 @@ async def hold_seats(
             now,
         )
         await uow.booking.add_hold(hold)
-        await _record(uow, showtime.id, [*changes, *(SeatChange(s.id, SeatState.HELD) for s in seats)])
+        await record_changes(uow, showtime.id, [*changes, *(SeatChange(s.id, SeatState.HELD) for s in seats)])
         await remember_result(uow, scope, cmd.request, hold.id)
         await uow.commit()
     return hold
@@ -175,7 +175,7 @@ async def _requested_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldSeats, 
     return with_companions(requested, row_seats, taken)
 
 
-async def _own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
+async def own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
     hold = await uow.booking.get_hold(hold_id, for_update=for_update)
     # Another customer's hold does not exist as far as this caller can tell.
     if hold is None or not caller.may_see(hold.customer_id):
@@ -185,14 +185,14 @@ async def _own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_
 
 async def get_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID) -> Hold:
     async with uow:
-        return await _own_hold(uow, caller, hold_id)
+        return await own_hold(uow, caller, hold_id)
 
 
 async def extend_hold(uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, hold_id: uuid.UUID) -> Hold:
     async with uow:
-        hold = await _own_hold(uow, caller, hold_id)
+        hold = await own_hold(uow, caller, hold_id)
         await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
@@ -220,9 +220,9 @@ async def _release(
     uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID, *, override_reason: str = ""
 ) -> Hold:
     async with uow:
-        hold = await _own_hold(uow, caller, hold_id)
+        hold = await own_hold(uow, caller, hold_id)
         await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
         if hold.state is HoldState.RELEASED:
             return hold
@@ -231,7 +231,7 @@ async def _release(
         if override_reason:
             hold = replace(hold, ended_by=caller.user_id, end_reason=override_reason)
         await uow.booking.end_hold(hold, HoldState.RELEASED, now)
-        await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
+        await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
         await uow.commit()
     return replace(hold, state=HoldState.RELEASED)
 
@@ -248,30 +248,39 @@ async def sell_hold_at_counter(uow: UnitOfWork, clock: Clock, caller: Caller, cm
     async with uow:
         if (earlier := await earlier_result(uow, "SellHoldAtCounter", cmd.request)) is not None:
             return await _own_booking(uow, caller, earlier)
-        hold = await _own_hold(uow, caller, cmd.hold_id)
+        hold = await own_hold(uow, caller, cmd.hold_id)
         await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await _own_hold(uow, caller, cmd.hold_id, for_update=True)
+        hold = await own_hold(uow, caller, cmd.hold_id, for_update=True)
         now = clock.now()
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
         await _sellable(uow, hold.showtime_id, now)
-        booking = Booking(
-            uuid.uuid4(),
-            hold.showtime_id,
-            hold.customer_id,
-            hold.id,
-            tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
-            BookingState.CONFIRMED,
-            SaleChannel.COUNTER,
-            cmd.payment,
-            RefundState.NONE,
-            now,
-        )
-        await uow.booking.convert_hold(hold, booking)
-        await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
+        booking = await book_hold(uow, hold, SaleChannel.COUNTER, cmd.payment, now)
         await remember_result(uow, "SellHoldAtCounter", cmd.request, booking.id)
         await uow.commit()
     return await get_booking(uow, caller, booking.id)
+
+
+async def book_hold(
+    uow: UnitOfWork, hold: Hold, channel: SaleChannel, counter_payment: CounterPayment | None, now: datetime
+) -> Booking:
+    """Inside the caller's transaction (showtime locked, hold active): the hold's seats become
+    the tickets of a new booking. Read the booking back for its ticket ids (the claim ids)."""
+    booking = Booking(
+        uuid.uuid4(),
+        hold.showtime_id,
+        hold.customer_id,
+        hold.id,
+        tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
+        BookingState.CONFIRMED,
+        channel,
+        counter_payment,
+        RefundState.NONE,
+        now,
+    )
+    await uow.booking.convert_hold(hold, booking)
+    await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
+    return booking
 
 
 async def _own_booking(uow: UnitOfWork, caller: Caller, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking:
@@ -317,27 +326,37 @@ async def cancel_booking(
         booking = await _own_booking(uow, caller, booking_id, for_update=True)
         if booking.state is BookingState.CANCELLED:
             return booking
-        now = clock.now()
-        showtime = await uow.showtimes.get(booking.showtime_id)
-        assert showtime is not None
-        closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
-        if now >= closes and not force:
-            raise CancellationClosed(
-                f"bookings of this showtime could be cancelled until {closes.isoformat()}",
-                subject=f"bookings/{booking.id}",
-            )
-        cancelled = replace(
-            booking,
-            cancelled_by=caller.user_id,
-            state=BookingState.CANCELLED,
-            refund_state=RefundState.PENDING,
-            cancelled_at=now,
-            cancel_reason=reason or ("cancelled by staff" if caller.is_staff else "cancelled by the customer"),
-            tickets=tuple(replace(t, valid=False) for t in booking.tickets),
-        )
-        await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, RefundState.PENDING)
-        await _record(uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets])
+        cancelled = await cancel_in(uow, rules, caller, booking, reason, clock.now(), force=force)
         await uow.commit()
+    return cancelled
+
+
+async def cancel_in(
+    uow: UnitOfWork, rules: BookingRules, caller: Caller, booking: Booking, reason: str, now: datetime, *, force: bool
+) -> Booking:
+    """Inside the caller's transaction (showtime locked, booking locked and not cancelled):
+    cancels the booking for refund and frees its seats. Customers may until the cut-off before
+    the showtime, staff until it starts; ``force`` skips the check."""
+    showtime = await uow.showtimes.get(booking.showtime_id)
+    assert showtime is not None
+    closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
+    if now >= closes and not force:
+        raise CancellationClosed(
+            f"bookings of this showtime could be cancelled until {closes.isoformat()}", subject=f"bookings/{booking.id}"
+        )
+    cancelled = replace(
+        booking,
+        cancelled_by=caller.user_id,
+        state=BookingState.CANCELLED,
+        refund_state=RefundState.PENDING,
+        cancelled_at=now,
+        cancel_reason=reason or ("cancelled by staff" if caller.is_staff else "cancelled by the customer"),
+        tickets=tuple(replace(t, valid=False) for t in booking.tickets),
+    )
+    await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, RefundState.PENDING)
+    await record_changes(
+        uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets]
+    )
     return cancelled
 
 
@@ -345,7 +364,7 @@ async def end_sales_of_cancelled_showtime(uow: UnitOfWork, showtime: Showtime, n
     """Inside the cancellation's transaction: holds released, bookings cancelled for refund."""
     await uow.booking.lock_showtime(showtime.id)
     changes = await uow.booking.end_showtime_sales(showtime.id, now, f"showtime cancelled: {showtime.cancel_reason}")
-    await _record(uow, showtime.id, changes)
+    await record_changes(uow, showtime.id, changes)
 
 
 async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: uuid.UUID) -> SeatMap:
@@ -433,7 +452,7 @@ async def release_expired_holds(unit_of_work: Callable[[], UnitOfWork], clock: C
             async with unit_of_work() as uow:
                 await uow.booking.lock_showtime(showtime_id)
                 changes = await uow.booking.expire_due(showtime_id, clock.now())
-                await _record(uow, showtime_id, changes)
+                await record_changes(uow, showtime_id, changes)
                 await uow.commit()
             freed += len(changes)
         if len(showtimes) < batch:

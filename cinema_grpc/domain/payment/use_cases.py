@@ -12,21 +12,18 @@ from datetime import datetime, timedelta
 
 from cinema_grpc.domain.access import Caller, PermissionDenied
 from cinema_grpc.domain.booking.model import (
-    Booking,
     BookingRules,
     BookingState,
     HoldState,
     SaleChannel,
     SeatChange,
     SeatState,
-    Ticket,
 )
 from cinema_grpc.domain.booking.model import (
     RefundState as BookingRefundState,
 )
-from cinema_grpc.domain.booking.use_cases import _own_hold, _record
+from cinema_grpc.domain.booking.use_cases import book_hold, cancel_in, own_hold, record_changes
 from cinema_grpc.domain.errors import (
-    CancellationClosed,
     DomainError,
     HoldNotActive,
     NothingToPay,
@@ -115,9 +112,9 @@ async def _start(
     async with unit_of_work() as uow:
         if (earlier := await earlier_result(uow, scope, request)) is not None:
             return await _own_payment(uow, caller, earlier), False
-        hold = await _own_hold(uow, caller, hold_id)
+        hold = await own_hold(uow, caller, hold_id)
         await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await _own_hold(uow, caller, hold_id, for_update=True)
+        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
@@ -254,7 +251,7 @@ async def _mark_failed(uow: UnitOfWork, payment: Payment, reason: str, actor: st
         # seats are free again now).
         await uow.booking.set_payment_deadline(hold, None)
         if hold.expires_at <= now:
-            await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
+            await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
     await _audit(uow, failed, "failed", actor, now, note=reason)
     return failed
 
@@ -278,20 +275,7 @@ async def settle_in(
     if intent.succeeded and current.state in (PaymentState.INITIALIZED, PaymentState.FAILED):
         hold = await uow.booking.get_hold(current.hold_id, for_update=True)
         if hold is not None and hold.state is HoldState.ACTIVE:
-            booking = Booking(
-                uuid.uuid4(),
-                hold.showtime_id,
-                hold.customer_id,
-                hold.id,
-                tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
-                BookingState.CONFIRMED,
-                SaleChannel.ONLINE,
-                None,
-                BookingRefundState.NONE,
-                now,
-            )
-            await uow.booking.convert_hold(hold, booking)
-            await _record(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
+            booking = await book_hold(uow, hold, SaleChannel.ONLINE, None, now)
             paid = current.moved(PaymentState.SUCCESS, now, booking_id=booking.id, intent_id=intent.intent_id)
             await uow.payments.update(paid)
             await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note=f"booking {booking.id}")
@@ -453,16 +437,8 @@ async def _cancel_booking_for_refund(
     booking = await uow.booking.get_booking(booking_id, for_update=True)
     if booking is None or booking.state is BookingState.CANCELLED:
         return
-    showtime = await uow.showtimes.get(booking.showtime_id)
-    assert showtime is not None
-    closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
-    if not caller.is_staff and now >= closes:
-        raise CancellationClosed(
-            f"this booking could be cancelled and refunded until {closes.isoformat()}", subject=f"bookings/{booking.id}"
-        )
-    cancelled = replace(booking, cancelled_at=now, cancel_reason=reason or "refunded")
-    await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, BookingRefundState.PENDING)
-    await _record(uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets])
+    # Staff may refund (and so cancel) a booking even once its showtime has started.
+    await cancel_in(uow, rules, caller, booking, reason, now, force=caller.is_staff)
 
 
 async def carry_out_refund(
