@@ -165,8 +165,6 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if request.count < 1:
             violations.add("count", "OUT_OF_RANGE", "must be at least 1")
         kind = seat_kind(violations, "kind", request.kind, default=SeatKind.STANDARD)
-        if kind is SeatKind.COMPANION:
-            violations.add("kind", "INVALID_ENUM", "companion seats come with a wheelchair space")
         caller = current_caller()
         key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
         violations.raise_if_any()

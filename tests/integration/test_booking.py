@@ -432,3 +432,12 @@ def test_staff_force_cancel_a_booking_after_the_start_and_the_override_is_record
     )
     own = ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=booking.id))
     assert own.cancelled_by == clerk.user.id
+
+
+def test_companion_seats_cannot_be_asked_for_on_their_own(ana: Customer, sale: Sale, db: Db) -> None:
+    failed = call_fails(
+        ana.booking.HoldBestAvailable,
+        bpb.HoldBestAvailableRequest(showtime_id=sale.showtime.id, count=1, kind=spb.SEAT_KIND_COMPANION),
+    )
+    assert failed.fields == {"kind": "INVALID_ENUM"}
+    assert count(db, "booking.holds") == 0

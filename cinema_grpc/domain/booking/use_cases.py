@@ -98,6 +98,8 @@ async def hold_seats(
     uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, cmd: HoldSeats | HoldBestAvailable
 ) -> Hold:
     assert caller.user_id is not None
+    if isinstance(cmd, HoldBestAvailable) and cmd.kind is SeatKind.COMPANION:
+        raise invalid("kind", "INVALID_ENUM", "companion seats come with a wheelchair space")
     wanted = len(cmd.seat_ids) if isinstance(cmd, HoldSeats) else cmd.count
     if wanted > rules.max_seats_per_hold:
         raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold")
