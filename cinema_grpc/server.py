@@ -75,7 +75,7 @@ class CinemaServer:
         self.settings = settings
         self.database = database
         self.clock = clock
-        hub = LocalHub(settings.watcher_buffer)
+        hub = LocalHub(settings.watcher_buffer, settings.stream_max_seconds)
         self.bus: InProcessBus | RedisBus = (
             RedisBus(settings.redis_url.get_secret_value(), hub) if settings.redis_url else InProcessBus(hub)
         )
@@ -96,10 +96,12 @@ class CinemaServer:
         access = AccessControl(declared_policies(SERVICES), authenticator, uow)
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
-            interceptors=[RpcInterceptor(access)],
+            interceptors=[RpcInterceptor(access, settings.rpc_timeout_seconds)],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
                 # Find dead peers of long-lived streams; allow client pings without calls.
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
@@ -221,10 +223,13 @@ class CinemaServer:
         return f"http://{self.settings.webhook_host}:{self.webhook_port}{WEBHOOK_PATH}"
 
     async def stop(self) -> None:
-        """Graceful shutdown: report NOT_SERVING, let in-flight RPCs finish, release the pool."""
+        """Graceful shutdown: report NOT_SERVING, end seat streams with UNAVAILABLE /
+        SERVER_SHUTTING_DOWN (clients reconnect elsewhere), let in-flight RPCs finish, release
+        the pool."""
         log.info("shutting down", grace_seconds=self.settings.shutdown_grace_seconds)
         self.scheduler.shutdown(wait=False)
         await self.health.enter_graceful_shutdown()
+        self.bus.hub.close()
         await self.grpc.stop(self.settings.shutdown_grace_seconds)
         if self._sweep is not None and not self._sweep.done():
             await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)

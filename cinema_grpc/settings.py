@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     db_lock_timeout_ms: int = Field(default=3000, ge=10)
     # Largest request or response message the server accepts, in bytes.
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Longest any unary RPC may run on the server, whatever deadline the client sent (or none):
+    # then it ends with DEADLINE_EXCEEDED / SERVER_TIMEOUT.
+    rpc_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Longest life of a seat-availability stream; then it ends with UNAVAILABLE /
+    # STREAM_LIFETIME_REACHED and the client reconnects with since_version.
+    stream_max_seconds: float = Field(default=3600.0, gt=0)
+    # RPCs (streams included) one replica runs at once; more are refused with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(default=5000, ge=1)
+    # A client connection with no RPC for this long is closed (it reconnects when needed).
+    connection_idle_seconds: float = Field(default=900.0, gt=0)
     # Key that signs access and refresh tokens (HS256, at least 32 characters). Every replica
     # needs the same one. Empty: a development key is generated once in data_dir.
     token_signing_key: SecretStr | None = None

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cinema_grpc.domain.booking.model import SeatChange, SeatEvent, SeatState
+from cinema_grpc.domain.errors import ServerShuttingDown, StreamLifetimeReached
 from cinema_grpc.domain.ports import WatcherLagging
 
 log = structlog.get_logger(__name__)
@@ -22,32 +23,59 @@ CHANNEL_PREFIX = "cinema:seat-events:"
 
 class QueueWatch:
     """A bounded inbox. When it overflows it is emptied and the next read raises
-    WatcherLagging, so a slow watcher costs publishers nothing and starts over."""
+    WatcherLagging, so a slow watcher costs publishers nothing and starts over.
 
-    def __init__(self, hub: LocalHub, showtime_id: uuid.UUID, capacity: int) -> None:
+    A watch lives at most ``lifetime`` seconds (then StreamLifetimeReached) and ends with
+    ServerShuttingDown when the hub is closed, so no stream can pin the server forever.
+    """
+
+    def __init__(self, hub: LocalHub, showtime_id: uuid.UUID, capacity: int, lifetime: float) -> None:
         self._hub = hub
         self.showtime_id = showtime_id
-        self._queue: asyncio.Queue[SeatEvent] = asyncio.Queue(capacity)
+        # None wakes the reader up to notice a state change (lagging, closing).
+        self._queue: asyncio.Queue[SeatEvent | None] = asyncio.Queue(capacity)
         self._lagging = False
+        self._closing = False
+        self._ends_at = asyncio.get_running_loop().time() + lifetime
 
     def offer(self, event: SeatEvent) -> None:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self._lagging = True
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            # Wake the reader so it notices at once.
-            self._queue.put_nowait(event)
+            self.start_over()
+
+    def start_over(self) -> None:
+        """Drops what is waiting; the reader gets WatcherLagging and a fresh seat map."""
+        self._lagging = True
+        self._wake()
+
+    def end(self) -> None:
+        self._closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     async def next(self) -> SeatEvent:
-        event = await self._queue.get()
-        if self._lagging:
-            self._lagging = False
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            raise WatcherLagging
-        return event
+        while True:
+            if self._closing:
+                raise ServerShuttingDown("the server is shutting down; reconnect to another replica")
+            if self._lagging:
+                self._lagging = False
+                while not self._queue.empty():
+                    self._queue.get_nowait()
+                raise WatcherLagging
+            try:
+                async with asyncio.timeout_at(self._ends_at):
+                    event = await self._queue.get()
+            except TimeoutError:
+                raise StreamLifetimeReached(
+                    "the stream reached its longest life; reconnect with since_version to carry on"
+                ) from None
+            if event is not None:
+                return event
 
     def close(self) -> None:
         self._hub.remove(self)
@@ -56,12 +84,16 @@ class QueueWatch:
 class LocalHub:
     """The watchers of this process, by showtime."""
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, lifetime_seconds: float = 3600.0) -> None:
         self._capacity = capacity
+        self._lifetime = lifetime_seconds
         self._watches: dict[uuid.UUID, set[QueueWatch]] = defaultdict(set)
+        self._closed = False
 
     def watch(self, showtime_id: uuid.UUID) -> QueueWatch:
-        watch = QueueWatch(self, showtime_id, self._capacity)
+        watch = QueueWatch(self, showtime_id, self._capacity, self._lifetime)
+        if self._closed:
+            watch.end()
         self._watches[showtime_id].add(watch)
         return watch
 
@@ -76,6 +108,20 @@ class LocalHub:
         for event in events:
             for watch in list(self._watches.get(event.showtime_id, ())):
                 watch.offer(event)
+
+    def _all(self) -> list[QueueWatch]:
+        return [watch for watches in self._watches.values() for watch in watches]
+
+    def resync(self) -> None:
+        """Every watcher starts over from a fresh seat map (events may have been missed)."""
+        for watch in self._all():
+            watch.start_over()
+
+    def close(self) -> None:
+        """Ends every stream, now and from now on, with ServerShuttingDown."""
+        self._closed = True
+        for watch in self._all():
+            watch.end()
 
     @property
     def watcher_count(self) -> int:
@@ -121,6 +167,8 @@ class RedisBus:
 
     If Redis is unreachable, events are still delivered to this replica's watchers, and
     watchers elsewhere catch up from the event log when the next event shows them a gap.
+    When the subscription comes back after a loss, every watcher of this replica is sent a
+    fresh seat map, since events of other replicas may have been missed meanwhile.
     """
 
     def __init__(self, url: str, hub: LocalHub | None = None) -> None:
@@ -147,17 +195,23 @@ class RedisBus:
         await self._subscriber.aclose()
 
     async def _listen(self) -> None:
+        lost = False
         while True:
             try:
                 async with self._subscriber.pubsub() as pubsub:
                     await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
                     self._ready.set()
+                    if lost:
+                        log.info("redis subscription restored; watchers get a fresh seat map")
+                        self.hub.resync()
+                        lost = False
                     async for message in pubsub.listen():
                         if message.get("type") == "pmessage":
                             self.hub.deliver([decode(message["data"])])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError) as exc:
+                lost = True
                 log.warning("redis subscription lost; retrying", error=str(exc))
                 await asyncio.sleep(1)
 

@@ -25,6 +25,7 @@ class ErrorKind(enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     UNAUTHENTICATED = "unauthenticated"
     UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -260,6 +261,42 @@ class StorageUnavailable(DomainError):
     @property
     def retry_after_seconds(self) -> float | None:
         return 1.0
+
+
+class MalformedMessage(DomainError):
+    """The request bytes are not a valid protobuf message of the method's request type."""
+
+    kind = ErrorKind.INVALID_ARGUMENT
+    reason = "MALFORMED_MESSAGE"
+
+
+class ServerTimeout(DomainError):
+    """The request ran longer than the server lets any request run, and was stopped."""
+
+    kind = ErrorKind.DEADLINE_EXCEEDED
+    reason = "SERVER_TIMEOUT"
+
+
+class StreamClosed(DomainError):
+    """The server ended a stream; reconnecting (with the last version seen) carries on."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 1.0
+
+
+class ServerShuttingDown(StreamClosed):
+    reason = "SERVER_SHUTTING_DOWN"
+
+
+class StreamLifetimeReached(StreamClosed):
+    reason = "STREAM_LIFETIME_REACHED"
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 0.0
 
 
 class TokenRejected(DomainError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,7 +12,7 @@ import grpc
 import structlog
 from grpc.aio import AbortError
 
-from cinema_grpc.domain.errors import DomainError
+from cinema_grpc.domain.errors import DomainError, MalformedMessage, ServerTimeout
 from cinema_grpc.services.access import AccessControl
 from cinema_grpc.services.convert import Context, refuse_nul_characters
 from cinema_grpc.services.metrics import RPC_DURATION, RPC_REQUESTS
@@ -75,13 +76,49 @@ class _Call:
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
 
-def _unary(method: str, behavior: UnaryBehavior, access: AccessControl) -> UnaryBehavior:
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the RPC can refuse it properly."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """gRPC answers UNKNOWN when a request does not parse; this turns that into a value the
+    handler refuses with INVALID_ARGUMENT / MALFORMED_MESSAGE."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            return _Malformed(exc)
+
+    return deserialize
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Malformed):
+        raise MalformedMessage(f"the request is not a valid message of this method's type: {request.error}")
+    refuse_nul_characters(request)
+
+
+def _unary(method: str, behavior: UnaryBehavior, access: AccessControl, timeout: float) -> UnaryBehavior:
     async def handle(request: Any, context: Context) -> Any:
         call = _Call(method, context)
         try:
             call.user_id = (await access.admit(method, context)).user_id
-            refuse_nul_characters(request)
-            return await behavior(request, context)
+            _check(request)
+            # Whatever deadline the client set (or none), no request runs longer than this.
+            limit = asyncio.timeout(timeout)
+            try:
+                async with limit:
+                    return await behavior(request, context)
+            except TimeoutError:
+                if limit.expired():
+                    raise ServerTimeout(f"the request ran longer than the server's limit of {timeout:g} s") from None
+                raise
         except AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is turned into a status
@@ -97,7 +134,7 @@ def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> Str
         call = _Call(method, context)
         try:
             call.user_id = (await access.admit(method, context)).user_id
-            refuse_nul_characters(request)
+            _check(request)
             async for response in behavior(request, context):
                 yield response
         except AbortError:
@@ -111,8 +148,9 @@ def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> Str
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access: AccessControl) -> None:
+    def __init__(self, access: AccessControl, rpc_timeout_seconds: float = 60.0) -> None:
         self._access = access
+        self._timeout = rpc_timeout_seconds
 
     async def intercept_service(
         self,
@@ -126,14 +164,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method, cast(UnaryBehavior, handler.unary_unary), self._access),
-                request_deserializer=handler.request_deserializer,
+                _unary(method, cast(UnaryBehavior, handler.unary_unary), self._access, self._timeout),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _stream(method, cast(StreamBehavior, handler.unary_stream), self._access),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -1,6 +1,7 @@
 """Hostile input for every RPC: requests built from the proto descriptors with huge, empty,
-SQL-ish and out-of-range values, unknown enum numbers and random ids. Whatever arrives, the
-answer is a defined status - never UNKNOWN or INTERNAL - and the server stays healthy."""
+SQL-ish and out-of-range values, unknown enum numbers and random ids, and bytes that are not
+a request at all. Whatever arrives, the answer is a defined status - never UNKNOWN or
+INTERNAL -, a refused request leaves no row behind, and the server stays healthy."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from cinema_grpc.server import SERVICES
 from tests.auth_client import sign_in
+from tests.rpc_errors import failure
 
 Db = psycopg.Connection[tuple[object, ...]]
 # Examples per RPC; the CI gate runs a short round, raise it for a longer hunt.
@@ -103,6 +105,35 @@ DEFINED = {
 }
 
 
+# Written by refused requests on purpose: failed sign-ins are counted (throttling) and a reused
+# refresh token signs its session out.
+WRITTEN_WHEN_REFUSED = ("identity.login_failures", "identity.sessions")
+
+
+def _row_census(db: Db) -> tuple[int, list[tuple[object, ...]]]:
+    """The next transaction id, and each table's row count, to tell later whether a refused
+    request wrote anything (rows it inserted or updated carry a newer xmin)."""
+    mark = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
+    assert mark is not None
+    return int(str(mark[0])), _rows_since(db, int(str(mark[0])))
+
+
+def _rows_since(db: Db, mark: int) -> list[tuple[object, ...]]:
+    tables = [
+        str(row[0])
+        for row in db.execute(
+            "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = ANY(%s) ORDER BY 1",
+            (["screening", "booking", "api", "payment", "identity"],),
+        )
+        if row[0] not in WRITTEN_WHEN_REFUSED
+    ]
+    query = " UNION ALL ".join(
+        f"SELECT '{table}', count(*), count(*) FILTER (WHERE xmin::text::bigint >= {mark}) FROM {table}"
+        for table in tables
+    )
+    return db.execute(query).fetchall()
+
+
 @pytest.mark.parametrize(("path", "method"), METHODS, ids=[path.rsplit(".", 1)[-1] for path, _ in METHODS])
 def test_every_rpc_answers_hostile_requests_with_a_defined_status(
     path: str, method: MethodDescriptor, channel: grpc.Channel, db: Db
@@ -122,6 +153,7 @@ def test_every_rpc_answers_hostile_requests_with_a_defined_status(
         request = fill(method.input_type, data.draw)
         authorization = data.draw(st.sampled_from([f"Bearer {admin_token}", "", "Bearer nonsense"]))
         metadata = (("authorization", authorization),) if authorization else ()
+        mark, before = _row_census(db)
         try:
             if streaming:
                 responses = call(request, metadata=metadata, timeout=2)
@@ -131,7 +163,55 @@ def test_every_rpc_answers_hostile_requests_with_a_defined_status(
                 call(request, metadata=metadata, timeout=15)
         except grpc.RpcError as error:
             assert error.code() in DEFINED, f"{path}: {error.code()} {error.details()} for {request}"  # type: ignore[attr-defined]  # noqa: PT017
+            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                # Refused: not one row added, changed or removed.
+                after = _rows_since(db, mark)
+                changed = [
+                    (old[0], old[1], new[1], new[2]) for old, new in zip(before, after, strict=True) if old != new
+                ]
+                assert not changed, f"{path} refused but wrote (table, rows before, after, touched): {changed}"
 
     attempt()
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# Not a request of any type: bad wire format, a truncated field, invalid UTF-8 in a string,
+# a varint where a length-delimited field is expected, and nesting deeper than any parser allows.
+NOT_REQUESTS = [
+    b"\xff\xff\xff\xff\xff",
+    b"\x0a\x05ab",
+    b"\x0a\x02\xc3\x28",
+    b"\x08\x96\x01",
+    b"\x0a\xff\xff\xff\xff\x0f",
+]
+
+
+@pytest.mark.parametrize(("path", "method"), METHODS, ids=[path.rsplit(".", 1)[-1] for path, _ in METHODS])
+def test_every_rpc_refuses_bytes_that_are_not_its_request(
+    path: str, method: MethodDescriptor, channel: grpc.Channel, db: Db
+) -> None:
+    # An admin of its own: some of these bytes parse as a valid (e.g. Logout) request.
+    metadata = (("authorization", f"Bearer {sign_in(channel, db, 'ADMIN')[1].access_token}"),)
+    call = (channel.unary_stream if method.server_streaming else channel.unary_unary)(path)
+    _, before = _row_census(db)
+
+    # The first one is malformed for every message type: refused as such, by reason.
+    def first_answer(raw: bytes) -> None:
+        result = call(raw, metadata=metadata, timeout=5)
+        if method.server_streaming:
+            next(iter(result))
+
+    with pytest.raises(grpc.RpcError) as raised:
+        first_answer(NOT_REQUESTS[0])
+    refused = failure(raised.value)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE")
+    assert [row[:2] for row in _row_census(db)[1]] == [row[:2] for row in before]
+    for raw in NOT_REQUESTS[1:]:
+        try:
+            result = call(raw, metadata=metadata, timeout=5)
+            if method.server_streaming:
+                next(iter(result), None)
+                result.cancel()
+        except grpc.RpcError as error:
+            assert error.code() in DEFINED, f"{path}: {error.code()} {error.details()} for {raw!r}"  # type: ignore[attr-defined]  # noqa: PT017

@@ -1,0 +1,198 @@
+"""Limits that keep one client from pinning the server: request size, a server-side time limit
+for every unary RPC (whatever deadline the client sent, or none), a longest life for streams,
+a cap on concurrent RPCs, and a graceful shutdown that lets in-flight RPCs finish and ends
+streams with a clear status."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from tests.auth_client import sign_in, with_token
+from tests.booking_data import Sale, open_sale
+from tests.conftest import RunningServer
+from tests.rpc_errors import failure
+from tests.stream_reader import StreamReader
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+@pytest.fixture
+def start_server(server_settings: Settings) -> Iterator[Callable[..., tuple[RunningServer, grpc.Channel]]]:
+    """Starts a server of its own with some settings changed; stops it afterwards."""
+    started: list[tuple[RunningServer, grpc.Channel]] = []
+
+    def start(**changes: Any) -> tuple[RunningServer, grpc.Channel]:
+        running = RunningServer(server_settings.model_copy(update=changes))
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        grpc.channel_ready_future(channel).result(timeout=10)
+        started.append((running, channel))
+        return running, channel
+
+    yield start
+    for running, channel in started:
+        channel.close()
+        if running.server is not None and running._thread.is_alive():
+            running.stop()
+
+
+def _sale_and_customer(channel: grpc.Channel, db: Db) -> tuple[Sale, BookingServiceStub]:
+    admin = sign_in(channel, db, "ADMIN")[1].access_token
+    sale = open_sale(ScreeningServiceStub(with_token(channel, admin)))
+    token = sign_in(channel, db)[1].access_token
+    return sale, BookingServiceStub(with_token(channel, token))
+
+
+def _lock_showtime(db: Db, showtime_id: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection holding the showtime's seat lock, so every seat decision waits for it."""
+    holder = psycopg.connect(db.info.dsn, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key(LockNamespace.SHOWTIME_SEATS, showtime_id),))
+    return holder
+
+
+def _ending(watcher: StreamReader) -> grpc.RpcError:
+    """Reads the stream until it fails; returns the error it ended with."""
+    while True:
+        try:
+            watcher.next()
+        except grpc.RpcError as error:
+            return error
+
+
+def test_a_request_larger_than_the_limit_is_refused(channel: grpc.Channel) -> None:
+    screening = ScreeningServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as raised:
+        screening.ListCinemas(spb.ListCinemasRequest(page_token="x" * (5 * 1024 * 1024)), timeout=10)
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+
+
+def test_a_request_without_a_deadline_is_stopped_at_the_servers_limit(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    _, channel = start_server(rpc_timeout_seconds=1.0, db_lock_timeout_ms=30_000)
+    sale, booking = _sale_and_customer(channel, db)
+    seat = sale.seat("B1")
+    holder = _lock_showtime(db, sale.showtime.id)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[seat]))  # no deadline
+        waited = time.monotonic() - started
+    finally:
+        holder.close()
+    refused = failure(raised.value)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "SERVER_TIMEOUT")
+    assert 0.9 < waited < 10
+    # Nothing of the stopped request was kept, and the seat can be held now.
+    assert db.execute("SELECT count(*) FROM booking.holds").fetchone() == (0,)
+    hold = booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[seat]), timeout=10)
+    assert [seat] == [s.seat_id for s in hold.seats]
+
+
+def test_a_stream_ends_after_its_longest_life_and_resumes(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    _, channel = start_server(stream_max_seconds=1.5)
+    sale, booking = _sale_and_customer(channel, db)
+    public = BookingServiceStub(channel)
+    booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("B1")]))
+    watch = StreamReader(public.WatchSeatAvailability(bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)))
+    try:
+        version = watch.next().snapshot.version
+        started = time.monotonic()
+        refused = failure(_ending(watch))
+        assert 1 < time.monotonic() - started < 10
+    finally:
+        watch.close()
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "STREAM_LIFETIME_REACHED")
+    assert refused.retry_delay_seconds == 0
+    # Reconnecting with the version seen carries on with the events since.
+    booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("B2")]))
+    again = StreamReader(
+        public.WatchSeatAvailability(
+            bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id, since_version=version)
+        )
+    )
+    try:
+        event = again.next()
+    finally:
+        again.close()
+    assert event.WhichOneof("event") == "changes"
+    assert event.changes.version == version + 1
+
+
+def test_rpcs_beyond_the_concurrency_cap_are_refused(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    _, channel = start_server(max_concurrent_rpcs=3)
+    sale, _ = _sale_and_customer(channel, db)
+    public = BookingServiceStub(channel)
+    request = bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+    watchers = [StreamReader(public.WatchSeatAvailability(request)) for _ in range(3)]
+    try:
+        for watcher in watchers:
+            watcher.next()
+        with pytest.raises(grpc.RpcError) as raised:
+            public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    time.sleep(0.2)
+    public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
+
+
+def test_shutdown_lets_in_flight_rpcs_finish_and_ends_streams_clearly(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    running, channel = start_server(shutdown_grace_seconds=10)
+    sale, _ = _sale_and_customer(channel, db)
+    public = BookingServiceStub(channel)
+    seats = sale.seats(*(f"C{n}" for n in range(1, 9)))
+    customers = [BookingServiceStub(with_token(channel, sign_in(channel, db)[1].access_token)) for _ in seats]
+    watchers = [
+        StreamReader(public.WatchSeatAvailability(bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)))
+        for _ in range(5)
+    ]
+    for watcher in watchers:
+        watcher.next()
+    holder = _lock_showtime(db, sale.showtime.id)
+    with ThreadPoolExecutor(len(seats)) as pool:
+        # Eight holds in flight, all waiting for the showtime's lock.
+        pending = [
+            pool.submit(who.HoldSeats, bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[seat]), timeout=30)
+            for who, seat in zip(customers, seats, strict=True)
+        ]
+        deadline = time.monotonic() + 10
+        while db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone() != (
+            len(seats),
+        ):
+            assert time.monotonic() < deadline, "the holds did not reach the showtime lock"
+            time.sleep(0.05)
+        stopping = threading.Thread(target=running.stop)
+        stopping.start()
+        time.sleep(0.5)
+        holder.close()  # the lock is free: the in-flight holds go on while the server drains
+        holds = [future.result() for future in pending]
+        stopping.join(30)
+    assert sorted(hold.seats[0].seat_id for hold in holds) == sorted(seats)
+    for watcher in watchers:
+        refused = failure(_ending(watcher))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "SERVER_SHUTTING_DOWN")
+        watcher.close()
+    with pytest.raises(grpc.RpcError) as raised:
+        public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=2)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
