@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test check lint typecheck proto-check generate gateway clean
+.PHONY: install serve test soak bench check lint typecheck proto-check generate gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -24,6 +24,17 @@ serve: install
 ## Run the whole test suite (unit, integration, e2e).
 test: install
 	$(BIN)/pytest
+
+## Soak and fault tests with a longer load (SOAK_SECONDS per test; `make test` runs them for 20 s):
+## replicas killed and stopped under mixed load, PostgreSQL restarted, Redis gone.
+SOAK_SECONDS ?= 120
+soak: install
+	CINEMA_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -s --timeout 3600 tests/soak
+
+## The benchmark suite (not a test, takes minutes): one table, docs/performance.png.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/suite.py
 
 ## Static checks: lint, format, types, proto lint/format/breaking, generated code is fresh.
 check: lint typecheck proto-check

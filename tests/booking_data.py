@@ -48,8 +48,8 @@ class Sale:
         return [self.seat(label) for label in labels]
 
 
-def open_sale(screening: ScreeningServiceStub, hours_ahead: int = 30) -> Sale:
-    cinema = make_cinema(screening)
+def open_sale(screening: ScreeningServiceStub, hours_ahead: int = 30, cinema_name: str = "Odeon") -> Sale:
+    cinema = make_cinema(screening, cinema_name)
     hall = make_hall(screening, cinema.id, "Main", LAYOUT)
     movie = make_movie(screening, minutes=100)
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=hours_ahead)

@@ -24,6 +24,8 @@ class FaultyStripe:
     upstream: str
     faults: list[Fault] = field(default_factory=list)
     port: int = 0
+    # Every request that reached the proxy: (method, path, Idempotency-Key header).
+    requests: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -43,9 +45,11 @@ class FaultyStripe:
 
     def heal(self) -> None:
         self.faults.clear()
+        self.requests.clear()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        self.requests.append((request.method, request.path, request.headers.get("Idempotency-Key", "")))
         fault = next((f for f in self.faults if re.search(f.pattern, request.path)), None)
         if fault is not None:
             fault.hits += 1

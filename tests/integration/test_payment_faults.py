@@ -88,6 +88,26 @@ def test_a_stripe_outage_fails_the_payment_clearly_and_the_hold_stays_for_a_retr
         assert retried.state == ppb.PAYMENT_STATE_INITIALIZED and retried.intent_id
 
 
+def test_a_slow_stripe_is_retried_a_bounded_number_of_times_with_one_idempotency_key(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, sale: Sale, db: Db
+) -> None:
+    channel, stub = stub_on(behind_proxy, ana)
+    with channel:
+        held = hold(ana, sale, "C6")
+        proxy.fail(r"^/v1/payment_intents$", delay=3)  # longer than the server's 1 s Stripe timeout
+        started = time.monotonic()
+        failed = call_fails(stub.CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id))
+        elapsed = time.monotonic() - started
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "PAYMENT_PROVIDER_UNAVAILABLE")
+        creates = [r for r in proxy.requests if r[:2] == ("POST", "/v1/payment_intents")]
+        # One call and two retries, no more, all with one key: Stripe makes one PaymentIntent of them.
+        assert len(creates) == 3
+        assert len({key for _, _, key in creates}) == 1 and creates[0][2]
+        assert elapsed < 3 * 1.0 + 5, "three timed-out attempts and their back-off, not more"
+        assert count(db, "payment.payments") == 1
+        assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
+
+
 @pytest.mark.usefixtures("no_webhooks")
 def test_a_stripe_timeout_at_confirmation_is_unavailable_and_reconciliation_settles_it(
     behind_proxy: RunningServer,
