@@ -111,8 +111,16 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
             connect_args={
                 "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
                 f" -c lock_timeout={settings.db_lock_timeout_ms}"
-                " -c idle_in_transaction_session_timeout=60000",
+                " -c idle_in_transaction_session_timeout=60000"
+                # PostgreSQL notices within about a minute that a replica vanished (power, network)
+                # and ends its sessions, releasing the sweeper's and reconciler's session locks.
+                " -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
                 "application_name": "cinema-grpc",
+                # And this side notices a vanished database the same way.
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
             },
         )
     except BaseException:
