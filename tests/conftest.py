@@ -23,6 +23,7 @@ from cinema_grpc.server import CinemaServer, create_server
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
 from tests.auth_client import sign_in, with_token
+from tests.private_redis import PrivateRedis
 
 SCHEMAS = ("screening", "booking", "api", "payment")
 # Shared by every server a test starts, in process or as a separate process.
@@ -198,3 +199,16 @@ def screening(
 ) -> screening_pb2_grpc.ScreeningServiceStub:
     """A screening client signed in as admin, on an emptied database."""
     return screening_pb2_grpc.ScreeningServiceStub(admin_channel)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """REDIS_URL when set; otherwise a private redis-server on a free port if one is installed;
+    otherwise the test is skipped, saying why."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    private = PrivateRedis.start(tmp_path)
+    yield private.url
+    private.stop()

@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import Self
 
 import psycopg.errors
+import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -39,6 +40,8 @@ from cinema_grpc.storage.screening_repositories import (
     SqlRequestLog,
     SqlShowtimeRepository,
 )
+
+log = structlog.get_logger(__name__)
 
 
 def translate_database_error(exc: DBAPIError) -> DomainError | None:
@@ -89,10 +92,10 @@ class SqlUnitOfWork:
         try:
             await self.session.rollback()
             await self.session.close()
-        except DBAPIError:
-            # The connection is gone; the pool will discard it. The original error matters more.
-            if exc is None:
-                raise
+        except DBAPIError as cleanup_error:
+            # The connection is gone; the pool discards it. The original error matters more, and
+            # without one the work is done already (committed, or only read): nothing is lost.
+            log.warning("database connection lost while ending a unit of work", error=str(cleanup_error.orig))
         if isinstance(exc, DBAPIError) and (domain_error := translate_database_error(exc)) is not None:
             raise domain_error from exc
         if isinstance(exc, PoolTimeout):

@@ -27,19 +27,13 @@ from tests.integration.test_booking_races import double_claims, race
 from tests.rpc_errors import failure
 from tests.stream_reader import StreamReader
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not os.environ.get("REDIS_URL"),
-        reason="REDIS_URL is not set: replicas share seat events through Redis pub/sub (CI sets it)",
-    ),
-]
+pytestmark = pytest.mark.e2e
 Db = psycopg.Connection[tuple[object, ...]]
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def replicas(database_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
+def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
     processes = []
     addresses = []
     for name in ("a", "b"):
@@ -47,6 +41,7 @@ def replicas(database_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
             "CINEMA_DATA_DIR": str(tmp_path / name),
             "CINEMA_GRPC_PORT": str(port),
             "CINEMA_TOKEN_SIGNING_KEY": "replica-test-signing-key-0123456789abcdef",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from typing import Any
 
 import grpc
 import psycopg
-import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
@@ -44,52 +42,6 @@ SOAK_SECONDS = float(os.environ.get("CINEMA_SOAK_SECONDS", "20"))
 BUGS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 HOLD_TTL_SECONDS = 10
 SWEEP_SECONDS = 1.0
-
-
-@dataclass
-class PrivateRedis:
-    """A redis-server of one test's own, so the test can stop and restart it."""
-
-    port: int
-    directory: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, tmp_path: Path) -> PrivateRedis:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed and REDIS_URL is not set: replicas share seat events via Redis")
-        redis = cls(free_port(), tmp_path / "redis")
-        redis.directory.mkdir(exist_ok=True)
-        redis.resume()
-        return redis
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def resume(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        import redis  # noqa: PLC0415 - only the Redis tests need it
-
-        while True:
-            try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
-                return
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
 
 
 @dataclass

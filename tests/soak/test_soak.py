@@ -24,11 +24,11 @@ from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
 from tests.conftest import RunningServer
 from tests.e2e.test_command_line import free_port
+from tests.private_redis import PrivateRedis
 from tests.soak.harness import (
     ALWAYS,
     SOAK_SECONDS,
     MixedLoad,
-    PrivateRedis,
     Replica,
     Watchers,
     audit_verify,
