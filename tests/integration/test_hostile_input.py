@@ -184,6 +184,10 @@ NOT_REQUESTS = [
     b"\x0a\x02\xc3\x28",
     b"\x08\x96\x01",
     b"\x0a\xff\xff\xff\xff\x0f",
+    # Groups of an unknown field (1000) nested 50 deep (parses, the field is skipped) and 500
+    # deep (past the parser's recursion limit).
+    b"\xc3\x3e" * 50 + b"\xc4\x3e" * 50,
+    b"\xc3\x3e" * 500 + b"\xc4\x3e" * 500,
 ]
 
 
