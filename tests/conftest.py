@@ -3,8 +3,14 @@ cinema-grpc server on a loopback port, reached through a real gRPC channel."""
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# The tests start processes (servers, PostgreSQL, Redis) while client threads use gRPC; every
+# child execs at once, so gRPC's fork handlers have nothing to do and are turned off before
+# gRPC loads (with them, a child could crash between fork and exec).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
