@@ -106,6 +106,9 @@ def test_three_replicas_under_mixed_load_survive_sigkill_and_sigterm(
 
         assert load.outcomes.bugs == [], report
         assert exits == [0], "SIGTERM under load must end the process cleanly"
+        # Graceful: calls in flight at SIGTERM finished (none was cut off), streams were told why.
+        assert load.outcomes.total("CANCELLED") == 0, report
+        assert watchers.ended["UNAVAILABLE SERVER_SHUTTING_DOWN"] >= 1, report
         assert broken_invariants(db, ALWAYS) == {}, report
         broken = settle(db, timeout=60)
         assert broken == {}, f"invariants broken after the load settled: {broken}\n{report}"
