@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -15,6 +15,7 @@ from cinema_grpc.domain.booking.model import (
     Booking,
     BookingState,
     Hold,
+    HoldContext,
     HoldState,
     RefundState,
     SeatChange,
@@ -25,7 +26,7 @@ from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, Refres
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
-from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
+from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, SeatKind, Showtime
 
 if TYPE_CHECKING:  # reports import this module for the UnitOfWork type
     from cinema_grpc.domain.reports import DayRevenue, MovieSales, Occupancy, Ranking
@@ -253,8 +254,11 @@ class BookingFilter:
 class BookingRepository(Protocol):
     """Holds, bookings, their seat claims and the availability versions of showtimes."""
 
-    async def lock_customer_holds(self, customer_id: uuid.UUID) -> None:
-        """Serialises a customer's new holds, so the active-hold limit holds across showtimes."""
+    async def lock_for_hold(self, customer_id: uuid.UUID, showtime_id: uuid.UUID) -> None:
+        """Before a new hold: serialises the customer's new holds (so the active-hold limit holds
+        across showtimes), then the showtime's seat decisions, then keeps the showtime's hall
+        layout from changing, until the transaction ends. Raises Contention when a lock cannot
+        be had in time."""
         ...
 
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
@@ -262,25 +266,40 @@ class BookingRepository(Protocol):
         showtimes never wait. Raises Contention when the lock cannot be had in time."""
         ...
 
-    async def expire_due(self, showtime_id: uuid.UUID, now: datetime) -> list[SeatChange]:
-        """Marks the showtime's active holds past their expiry EXPIRED and frees their seats."""
+    async def lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> None:
+        """``lock_showtime`` for several showtimes, taken in one fixed order."""
+        ...
+
+    async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
+
+    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, list[SeatChange]]:
+        """Marks the active holds of these showtimes (each locked) that are past their expiry
+        EXPIRED and frees their seats; returns the freed seats by showtime."""
         ...
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
         """Seats sold, or held by a hold that has not expired."""
         ...
 
-    async def claimed_among(
-        self, showtime_id: uuid.UUID, seat_ids: Collection[uuid.UUID], now: datetime
-    ) -> set[uuid.UUID]:
-        """Which of these seats are sold, or held by a hold that has not expired."""
+    async def hold_context(
+        self,
+        customer_id: uuid.UUID,
+        showtime_id: uuid.UUID,
+        now: datetime,
+        *,
+        seat_ids: Collection[uuid.UUID] | None,
+        rows_of: SeatKind,
+    ) -> HoldContext:
+        """Expires the showtime's due holds and reads, in one snapshot, what a new hold is
+        decided on: the showtime, the customer's active holds, and the hall's current seats with
+        these ids plus every seat in the rows of those of kind ``rows_of`` (``None``: every seat
+        of the hall), with which of them are taken. Call it under ``lock_for_hold``."""
         ...
 
-    async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int: ...
-
-    async def add_hold(self, hold: Hold) -> None:
-        """Stores the hold and one claim per seat. Raises SeatAlreadyTaken if the database
-        finds a seat claimed (the unique index on active claims)."""
+    async def add_hold(self, hold: Hold, changes: Sequence[SeatChange]) -> SeatEvent:
+        """Stores the hold and one claim per seat, and records ``changes`` as the showtime's next
+        availability version. Raises SeatAlreadyTaken if the database finds a seat claimed (the
+        unique index on active claims)."""
         ...
 
     async def get_hold(self, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold | None: ...
@@ -311,13 +330,15 @@ class BookingRepository(Protocol):
         """Records the changes as the showtime's next availability version."""
         ...
 
+    async def next_versions(self, changes: Mapping[uuid.UUID, Sequence[SeatChange]]) -> list[SeatEvent]:
+        """``next_version`` for several showtimes at once (each locked), in the order given."""
+        ...
+
     async def current_version(self, showtime_id: uuid.UUID) -> int: ...
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
         """The events after ``version`` in order, or None when some were already pruned."""
         ...
-
-    async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
 
     async def prune_events(self, older_than: datetime) -> int: ...
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,7 @@ from cinema_grpc.domain.booking.model import (
     ClaimedSeat,
     CounterPayment,
     Hold,
+    HoldContext,
     HoldState,
     RefundState,
     SaleChannel,
@@ -33,7 +35,7 @@ from cinema_grpc.domain.errors import SeatAlreadyTaken
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.ports import BookingFilter
-from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.domain.screening.model import BusyPeriod, Seat, SeatKind, Showtime, ShowtimeState
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 from cinema_grpc.storage.rows import (
     BookingRow,
@@ -48,19 +50,133 @@ from cinema_grpc.storage.rows import (
 MAX_REPLAYED_EVENTS = 500
 ACTIVE = ("HELD", "SOLD")
 
-_EXPIRE_DUE = text(
-    """
-    WITH expired AS (
-        UPDATE booking.holds SET state = 'EXPIRED', ended_at = :now
-        WHERE showtime_id = :showtime_id AND state = 'ACTIVE'
-          AND greatest(expires_at, payment_deadline) <= :now
-        RETURNING id
-    )
+# The hot path of a hold is three statements (locks; reads; writes) sent as plain SQL through
+# the connection: no ORM entities, no statement building, no cache keys.
+
+# The customer's lock, then the showtime's, then the hall row FOR SHARE (a layout change takes
+# it FOR UPDATE). The hall lock is in a subquery of the locks' row, so it is taken after them.
+# A statement of its own: the reads after it need a snapshot taken once every lock is held.
+_LOCK_FOR_HOLD = """
+SELECT (SELECT h.id FROM screening.halls AS h JOIN screening.showtimes AS s ON s.hall_id = h.id
+        WHERE s.id = %(showtime_id)s FOR SHARE OF h)
+FROM (SELECT pg_advisory_xact_lock(%(customer_key)s) AS customer,
+             pg_advisory_xact_lock(%(showtime_key)s) AS showtime OFFSET 0) AS locks
+"""
+
+# Expires the showtime's due holds and reads everything a hold is decided on, in one snapshot.
+# The reads ignore the claims the CTEs release: a lapsed claim does not count as taken anyway.
+_HOLD_CONTEXT = """
+WITH expired AS (
+    UPDATE booking.holds SET state = 'EXPIRED', ended_at = %(now)s
+    WHERE showtime_id = %(showtime_id)s AND state = 'ACTIVE'
+      AND greatest(expires_at, payment_deadline) <= %(now)s
+    RETURNING id
+), freed AS (
     UPDATE booking.seat_claims SET status = 'RELEASED'
     WHERE hold_id IN (SELECT id FROM expired) AND status = 'HELD'
     RETURNING seat_id
-    """
+), showtime AS (
+    SELECT * FROM screening.showtimes WHERE id = %(showtime_id)s
+), asked AS (
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE seat.id = ANY(%(seat_ids)s::uuid[]) AND seat.retired_at IS NULL
+), wanted AS (
+    SELECT * FROM asked
+    UNION
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE seat.retired_at IS NULL
+      AND seat.row_label = ANY(ARRAY(SELECT asked.row_label FROM asked WHERE asked.kind = %(rows_of)s))
+    UNION
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE %(all_seats)s AND seat.retired_at IS NULL
 )
+SELECT showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
+       showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
+       (SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
+        FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id),
+       (SELECT count(*) FROM booking.holds AS hold
+        WHERE hold.customer_id = %(customer_id)s AND hold.state = 'ACTIVE'
+          AND greatest(hold.expires_at, hold.payment_deadline) > %(now)s),
+       (SELECT json_agg(json_build_array(wanted.id, wanted.row_label, wanted.number, wanted.grid_column,
+                                         wanted.kind, wanted.in_service, wanted.out_of_service_reason)
+                        ORDER BY wanted.row_index, wanted.grid_column)
+        FROM wanted),
+       (SELECT array_agg(claim.seat_id) FROM wanted JOIN booking.seat_claims AS claim
+            ON claim.showtime_id = %(showtime_id)s AND claim.seat_id = wanted.id
+        WHERE claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)),
+       (SELECT array_agg(seat_id) FROM freed)
+FROM showtime
+"""
+
+# The hold, its claims, the showtime's next availability version and its event, in one statement.
+# The unique index on active claims still refuses a double claim (seat_claims_active_key).
+_ADD_HOLD = """
+WITH hold AS (
+    INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, extensions_used, created_at)
+    VALUES (%(hold_id)s, %(showtime_id)s, %(customer_id)s, %(state)s, %(expires_at)s, %(extensions_used)s,
+            %(created_at)s)
+), claims AS (
+    INSERT INTO booking.seat_claims
+        (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
+    SELECT claim.id, %(hold_id)s, %(showtime_id)s, claim.seat_id, 'HELD', claim.amount_minor, claim.currency,
+           %(expires_at)s, %(created_at)s
+    FROM unnest(%(claim_ids)s::uuid[], %(seat_ids)s::uuid[], %(amounts)s::bigint[], %(currencies)s::text[])
+        AS claim (id, seat_id, amount_minor, currency)
+), version AS (
+    INSERT INTO booking.showtime_versions AS current (showtime_id, version) VALUES (%(showtime_id)s, 1)
+    ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
+    RETURNING version
+)
+INSERT INTO booking.seat_events (showtime_id, version, changes)
+SELECT %(showtime_id)s, version, %(changes)s::jsonb FROM version
+RETURNING version
+"""
+
+
+# The sweeper: showtimes with due holds; then, under their locks, their holds still due expire
+# and their seats are released (by showtime), in one statement.
+_SHOWTIMES_WITH_DUE_HOLDS = """
+SELECT showtime_id FROM booking.holds
+WHERE state = 'ACTIVE' AND greatest(expires_at, payment_deadline) <= %(now)s
+GROUP BY showtime_id
+LIMIT %(limit)s
+"""
+
+_LOCK_SHOWTIMES = "SELECT pg_advisory_xact_lock(key) FROM unnest(%(keys)s::bigint[]) AS key"
+
+_EXPIRE_DUE = """
+WITH expired AS (
+    UPDATE booking.holds SET state = 'EXPIRED', ended_at = %(now)s
+    WHERE showtime_id = ANY(%(showtime_ids)s::uuid[]) AND state = 'ACTIVE'
+      AND greatest(expires_at, payment_deadline) <= %(now)s
+    RETURNING id
+), freed AS (
+    UPDATE booking.seat_claims SET status = 'RELEASED'
+    WHERE showtime_id = ANY(%(showtime_ids)s::uuid[]) AND status = 'HELD'
+      AND hold_id IN (SELECT id FROM expired)
+    RETURNING showtime_id, seat_id
+)
+SELECT showtime_id, array_agg(seat_id) FROM freed GROUP BY showtime_id
+"""
+
+# The next availability version of each showtime and its event, in one statement.
+_NEXT_VERSIONS = """
+WITH changed AS (
+    SELECT * FROM unnest(%(showtime_ids)s::uuid[], %(changes)s::jsonb[]) AS changed (showtime_id, changes)
+), version AS (
+    INSERT INTO booking.showtime_versions AS current (showtime_id, version)
+    SELECT showtime_id, 1 FROM changed
+    ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
+    RETURNING showtime_id, version
+)
+INSERT INTO booking.seat_events (showtime_id, version, changes)
+SELECT version.showtime_id, version.version, changed.changes FROM version JOIN changed USING (showtime_id)
+RETURNING showtime_id, version
+"""
+
+
+def _changes_json(changes: Sequence[SeatChange]) -> str:
+    return json.dumps([[str(change.seat_id), change.state.value] for change in changes])
 
 
 def _claimed_seat_columns() -> tuple[Any, ...]:
@@ -84,9 +200,95 @@ class SqlBookingRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def lock_customer_holds(self, customer_id: uuid.UUID) -> None:
-        key = advisory_key(LockNamespace.CUSTOMER_HOLDS, str(customer_id))
-        await self._session.execute(select(func.pg_advisory_xact_lock(key)))
+    async def _run(self, sql: str, params: dict[str, Any]) -> Any:
+        # Plain SQL in the driver's paramstyle: SQLAlchemy still wraps errors (lock timeouts
+        # become Contention in the unit of work) and its events still see the statement.
+        connection = await self._session.connection()
+        return await connection.exec_driver_sql(sql, params)
+
+    async def lock_for_hold(self, customer_id: uuid.UUID, showtime_id: uuid.UUID) -> None:
+        await self._run(
+            _LOCK_FOR_HOLD,
+            {
+                "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(customer_id)),
+                "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)),
+                "showtime_id": showtime_id,
+            },
+        )
+
+    async def hold_context(
+        self,
+        customer_id: uuid.UUID,
+        showtime_id: uuid.UUID,
+        now: datetime,
+        *,
+        seat_ids: Collection[uuid.UUID] | None,
+        rows_of: SeatKind,
+    ) -> HoldContext:
+        result = await self._run(
+            _HOLD_CONTEXT,
+            {
+                "showtime_id": showtime_id,
+                "customer_id": customer_id,
+                "now": now,
+                "all_seats": seat_ids is None,
+                "seat_ids": list(seat_ids or ()),
+                "rows_of": rows_of.value,
+            },
+        )
+        row = result.first()
+        if row is None:
+            return HoldContext(None, 0, (), frozenset(), ())
+        (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at) = row[:9]
+        prices, active_holds, seats, taken, freed = row[9:]
+        showtime = Showtime(
+            showtime_id,
+            cinema_id,
+            hall_id,
+            movie_id,
+            BusyPeriod(starts_at, ends_at, busy_until),
+            {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
+            ShowtimeState(state),
+            cancel_reason,
+            created_at,
+        )
+        return HoldContext(
+            showtime,
+            int(active_holds),
+            tuple(
+                Seat(uuid.UUID(seat_id), hall_id, label, number, column, SeatKind(kind), in_service, reason)
+                for seat_id, label, number, column, kind, in_service, reason in seats or ()
+            ),
+            frozenset(taken or ()),
+            tuple(SeatChange(seat_id, SeatState.FREE) for seat_id in freed or ()),
+        )
+
+    async def add_hold(self, hold: Hold, changes: Sequence[SeatChange]) -> SeatEvent:
+        try:
+            result = await self._run(
+                _ADD_HOLD,
+                {
+                    "hold_id": hold.id,
+                    "showtime_id": hold.showtime_id,
+                    "customer_id": hold.customer_id,
+                    "state": hold.state.value,
+                    "expires_at": hold.expires_at,
+                    "extensions_used": hold.extensions_used,
+                    "created_at": hold.created_at,
+                    "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                    "seat_ids": [seat.seat_id for seat in hold.seats],
+                    "amounts": [seat.price.amount_minor for seat in hold.seats],
+                    "currencies": [seat.price.currency for seat in hold.seats],
+                    "changes": _changes_json(changes),
+                },
+            )
+        except IntegrityError as exc:
+            # The unique index on active claims caught a double claim the lock should have
+            # prevented: refuse it like any taken seat. The transaction rolls back whole.
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "seat_claims_active_key":
+                raise SeatAlreadyTaken({str(s.seat_id): s.label for s in hold.seats}) from exc
+            raise
+        return SeatEvent(hold.showtime_id, int(result.scalar_one()), tuple(changes))
 
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
         # Transaction-scoped: released at commit or rollback, never leaked. The connection's
@@ -94,9 +296,21 @@ class SqlBookingRepository:
         key = advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id))
         await self._session.execute(select(func.pg_advisory_xact_lock(key)))
 
-    async def expire_due(self, showtime_id: uuid.UUID, now: datetime) -> list[SeatChange]:
-        rows = await self._session.execute(_EXPIRE_DUE, {"showtime_id": showtime_id, "now": now})
-        return [SeatChange(seat_id, SeatState.FREE) for (seat_id,) in rows]
+    async def lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> None:
+        # In key order, so two transactions that lock several showtimes cannot deadlock.
+        keys = sorted(advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)) for showtime_id in showtime_ids)
+        await self._run(_LOCK_SHOWTIMES, {"keys": keys})
+
+    async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]:
+        result = await self._run(_SHOWTIMES_WITH_DUE_HOLDS, {"now": now, "limit": limit})
+        return [showtime_id for (showtime_id,) in result]
+
+    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, list[SeatChange]]:
+        result = await self._run(_EXPIRE_DUE, {"showtime_ids": list(showtime_ids), "now": now})
+        return {
+            showtime_id: [SeatChange(seat_id, SeatState.FREE) for seat_id in seat_ids]
+            for showtime_id, seat_ids in result
+        }
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
         query = (
@@ -112,63 +326,6 @@ class SqlBookingRepository:
             ActiveClaim(seat_id, SeatState(status), customer)
             for seat_id, status, customer in await self._session.execute(query)
         ]
-
-    async def claimed_among(
-        self, showtime_id: uuid.UUID, seat_ids: Collection[uuid.UUID], now: datetime
-    ) -> set[uuid.UUID]:
-        # Served by the unique index on active claims (showtime_id, seat_id).
-        query = select(SeatClaimRow.seat_id).where(
-            SeatClaimRow.showtime_id == showtime_id,
-            SeatClaimRow.seat_id.in_(list(seat_ids)),
-            SeatClaimRow.status.in_(ACTIVE),
-            or_(SeatClaimRow.status == "SOLD", SeatClaimRow.expires_at > now),
-        )
-        return set(await self._session.scalars(query))
-
-    async def count_active_holds(self, customer_id: uuid.UUID, now: datetime) -> int:
-        query = select(func.count()).where(
-            HoldRow.customer_id == customer_id,
-            HoldRow.state == "ACTIVE",
-            func.greatest(HoldRow.expires_at, HoldRow.payment_deadline) > now,
-        )
-        return int(await self._session.scalar(query) or 0)
-
-    async def add_hold(self, hold: Hold) -> None:
-        await self._session.execute(
-            insert(HoldRow).values(
-                id=hold.id,
-                showtime_id=hold.showtime_id,
-                customer_id=hold.customer_id,
-                state=hold.state.value,
-                expires_at=hold.expires_at,
-                extensions_used=hold.extensions_used,
-                created_at=hold.created_at,
-            )
-        )
-        try:
-            await self._session.execute(
-                insert(SeatClaimRow),
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "hold_id": hold.id,
-                        "showtime_id": hold.showtime_id,
-                        "seat_id": seat.seat_id,
-                        "status": "HELD",
-                        "amount_minor": seat.price.amount_minor,
-                        "currency": seat.price.currency,
-                        "expires_at": hold.expires_at,
-                        "created_at": hold.created_at,
-                    }
-                    for seat in hold.seats
-                ],
-            )
-        except IntegrityError as exc:
-            # The unique index on active claims caught a double claim the lock should have
-            # prevented: refuse it like any taken seat. The transaction rolls back whole.
-            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "seat_claims_active_key":
-                raise SeatAlreadyTaken({str(s.seat_id): s.label for s in hold.seats}) from exc
-            raise
 
     async def _seats_of(self, condition: Any) -> dict[uuid.UUID, list[tuple[uuid.UUID, str, ClaimedSeat]]]:
         query = (
@@ -352,22 +509,16 @@ class SqlBookingRepository:
         return [SeatChange(seat_id, SeatState.FREE) for seat_id in released]
 
     async def next_version(self, showtime_id: uuid.UUID, changes: list[SeatChange]) -> SeatEvent:
-        statement = insert(ShowtimeVersionRow).values(showtime_id=showtime_id, version=1)
-        version = await self._session.scalar(
-            statement.on_conflict_do_update(
-                index_elements=[ShowtimeVersionRow.showtime_id],
-                set_={"version": ShowtimeVersionRow.version + 1},
-            ).returning(ShowtimeVersionRow.version)
+        return (await self.next_versions({showtime_id: changes}))[0]
+
+    async def next_versions(self, changes: Mapping[uuid.UUID, Sequence[SeatChange]]) -> list[SeatEvent]:
+        showtime_ids = list(changes)
+        result = await self._run(
+            _NEXT_VERSIONS,
+            {"showtime_ids": showtime_ids, "changes": [_changes_json(changes[s]) for s in showtime_ids]},
         )
-        assert version is not None
-        await self._session.execute(
-            insert(SeatEventRow).values(
-                showtime_id=showtime_id,
-                version=version,
-                changes=[[str(change.seat_id), change.state.value] for change in changes],
-            )
-        )
-        return SeatEvent(showtime_id, int(version), tuple(changes))
+        versions = dict(result.all())
+        return [SeatEvent(s, int(versions[s]), tuple(changes[s])) for s in showtime_ids]
 
     async def current_version(self, showtime_id: uuid.UUID) -> int:
         version = await self._session.scalar(
@@ -396,15 +547,6 @@ class SqlBookingRepository:
             )
             for row in rows
         ]
-
-    async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]:
-        query = (
-            select(HoldRow.showtime_id)
-            .where(HoldRow.state == "ACTIVE", func.greatest(HoldRow.expires_at, HoldRow.payment_deadline) <= now)
-            .group_by(HoldRow.showtime_id)
-            .limit(limit)
-        )
-        return list(await self._session.scalars(query))
 
     async def prune_events(self, older_than: datetime) -> int:
         result = await self._session.execute(delete(SeatEventRow).where(SeatEventRow.created_at < older_than))

@@ -21,8 +21,9 @@ class LockNamespace(enum.StrEnum):
     CUSTOMER_HOLDS = "customer-holds"
     # Transaction lock per showtime: every decision about its seats (hold, release, sell,
     # cancel, expire) is taken by one transaction at a time, so "is this seat free?" and
-    # "claim it" cannot interleave. Other showtimes never wait. No transaction holds two
-    # showtime locks; taken after the request-id and customer locks, before row locks.
+    # "claim it" cannot interleave. Other showtimes never wait. Only the expiry sweeper holds
+    # several showtime locks: it takes them in key order and nothing else before them. Taken
+    # after the request-id and customer locks, before row locks.
     SHOWTIME_SEATS = "showtime-seats"
     # Session lock held by the replica that is sweeping expired holds (pg_try_advisory_lock:
     # the others skip their turn instead of waiting).

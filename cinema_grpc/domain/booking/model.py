@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.money import Money
-from cinema_grpc.domain.screening.model import Seat, SeatKind
+from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime
 
 
 class HoldState(enum.StrEnum):
@@ -180,6 +180,17 @@ class ActiveClaim:
     seat_id: uuid.UUID
     state: SeatState  # HELD or SOLD
     holder_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class HoldContext:
+    """What a new hold is decided on, read in one snapshot under the hold's locks."""
+
+    showtime: Showtime | None  # None: there is no such showtime
+    active_holds: int  # the customer's holds that are active now
+    seats: tuple[Seat, ...]  # the hall's current seats that were asked for, in layout order
+    taken: frozenset[uuid.UUID]  # which of those seats are sold, or held by a hold that has not expired
+    freed: tuple[SeatChange, ...]  # seats of the showtime's holds that expired and were released just now
 
 
 def seat_states(seats: Sequence[Seat], claims: Collection[ActiveClaim]) -> tuple[SeatStatus, ...]:

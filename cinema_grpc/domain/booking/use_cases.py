@@ -16,6 +16,7 @@ from cinema_grpc.domain.booking.model import (
     ClaimedSeat,
     CounterPayment,
     Hold,
+    HoldContext,
     HoldState,
     RefundState,
     SaleChannel,
@@ -52,8 +53,7 @@ from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, Showtim
 from cinema_grpc.domain.text import clean_text
 
 
-async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> Showtime:
-    showtime = await uow.showtimes.get(showtime_id)
+def _check_sellable(showtime: Showtime | None, showtime_id: uuid.UUID, now: datetime) -> Showtime:
     if showtime is None:
         raise ShowtimeNotFound(showtime_id)
     if showtime.state is ShowtimeState.CANCELLED:
@@ -61,6 +61,10 @@ async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> S
     if showtime.has_started(now):
         raise ShowtimeAlreadyStarted(f"showtime {showtime_id} has started", subject=f"showtimes/{showtime_id}")
     return showtime
+
+
+async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> Showtime:
+    return _check_sellable(await uow.showtimes.get(showtime_id), showtime_id, now)
 
 
 async def record_changes(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
@@ -109,18 +113,23 @@ async def hold_seats(
             return await own_hold(uow, caller, earlier)
         # Lock order: the customer's holds, then the showtime's seats, then the hall (shared,
         # so a layout change cannot retire the seats being claimed).
-        await uow.booking.lock_customer_holds(caller.user_id)
-        await uow.booking.lock_showtime(cmd.showtime_id)
+        await uow.booking.lock_for_hold(caller.user_id, cmd.showtime_id)
         now = clock.now()
-        showtime = await _sellable(uow, cmd.showtime_id, now)
-        await uow.halls.share_lock(showtime.hall_id)
-        if await uow.booking.count_active_holds(caller.user_id, now) >= rules.max_active_holds:
+        # One read under those locks: the showtime with its prices, the customer's active holds,
+        # the seats asked for (all of the hall for the best available; the requested ones and the
+        # rows of requested wheelchair spaces, for their companion seats, otherwise) and which of
+        # them are taken. The showtime's holds that are due expire in the same statement.
+        context = await uow.booking.hold_context(
+            caller.user_id,
+            cmd.showtime_id,
+            now,
+            seat_ids=cmd.seat_ids if isinstance(cmd, HoldSeats) else None,
+            rows_of=SeatKind.WHEELCHAIR,
+        )
+        showtime = _check_sellable(context.showtime, cmd.showtime_id, now)
+        if context.active_holds >= rules.max_active_holds:
             raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
-        changes = await uow.booking.expire_due(showtime.id, now)
-        if isinstance(cmd, HoldBestAvailable):
-            seats = await _best_seats(uow, showtime, cmd, now)
-        else:
-            seats = await _requested_seats(uow, showtime, cmd, now)
+        seats = _best_seats(context, cmd) if isinstance(cmd, HoldBestAvailable) else _requested_seats(context, cmd)
         if len(seats) > rules.max_seats_per_hold:
             raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
         hold = Hold(
@@ -133,18 +142,15 @@ async def hold_seats(
             0,
             now,
         )
-        await uow.booking.add_hold(hold)
-        await record_changes(uow, showtime.id, [*changes, *(SeatChange(s.id, SeatState.HELD) for s in seats)])
+        changes = [*context.freed, *(SeatChange(s.id, SeatState.HELD) for s in seats)]
+        uow.announce(await uow.booking.add_hold(hold, changes))
         await remember_result(uow, scope, cmd.request, hold.id)
         await uow.commit()
     return hold
 
 
-async def _best_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldBestAvailable, now: datetime) -> list[Seat]:
-    hall = await uow.halls.get(showtime.hall_id)
-    assert hall is not None, "showtimes reference existing halls"
-    taken = {claim.seat_id for claim in await uow.booking.active_claims(showtime.id, now)}
-    block = best_available(hall.seats, taken, cmd.count, cmd.kind)
+def _best_seats(context: HoldContext, cmd: HoldBestAvailable) -> list[Seat]:
+    block = best_available(context.seats, context.taken, cmd.count, cmd.kind)
     if block is None:
         raise NoAdjacentSeats(
             f"no {cmd.count} adjacent free {cmd.kind.lower()} seats", subject=f"showtimes/{cmd.showtime_id}"
@@ -152,10 +158,10 @@ async def _best_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldBestAvailabl
     return block
 
 
-async def _requested_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldSeats, now: datetime) -> list[Seat]:
-    # Only the requested seats are read (and the rows of requested wheelchair spaces, for their
+def _requested_seats(context: HoldContext, cmd: HoldSeats) -> list[Seat]:
+    # Only the requested seats were read (and the rows of requested wheelchair spaces, for their
     # companion seats): holding a seat must not cost a read of the whole hall.
-    by_id = {seat.id: seat for seat in await uow.halls.seats(showtime.hall_id, seat_ids=cmd.seat_ids)}
+    by_id = {seat.id: seat for seat in context.seats}
     violations = Violations()
     for i, seat_id in enumerate(cmd.seat_ids):
         seat = by_id.get(seat_id)
@@ -168,13 +174,11 @@ async def _requested_seats(uow: UnitOfWork, showtime: Showtime, cmd: HoldSeats, 
     violations.raise_if_any()
     requested = [by_id[seat_id] for seat_id in cmd.seat_ids]
     wheelchair_rows = {s.row_label for s in requested if s.kind is SeatKind.WHEELCHAIR}
-    row_seats = list(await uow.halls.seats(showtime.hall_id, rows=wheelchair_rows)) if wheelchair_rows else []
-    considered = {s.id for s in requested} | {s.id for s in row_seats}
-    taken = await uow.booking.claimed_among(showtime.id, considered, now)
-    clash = {str(s.id): s.label for s in requested if s.id in taken}
+    row_seats = [s for s in context.seats if s.row_label in wheelchair_rows]
+    clash = {str(s.id): s.label for s in requested if s.id in context.taken}
     if clash:
         raise SeatAlreadyTaken(clash)
-    return with_companions(requested, row_seats, taken)
+    return with_companions(requested, row_seats, context.taken)
 
 
 async def own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
@@ -444,18 +448,23 @@ async def watch_seats(
         watch.close()
 
 
-async def release_expired_holds(unit_of_work: Callable[[], UnitOfWork], clock: Clock, batch: int = 200) -> int:
-    """Frees the seats of expired holds, one showtime per transaction; returns the seats freed."""
+async def release_expired_holds(unit_of_work: Callable[[], UnitOfWork], clock: Clock, batch: int = 50) -> int:
+    """Frees the seats of expired holds, ``batch`` showtimes per transaction: their locks are
+    taken in one order, their due holds expire in one statement, and each showtime's changes
+    become one availability version. Returns the seats freed."""
     freed = 0
     while True:
         async with unit_of_work() as uow:
-            showtimes = await uow.booking.showtimes_with_expired_holds(clock.now(), batch)
-        for showtime_id in showtimes:
-            async with unit_of_work() as uow:
-                await uow.booking.lock_showtime(showtime_id)
-                changes = await uow.booking.expire_due(showtime_id, clock.now())
-                await record_changes(uow, showtime_id, changes)
-                await uow.commit()
-            freed += len(changes)
+            now = clock.now()
+            showtimes = await uow.booking.showtimes_with_expired_holds(now, batch)
+            if not showtimes:
+                return freed
+            await uow.booking.lock_showtimes(showtimes)
+            changes = await uow.booking.expire_due(showtimes, clock.now())
+            if changes:
+                for event in await uow.booking.next_versions(changes):
+                    uow.announce(event)
+            await uow.commit()
+        freed += sum(len(seats) for seats in changes.values())
         if len(showtimes) < batch:
             return freed
