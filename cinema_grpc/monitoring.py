@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import structlog
 from grpc_health.v1 import health, health_pb2
-from sqlalchemy import text
+from sqlalchemy import URL, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cinema_grpc.services.metrics import ACTIVE_HOLDS, DATABASE_UP, PAYMENTS
 
@@ -26,13 +26,22 @@ _SELLING_STATE = text(
 
 
 class DatabaseHealth:
-    """Reports NOT_SERVING for every service while the database does not answer."""
+    """Reports NOT_SERVING for every service while the database does not answer.
 
-    def __init__(self, engine: AsyncEngine, servicer: health.aio.HealthServicer, services: Iterable[str]) -> None:
-        self._engine = engine
+    The probe has a connection of its own, outside the request pool: a replica whose pool is
+    busy serving is not a replica that lost its database, and must not be drained as one.
+    """
+
+    def __init__(self, url: URL, servicer: health.aio.HealthServicer, services: Iterable[str]) -> None:
+        self._engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_pre_ping=True, connect_args={"connect_timeout": 2}
+        )
         self._health = servicer
         self._services = ("", *services)
         self.serving = True
+
+    async def close(self) -> None:
+        await self._engine.dispose()
 
     async def probe(self, within_seconds: float = 2.0) -> bool:
         try:

@@ -139,7 +139,7 @@ class CinemaServer:
             self.grpc,
         )
         self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-        self.database_health = DatabaseHealth(database.engine, self.health, SERVICE_NAMES)
+        self.database_health = DatabaseHealth(database.url, self.health, SERVICE_NAMES)
         STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
         self.metrics_port = 0
 
@@ -235,6 +235,7 @@ class CinemaServer:
             await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)
         await self.webhooks.stop()
         await self.bus.stop()
+        await self.database_health.close()
         await self.database.close()
         log.info("stopped")
 

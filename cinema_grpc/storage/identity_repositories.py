@@ -182,8 +182,12 @@ class SqlLoginThrottle:
         await self._session.execute(
             delete(LoginFailureRow).where(LoginFailureRow.key == key, LoginFailureRow.failures <= 1)
         )
+        # The guard keeps two sign-ins that forgive at once from going below one (the second
+        # re-reads the row after the first and leaves it); at worst one forgiveness is lost.
         await self._session.execute(
-            update(LoginFailureRow).where(LoginFailureRow.key == key).values(failures=LoginFailureRow.failures - 1)
+            update(LoginFailureRow)
+            .where(LoginFailureRow.key == key, LoginFailureRow.failures > 1)
+            .values(failures=LoginFailureRow.failures - 1)
         )
 
     async def clear(self, key: str) -> None:

@@ -63,13 +63,17 @@ def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_aga
     async def scenario() -> list[int]:
         servicer = health.aio.HealthServicer()
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        dead = create_async_engine(sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={}))
         alive = create_async_engine(sqlalchemy_url(database_url))
         seen = []
+        probe = DatabaseHealth(
+            sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={}),
+            servicer,
+            ["cinema.booking.v1.BookingService"],
+        )
         try:
-            probe = DatabaseHealth(dead, servicer, ["cinema.booking.v1.BookingService"])
             assert not await probe.probe(within_seconds=2)
             seen.append((await servicer.Check(health_pb2.HealthCheckRequest(service=""), None)).status)
+            await probe.close()
             probe._engine = alive
             assert await probe.probe()
             seen.append(
@@ -80,11 +84,26 @@ def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_aga
                 ).status
             )
         finally:
-            await dead.dispose()
-            await alive.dispose()
+            await probe.close()
         return seen
 
     assert asyncio.run(scenario()) == [
         health_pb2.HealthCheckResponse.NOT_SERVING,
         health_pb2.HealthCheckResponse.SERVING,
     ]
+
+
+def test_a_busy_pool_is_not_an_unreachable_database(server: RunningServer) -> None:
+    """The health probe has its own connection: with every request connection taken, the
+    replica stays SERVING (a load balancer must not drain a replica for being busy)."""
+    running = server.server
+    assert running is not None
+
+    async def with_the_pool_exhausted() -> bool:
+        settings = running.settings
+        async with contextlib.AsyncExitStack() as taken:
+            for _ in range(settings.db_pool_size + settings.db_max_overflow):
+                await taken.enter_async_context(running.database.engine.connect())
+            return await running.database_health.probe()
+
+    assert server.run(with_the_pool_exhausted())
