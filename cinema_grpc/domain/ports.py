@@ -254,13 +254,6 @@ class BookingFilter:
 class BookingRepository(Protocol):
     """Holds, bookings, their seat claims and the availability versions of showtimes."""
 
-    async def lock_for_hold(self, customer_id: uuid.UUID, showtime_id: uuid.UUID) -> None:
-        """Before a new hold: serialises the customer's new holds (so the active-hold limit holds
-        across showtimes), then the showtime's seat decisions, then keeps the showtime's hall
-        layout from changing, until the transaction ends. Raises Contention when a lock cannot
-        be had in time."""
-        ...
-
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
         """Serialises seat decisions of one showtime until the transaction ends; other
         showtimes never wait. Raises Contention when the lock cannot be had in time."""
@@ -290,10 +283,14 @@ class BookingRepository(Protocol):
         seat_ids: Collection[uuid.UUID] | None,
         rows_of: SeatKind,
     ) -> HoldContext:
-        """Expires the showtime's due holds and reads, in one snapshot, what a new hold is
-        decided on: the showtime, the customer's active holds, and the hall's current seats with
-        these ids plus every seat in the rows of those of kind ``rows_of`` (``None``: every seat
-        of the hall), with which of them are taken. Call it under ``lock_for_hold``."""
+        """Before a new hold, takes in this order: the customer's lock (serialising the
+        customer's new holds, so the active-hold limit holds across showtimes), the showtime's
+        (as ``lock_showtime``), and a share of the hall's layout lock (no layout change until the
+        transaction ends). Then, with all of them held, expires the showtime's due holds and
+        reads in one snapshot what the hold is decided on: the showtime, the customer's active
+        holds, and the hall's current seats with these ids plus every seat in the rows of those
+        of kind ``rows_of`` (``None``: every seat of the hall), with which of them are taken.
+        Raises Contention when a lock cannot be had in time."""
         ...
 
     async def add_hold(self, hold: Hold, changes: Sequence[SeatChange]) -> SeatEvent:

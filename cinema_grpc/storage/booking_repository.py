@@ -10,9 +10,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.booking.model import (
@@ -55,7 +56,8 @@ ACTIVE = ("HELD", "SOLD")
 
 # The customer's lock, then the showtime's, then the hall row FOR SHARE (a layout change takes
 # it FOR UPDATE). The hall lock is in a subquery of the locks' row, so it is taken after them.
-# A statement of its own: the reads after it need a snapshot taken once every lock is held.
+# A statement of its own, sent in one round trip with the reads: they need a snapshot taken
+# once every lock is held.
 _LOCK_FOR_HOLD = """
 SELECT (SELECT h.id FROM screening.halls AS h JOIN screening.showtimes AS s ON s.hall_id = h.id
         WHERE s.id = %(showtime_id)s FOR SHARE OF h)
@@ -206,15 +208,25 @@ class SqlBookingRepository:
         connection = await self._session.connection()
         return await connection.exec_driver_sql(sql, params)
 
-    async def lock_for_hold(self, customer_id: uuid.UUID, showtime_id: uuid.UUID) -> None:
-        await self._run(
-            _LOCK_FOR_HOLD,
-            {
-                "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(customer_id)),
-                "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)),
-                "showtime_id": showtime_id,
-            },
-        )
+    async def _pipeline(self, *statements: tuple[str, dict[str, Any]]) -> list[Any]:
+        """Sends the statements together (one round trip, BEGIN included when the transaction
+        starts with them) and returns the rows of the last. They still run one after another,
+        each with its own snapshot. Errors are wrapped as SQLAlchemy would wrap them, and
+        SQLAlchemy's statement hooks see each statement."""
+        connection = await self._session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        sync = connection.sync_connection
+        assert isinstance(driver, psycopg.AsyncConnection) and sync is not None
+        sql, params = statements[-1]
+        try:
+            async with driver.pipeline():
+                cursors = []
+                for sql, params in statements:
+                    sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
+                    cursors.append(await driver.execute(sql, params))
+            return await cursors[-1].fetchall()
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True) from exc
 
     async def hold_context(
         self,
@@ -225,22 +237,24 @@ class SqlBookingRepository:
         seat_ids: Collection[uuid.UUID] | None,
         rows_of: SeatKind,
     ) -> HoldContext:
-        result = await self._run(
-            _HOLD_CONTEXT,
-            {
-                "showtime_id": showtime_id,
-                "customer_id": customer_id,
-                "now": now,
-                "all_seats": seat_ids is None,
-                "seat_ids": list(seat_ids or ()),
-                "rows_of": rows_of.value,
-            },
-        )
-        row = result.first()
-        if row is None:
+        locks = {
+            "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(customer_id)),
+            "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)),
+            "showtime_id": showtime_id,
+        }
+        read = {
+            "showtime_id": showtime_id,
+            "customer_id": customer_id,
+            "now": now,
+            "all_seats": seat_ids is None,
+            "seat_ids": list(seat_ids or ()),
+            "rows_of": rows_of.value,
+        }
+        rows = await self._pipeline((_LOCK_FOR_HOLD, locks), (_HOLD_CONTEXT, read))
+        if not rows:
             return HoldContext(None, 0, (), frozenset(), ())
-        (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at) = row[:9]
-        prices, active_holds, seats, taken, freed = row[9:]
+        (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at) = rows[0][:9]
+        prices, active_holds, seats, taken, freed = rows[0][9:]
         showtime = Showtime(
             showtime_id,
             cinema_id,
@@ -265,22 +279,24 @@ class SqlBookingRepository:
 
     async def add_hold(self, hold: Hold, changes: Sequence[SeatChange]) -> SeatEvent:
         try:
-            result = await self._run(
-                _ADD_HOLD,
-                {
-                    "hold_id": hold.id,
-                    "showtime_id": hold.showtime_id,
-                    "customer_id": hold.customer_id,
-                    "state": hold.state.value,
-                    "expires_at": hold.expires_at,
-                    "extensions_used": hold.extensions_used,
-                    "created_at": hold.created_at,
-                    "claim_ids": [uuid.uuid4() for _ in hold.seats],
-                    "seat_ids": [seat.seat_id for seat in hold.seats],
-                    "amounts": [seat.price.amount_minor for seat in hold.seats],
-                    "currencies": [seat.price.currency for seat in hold.seats],
-                    "changes": _changes_json(changes),
-                },
+            rows = await self._pipeline(
+                (
+                    _ADD_HOLD,
+                    {
+                        "hold_id": hold.id,
+                        "showtime_id": hold.showtime_id,
+                        "customer_id": hold.customer_id,
+                        "state": hold.state.value,
+                        "expires_at": hold.expires_at,
+                        "extensions_used": hold.extensions_used,
+                        "created_at": hold.created_at,
+                        "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                        "seat_ids": [seat.seat_id for seat in hold.seats],
+                        "amounts": [seat.price.amount_minor for seat in hold.seats],
+                        "currencies": [seat.price.currency for seat in hold.seats],
+                        "changes": _changes_json(changes),
+                    },
+                )
             )
         except IntegrityError as exc:
             # The unique index on active claims caught a double claim the lock should have
@@ -288,7 +304,7 @@ class SqlBookingRepository:
             if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "seat_claims_active_key":
                 raise SeatAlreadyTaken({str(s.seat_id): s.label for s in hold.seats}) from exc
             raise
-        return SeatEvent(hold.showtime_id, int(result.scalar_one()), tuple(changes))
+        return SeatEvent(hold.showtime_id, int(rows[0][0]), tuple(changes))
 
     async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
         # Transaction-scoped: released at commit or rollback, never leaked. The connection's

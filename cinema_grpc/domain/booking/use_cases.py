@@ -111,14 +111,13 @@ async def hold_seats(
     async with uow:
         if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
             return await own_hold(uow, caller, earlier)
-        # Lock order: the customer's holds, then the showtime's seats, then the hall (shared,
-        # so a layout change cannot retire the seats being claimed).
-        await uow.booking.lock_for_hold(caller.user_id, cmd.showtime_id)
         now = clock.now()
-        # One read under those locks: the showtime with its prices, the customer's active holds,
-        # the seats asked for (all of the hall for the best available; the requested ones and the
-        # rows of requested wheelchair spaces, for their companion seats, otherwise) and which of
-        # them are taken. The showtime's holds that are due expire in the same statement.
+        # Under the customer's lock, then the showtime's, then the hall's (shared, so a layout
+        # change cannot retire the seats being claimed), one read: the showtime with its prices,
+        # the customer's active holds, the seats asked for (all of the hall for the best
+        # available; the requested ones and the rows of requested wheelchair spaces, for their
+        # companion seats, otherwise) and which of them are taken. The showtime's holds that are
+        # due expire in the same statement.
         context = await uow.booking.hold_context(
             caller.user_id,
             cmd.showtime_id,
