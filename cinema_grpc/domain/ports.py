@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -265,9 +265,10 @@ class BookingRepository(Protocol):
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
 
-    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, list[SeatChange]]:
+    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatEvent]:
         """Marks the active holds of these showtimes (each locked) that are past their expiry
-        EXPIRED and frees their seats; returns the freed seats by showtime."""
+        EXPIRED and frees their seats, each showtime's freed seats recorded as its next
+        availability version; returns those events."""
         ...
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
@@ -325,10 +326,6 @@ class BookingRepository(Protocol):
 
     async def next_version(self, showtime_id: uuid.UUID, changes: list[SeatChange]) -> SeatEvent:
         """Records the changes as the showtime's next availability version."""
-        ...
-
-    async def next_versions(self, changes: Mapping[uuid.UUID, Sequence[SeatChange]]) -> list[SeatEvent]:
-        """``next_version`` for several showtimes at once (each locked), in the order given."""
         ...
 
     async def current_version(self, showtime_id: uuid.UUID) -> int: ...

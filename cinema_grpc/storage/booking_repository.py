@@ -157,8 +157,21 @@ WITH expired AS (
     WHERE showtime_id = ANY(%(showtime_ids)s::uuid[]) AND status = 'HELD'
       AND hold_id IN (SELECT id FROM expired)
     RETURNING showtime_id, seat_id
+), by_showtime AS (
+    SELECT showtime_id, array_agg(seat_id ORDER BY seat_id) AS seat_ids,
+           jsonb_agg(jsonb_build_array(seat_id, %(state)s::text) ORDER BY seat_id) AS changes
+    FROM freed GROUP BY showtime_id
+), version AS (
+    INSERT INTO booking.showtime_versions AS current (showtime_id, version)
+    SELECT showtime_id, 1 FROM by_showtime
+    ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
+    RETURNING showtime_id, version
+), event AS (
+    INSERT INTO booking.seat_events (showtime_id, version, changes)
+    SELECT version.showtime_id, version.version, by_showtime.changes FROM version JOIN by_showtime USING (showtime_id)
 )
-SELECT showtime_id, array_agg(seat_id) FROM freed GROUP BY showtime_id
+SELECT version.showtime_id, version.version, by_showtime.seat_ids
+FROM version JOIN by_showtime USING (showtime_id)
 """
 
 # The next availability version of each showtime and its event, in one statement.
@@ -321,12 +334,16 @@ class SqlBookingRepository:
         result = await self._run(_SHOWTIMES_WITH_DUE_HOLDS, {"now": now, "limit": limit})
         return [showtime_id for (showtime_id,) in result]
 
-    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> dict[uuid.UUID, list[SeatChange]]:
-        result = await self._run(_EXPIRE_DUE, {"showtime_ids": list(showtime_ids), "now": now})
-        return {
-            showtime_id: [SeatChange(seat_id, SeatState.FREE) for seat_id in seat_ids]
-            for showtime_id, seat_ids in result
-        }
+    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatEvent]:
+        # Expiry, release, versions and events in one statement; the events' JSON is built by
+        # the database, in the form _changes_json gives.
+        result = await self._run(
+            _EXPIRE_DUE, {"showtime_ids": list(showtime_ids), "now": now, "state": SeatState.FREE.value}
+        )
+        return [
+            SeatEvent(showtime_id, int(version), tuple(SeatChange(seat_id, SeatState.FREE) for seat_id in seat_ids))
+            for showtime_id, version, seat_ids in result
+        ]
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
         query = (
