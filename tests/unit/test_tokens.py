@@ -16,18 +16,24 @@ from cinema_grpc.domain.errors import TokenExpired, TokenInvalid, TokenNotYetVal
 from cinema_grpc.domain.identity.model import ACCESS_TOKEN_TTL, Session, User
 
 KEY = "k" * 40
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def now() -> datetime:
+    """Read at each use: tokens are checked against the real clock, however long the suite runs."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def user() -> User:
-    return User(uuid.uuid4(), "ana@example.com", "Ana", "", frozenset({Role.CUSTOMER}), "hash", NOW, NOW)
+    return User(uuid.uuid4(), "ana@example.com", "Ana", "", frozenset({Role.CUSTOMER}), "hash", now(), now())
 
 
-def session(owner: User, *, created: datetime = NOW) -> Session:
+def session(owner: User, *, created: datetime | None = None) -> Session:
+    created = created or now()
     return Session(uuid.uuid4(), owner.id, "refresh-1", created, created + timedelta(days=30))
 
 
-def pair(created: datetime = NOW) -> tuple[User, Session, str, str]:
+def pair(created: datetime | None = None) -> tuple[User, Session, str, str]:
+    created = created or now()
     owner = user()
     sess = session(owner, created=created)
     issued = JwtTokenCodec(KEY).issue(owner, sess, created)
@@ -48,8 +54,9 @@ def test_issued_tokens_decode_to_their_user_and_session() -> None:
 
 
 def test_access_tokens_live_fifteen_minutes() -> None:
-    issued = JwtTokenCodec(KEY).issue(user(), session(user()), NOW)
-    assert issued.access_expires_at - NOW == ACCESS_TOKEN_TTL == timedelta(minutes=15)
+    issued_at = now()
+    issued = JwtTokenCodec(KEY).issue(user(), session(user()), issued_at)
+    assert issued.access_expires_at - issued_at == ACCESS_TOKEN_TTL == timedelta(minutes=15)
 
 
 def test_a_token_signed_with_another_key_is_refused() -> None:
@@ -76,13 +83,13 @@ def test_alg_none_is_refused() -> None:
 
 
 def test_an_expired_token_is_refused_as_expired() -> None:
-    _, _, access, _ = pair(created=NOW - timedelta(hours=1))
+    _, _, access, _ = pair(created=now() - timedelta(hours=1))
     with pytest.raises(TokenExpired):
         JwtTokenCodec(KEY).decode_access(access)
 
 
 def test_a_token_from_the_future_is_refused_as_not_yet_valid() -> None:
-    _, _, access, _ = pair(created=NOW + timedelta(hours=1))
+    _, _, access, _ = pair(created=now() + timedelta(hours=1))
     with pytest.raises(TokenNotYetValid):
         JwtTokenCodec(KEY).decode_access(access)
 
@@ -97,9 +104,10 @@ def test_refresh_and_access_tokens_cannot_stand_in_for_each_other() -> None:
 
 
 def test_a_token_for_another_audience_or_without_required_claims_is_refused() -> None:
-    base = {"sub": str(uuid.uuid4()), "sid": str(uuid.uuid4()), "typ": "access", "jti": "j", "iat": NOW, "nbf": NOW}
+    at = now()
+    base = {"sub": str(uuid.uuid4()), "sid": str(uuid.uuid4()), "typ": "access", "jti": "j", "iat": at, "nbf": at}
     codec = JwtTokenCodec(KEY)
-    other_audience = jwt.encode({**base, "exp": NOW + timedelta(minutes=5), "iss": "cinema-grpc", "aud": "x"}, KEY)
+    other_audience = jwt.encode({**base, "exp": at + timedelta(minutes=5), "iss": "cinema-grpc", "aud": "x"}, KEY)
     no_expiry = jwt.encode({**base, "iss": "cinema-grpc", "aud": "cinema-grpc"}, KEY)
     for token in (other_audience, no_expiry):
         with pytest.raises(TokenInvalid):
@@ -118,5 +126,5 @@ def test_a_short_signing_key_is_refused() -> None:
 
 
 def test_a_token_issued_a_moment_ahead_on_another_replica_is_accepted() -> None:
-    _, _, access, _ = pair(created=NOW + timedelta(seconds=10))
+    _, _, access, _ = pair(created=now() + timedelta(seconds=10))
     assert JwtTokenCodec(KEY).decode_access(access).user_id
