@@ -132,6 +132,29 @@ def seat_changes_message(event: SeatEvent) -> pb.SeatChanges:
     )
 
 
+class _StreamMessages:
+    """Watchers of a showtime receive the very same seat maps and events: each is turned into a
+    message once, not once per watcher (messages are only read when sent)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._recent: dict[int, tuple[SeatMap | SeatEvent, pb.SeatAvailabilityEvent]] = {}
+
+    def get(self, item: SeatMap | SeatEvent) -> pb.SeatAvailabilityEvent:
+        known = self._recent.get(id(item))
+        if known is not None and known[0] is item:
+            return known[1]
+        if isinstance(item, SeatMap):
+            message = pb.SeatAvailabilityEvent(snapshot=seat_map_message(item))
+        else:
+            message = pb.SeatAvailabilityEvent(changes=seat_changes_message(item))
+        if len(self._recent) >= self._size:
+            self._recent.clear()
+        # The item is kept with its message, so its id cannot be reused while it is here.
+        self._recent[id(item)] = (item, message)
+        return message
+
+
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     def __init__(
         self, unit_of_work: Callable[[], UnitOfWork], clock: Clock, rules: BookingRules, bus: AvailabilityBus
@@ -140,6 +163,8 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         self._clock = clock
         self._rules = rules
         self._bus = bus
+        self._seat_maps = uc.SharedSeatMapReads(unit_of_work, clock)
+        self._stream_messages = _StreamMessages()
 
     def _hold(self, hold: Hold) -> pb.Hold:
         return hold_message(hold, self._rules, self._clock)
@@ -245,9 +270,8 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         showtime_id = require_id("showtime_id", request.showtime_id)
         if request.since_version < 0:
             raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")
-        stream = uc.watch_seats(self._uow, self._bus, self._clock, current_caller(), showtime_id, request.since_version)
+        stream = uc.watch_seats(
+            self._uow, self._bus, self._seat_maps, current_caller(), showtime_id, request.since_version
+        )
         async for item in stream:
-            if isinstance(item, SeatMap):
-                yield pb.SeatAvailabilityEvent(snapshot=seat_map_message(item))
-            else:
-                yield pb.SeatAvailabilityEvent(changes=seat_changes_message(item))
+            yield self._stream_messages.get(item)

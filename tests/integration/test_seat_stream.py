@@ -3,6 +3,7 @@ GetSeatMap; resuming from a version; expiry announced; slow watchers start over.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.domain.access import ANONYMOUS
 from cinema_grpc.domain.booking.model import SeatEvent, SeatMap
-from cinema_grpc.domain.booking.use_cases import watch_seats
+from cinema_grpc.domain.booking.use_cases import SharedSeatMapReads, watch_seats
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 from tests.booking_data import Customer, Sale, hold
 from tests.conftest import RunningServer
@@ -147,9 +148,11 @@ def test_a_watcher_whose_inbox_overflows_starts_over_from_a_fresh_seat_map(
     showtime_id = uuid.UUID(sale.showtime.id)
 
     async def scenario() -> list[SeatMap | SeatEvent]:
-        stream = watch_seats(
-            lambda: SqlUnitOfWork(database.sessions, bus), bus, SystemClock(), ANONYMOUS, showtime_id, 0
-        )
+        def unit_of_work() -> SqlUnitOfWork:
+            return SqlUnitOfWork(database.sessions, bus)
+
+        reads = SharedSeatMapReads(unit_of_work, SystemClock())
+        stream = watch_seats(unit_of_work, bus, reads, ANONYMOUS, showtime_id, 0)
         received = [await anext(stream)]
         assert isinstance(received[0], SeatMap)
         version = received[0].version
@@ -160,6 +163,35 @@ def test_a_watcher_whose_inbox_overflows_starts_over_from_a_fresh_seat_map(
 
     _, after_overflow = server.run(scenario())
     assert isinstance(after_overflow, SeatMap)
+    assert bus.hub.watcher_count == 0
+
+
+def test_watchers_connecting_together_share_seat_map_reads(server: RunningServer, sale: Sale) -> None:
+    """Fifty watchers at once cost two seat-map reads, not fifty: the first, and one for everyone
+    who arrived while it ran (a read that began before a watcher subscribed is not shared)."""
+    assert server.server is not None
+    database = server.server.database
+    bus = InProcessBus(LocalHub())
+    showtime_id = uuid.UUID(sale.showtime.id)
+    opened = 0
+
+    def unit_of_work() -> SqlUnitOfWork:
+        nonlocal opened
+        opened += 1
+        return SqlUnitOfWork(database.sessions, bus)
+
+    reads = SharedSeatMapReads(unit_of_work, SystemClock())
+
+    async def scenario() -> list[SeatMap | SeatEvent]:
+        streams = [watch_seats(unit_of_work, bus, reads, ANONYMOUS, showtime_id, 0) for _ in range(50)]
+        first = await asyncio.gather(*(anext(stream) for stream in streams))
+        for stream in streams:
+            await stream.aclose()
+        return list(first)
+
+    maps = server.run(scenario())
+    assert all(isinstance(m, SeatMap) and len(m.seats) == len(sale.hall.seats) for m in maps)
+    assert opened == 2
     assert bus.hub.watcher_count == 0
 
 

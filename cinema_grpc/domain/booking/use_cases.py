@@ -4,12 +4,13 @@ and announces the seats it changed once that transaction has committed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from cinema_grpc.domain.access import Caller, PermissionDenied
+from cinema_grpc.domain.access import ANONYMOUS, Caller, PermissionDenied
 from cinema_grpc.domain.booking.model import (
     Booking,
     BookingRules,
@@ -374,6 +375,10 @@ async def end_sales_of_cancelled_showtime(uow: UnitOfWork, showtime: Showtime, n
 
 
 async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: uuid.UUID) -> SeatMap:
+    return _as_seen_by(caller, await _full_seat_map(uow, clock, showtime_id))
+
+
+async def _full_seat_map(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID) -> SeatMap:
     async with uow:
         # Version and claims are read in one snapshot so they agree with each other.
         await uow.snapshot()
@@ -384,16 +389,72 @@ async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: u
         assert hall is not None
         version = await uow.booking.current_version(showtime_id)
         claims = await uow.booking.active_claims(showtime_id, clock.now())
-    statuses = seat_states(hall.seats, claims)
-    if not caller.is_staff:
-        statuses = tuple(replace(status, holder_id=None) for status in statuses)
-    return SeatMap(showtime_id, version, statuses)
+    return SeatMap(showtime_id, version, seat_states(hall.seats, claims))
+
+
+def _as_seen_by(caller: Caller, full: SeatMap) -> SeatMap:
+    """Who holds a seat is for staff only."""
+    if caller.is_staff:
+        return full
+    return replace(full, seats=tuple(replace(status, holder_id=None) for status in full.seats))
+
+
+class SharedSeatMapReads:
+    """Watchers of one showtime that want a seat map at the same moment (a crowd connecting
+    together, or every watcher of a replica after a Redis outage) share reads of it: at most one
+    read per showtime is in flight, and whoever arrives meanwhile waits for the next one, which
+    serves them all.
+
+    A watcher only takes a read that started after its mark (taken once it is subscribed, or
+    once its inbox was emptied), so every change the read does not show reaches the watcher as
+    an event: sharing never loses one.
+    """
+
+    def __init__(self, unit_of_work: Callable[[], UnitOfWork], clock: Clock) -> None:
+        self._unit_of_work = unit_of_work
+        self._clock = clock
+        self._counter = 0
+        self._reads: dict[uuid.UUID, tuple[int, asyncio.Task[tuple[SeatMap, SeatMap]]]] = {}
+
+    def mark(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    async def read(self, caller: Caller, showtime_id: uuid.UUID, mark: int) -> SeatMap:
+        while True:
+            current = self._reads.get(showtime_id)
+            if current is None:
+                task = asyncio.ensure_future(self._both_views(showtime_id))
+                current = (self.mark(), task)
+                self._reads[showtime_id] = current
+                task.add_done_callback(functools.partial(self._finished, showtime_id, current))
+            if current[0] > mark:
+                # Shielded: a watcher that leaves does not cancel the read the others wait for.
+                staff_view, public_view = await asyncio.shield(current[1])
+                return staff_view if caller.is_staff else public_view
+            # Started before this watcher's mark: wait for it to end, then take the next one.
+            await asyncio.wait([current[1]])
+
+    async def _both_views(self, showtime_id: uuid.UUID) -> tuple[SeatMap, SeatMap]:
+        full = await _full_seat_map(self._unit_of_work(), self._clock, showtime_id)
+        return full, _as_seen_by(ANONYMOUS, full)
+
+    def _finished(
+        self,
+        showtime_id: uuid.UUID,
+        entry: tuple[int, asyncio.Task[tuple[SeatMap, SeatMap]]],
+        done: asyncio.Task[tuple[SeatMap, SeatMap]],
+    ) -> None:
+        if self._reads.get(showtime_id) is entry:
+            del self._reads[showtime_id]
+        if not done.cancelled():
+            done.exception()  # retrieved here: whoever waits raises it, and nobody waiting is fine
 
 
 async def watch_seats(
     unit_of_work: Callable[[], UnitOfWork],
     bus: AvailabilityBus,
-    clock: Clock,
+    seat_maps: SharedSeatMapReads,
     caller: Caller,
     showtime_id: uuid.UUID,
     since_version: int,
@@ -403,6 +464,7 @@ async def watch_seats(
         raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")
     # Subscribe first: an event published while the seat map is read is then not lost.
     watch = bus.watch(showtime_id)
+    subscribed = seat_maps.mark()
     try:
         last = -1
         if since_version > 0:
@@ -415,14 +477,14 @@ async def watch_seats(
                     yield event
                 last = missed[-1].version if missed else since_version
         if last < 0:
-            snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+            snapshot = await seat_maps.read(caller, showtime_id, subscribed)
             yield snapshot
             last = snapshot.version
         while True:
             try:
                 event = await watch.next()
             except WatcherLagging:
-                snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+                snapshot = await seat_maps.read(caller, showtime_id, seat_maps.mark())
                 yield snapshot
                 last = snapshot.version
                 continue
@@ -433,7 +495,7 @@ async def watch_seats(
                 async with unit_of_work() as uow:
                     missed = await uow.booking.events_since(showtime_id, last)
                 if missed is None:
-                    snapshot = await seat_map(unit_of_work(), clock, caller, showtime_id)
+                    snapshot = await seat_maps.read(caller, showtime_id, seat_maps.mark())
                     yield snapshot
                     last = snapshot.version
                     continue
