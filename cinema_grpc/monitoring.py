@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from cinema_grpc.services.metrics import ACTIVE_HOLDS, DATABASE_UP, PAYMENTS
 
 log = structlog.get_logger(__name__)
+TOO_MANY_CONNECTIONS = "53300"
 
 _SELLING_STATE = text(
     """
@@ -48,7 +49,11 @@ class DatabaseHealth:
             async with asyncio.timeout(within_seconds), self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             up = True
-        except (TimeoutError, OSError, SQLAlchemyError, DBAPIError):
+        except DBAPIError as exc:
+            # "Too many connections" is an answer: the database is up, only full (the request
+            # pool's connections still work), and draining every replica would not help.
+            up = getattr(exc.orig, "sqlstate", None) == TOO_MANY_CONNECTIONS
+        except (TimeoutError, OSError, SQLAlchemyError):
             up = False
         DATABASE_UP.set(1 if up else 0)
         if up != self.serving:

@@ -259,8 +259,9 @@ class BookingRepository(Protocol):
         showtimes never wait. Raises Contention when the lock cannot be had in time."""
         ...
 
-    async def lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> None:
-        """``lock_showtime`` for several showtimes, taken in one fixed order."""
+    async def try_lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        """``lock_showtime`` for those of these showtimes whose lock is free now, without waiting
+        for the others (so a busy showtime never keeps the free ones locked); returns them."""
         ...
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...

@@ -144,7 +144,11 @@ GROUP BY showtime_id
 LIMIT %(limit)s
 """
 
-_LOCK_SHOWTIMES = "SELECT pg_advisory_xact_lock(key) FROM unnest(%(keys)s::bigint[]) AS key"
+# Never waits, so the order does not matter and two sweepers cannot deadlock.
+_TRY_LOCK_SHOWTIMES = """
+SELECT showtime_id FROM unnest(%(showtime_ids)s::uuid[], %(keys)s::bigint[]) AS t(showtime_id, key)
+WHERE pg_try_advisory_xact_lock(key)
+"""
 
 _EXPIRE_DUE = """
 WITH expired AS (
@@ -325,10 +329,11 @@ class SqlBookingRepository:
         key = advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id))
         await self._session.execute(select(func.pg_advisory_xact_lock(key)))
 
-    async def lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> None:
-        # In key order, so two transactions that lock several showtimes cannot deadlock.
-        keys = sorted(advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)) for showtime_id in showtime_ids)
-        await self._run(_LOCK_SHOWTIMES, {"keys": keys})
+    async def try_lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        ids = list(showtime_ids)
+        keys = [advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)) for showtime_id in ids]
+        result = await self._run(_TRY_LOCK_SHOWTIMES, {"showtime_ids": ids, "keys": keys})
+        return [showtime_id for (showtime_id,) in result]
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]:
         result = await self._run(_SHOWTIMES_WITH_DUE_HOLDS, {"now": now, "limit": limit})

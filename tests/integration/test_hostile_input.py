@@ -112,7 +112,8 @@ WRITTEN_WHEN_REFUSED = ("identity.login_failures", "identity.sessions")
 
 def _row_census(db: Db) -> tuple[int, list[tuple[object, ...]]]:
     """The next transaction id, and each table's row count, to tell later whether a refused
-    request wrote anything (rows it inserted or updated carry a newer xmin)."""
+    request wrote anything (rows it inserted or updated carry a newer xmin; xmin is the 32-bit
+    part of the id, so this holds until the id wraps around)."""
     mark = db.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
     assert mark is not None
     return int(str(mark[0])), _rows_since(db, int(str(mark[0])))
@@ -128,7 +129,7 @@ def _rows_since(db: Db, mark: int) -> list[tuple[object, ...]]:
         if row[0] not in WRITTEN_WHEN_REFUSED
     ]
     query = " UNION ALL ".join(
-        f"SELECT '{table}', count(*), count(*) FILTER (WHERE xmin::text::bigint >= {mark}) FROM {table}"
+        f"SELECT '{table}', count(*), count(*) FILTER (WHERE xmin::text::bigint >= {mark % 2**32}) FROM {table}"
         for table in tables
     )
     return db.execute(query).fetchall()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.request
+from collections.abc import AsyncIterator
 
 import grpc
 import psycopg
 from grpc_health.v1 import health, health_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
@@ -107,3 +109,32 @@ def test_a_busy_pool_is_not_an_unreachable_database(server: RunningServer) -> No
             return await running.database_health.probe()
 
     assert server.run(with_the_pool_exhausted())
+
+
+def test_a_database_refusing_more_connections_is_up_not_unreachable(database_url: str) -> None:
+    """PostgreSQL at max_connections answers "too many clients": it is up (the request pools
+    still work), so replicas are not drained because their probe could not get in."""
+
+    class Full(Exception):
+        sqlstate = "53300"
+
+    class FullEngine:
+        def connect(self) -> contextlib.AbstractAsyncContextManager[None]:
+            @contextlib.asynccontextmanager
+            async def refused() -> AsyncIterator[None]:
+                raise DBAPIError("connect", None, Full("sorry, too many clients already"))
+                yield
+
+            return refused()
+
+        async def dispose(self) -> None:
+            return None
+
+    async def scenario() -> bool:
+        servicer = health.aio.HealthServicer()
+        probe = DatabaseHealth(sqlalchemy_url(database_url), servicer, [])
+        await probe.close()
+        probe._engine = FullEngine()  # type: ignore[assignment]
+        return await probe.probe()
+
+    assert asyncio.run(scenario())

@@ -516,23 +516,39 @@ async def release_expired_holds(
     """Frees the seats of expired holds; returns the seats freed.
 
     Takes ``batch`` showtimes with expired holds per transaction, ``parallel`` transactions at a
-    time on disjoint showtimes. Each locks its showtimes in one order, expires their due holds in
-    one statement and records one availability version per showtime."""
+    time on disjoint showtimes. Each locks those of its showtimes that are not busy (a showtime
+    whose lock is taken is left to a later run; its expired holds count as free already),
+    expires their due holds in one statement and records one availability version per showtime.
+    """
     freed = 0
     while True:
         async with unit_of_work() as uow:
             showtimes = await uow.booking.showtimes_with_expired_holds(clock.now(), batch * parallel)
         groups = [showtimes[i::parallel] for i in range(parallel) if showtimes[i::parallel]]
-        freed += sum(await asyncio.gather(*(_expire_showtimes(unit_of_work, clock, group) for group in groups)))
-        if len(showtimes) < batch * parallel:
+        outcomes = await asyncio.gather(
+            *(_expire_showtimes(unit_of_work, clock, group) for group in groups), return_exceptions=True
+        )
+        # Both transactions have ended, whatever happened to either, before a failure is raised.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        results = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        freed += sum(seats for seats, _ in results)
+        swept = sum(locked for _, locked in results)
+        if len(showtimes) < batch * parallel or swept == 0:
             return freed
 
 
-async def _expire_showtimes(unit_of_work: Callable[[], UnitOfWork], clock: Clock, showtimes: list[uuid.UUID]) -> int:
+async def _expire_showtimes(
+    unit_of_work: Callable[[], UnitOfWork], clock: Clock, showtimes: list[uuid.UUID]
+) -> tuple[int, int]:
+    """Returns the seats freed and the showtimes that could be locked."""
     async with unit_of_work() as uow:
-        await uow.booking.lock_showtimes(showtimes)
-        events = await uow.booking.expire_due(showtimes, clock.now())
+        locked = await uow.booking.try_lock_showtimes(showtimes)
+        if not locked:
+            return 0, 0
+        events = await uow.booking.expire_due(locked, clock.now())
         for event in events:
             uow.announce(event)
         await uow.commit()
-    return sum(len(event.changes) for event in events)
+    return sum(len(event.changes) for event in events), len(locked)
