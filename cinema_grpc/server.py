@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -209,6 +210,9 @@ class CinemaServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.database_health.probe()
+        # What exists now (modules, descriptors, the wiring) lives as long as the process: kept
+        # out of the collector's full passes, which then stay short under many open streams.
+        gc.freeze()
         log.info(
             "serving",
             host=self.settings.grpc_host,
