@@ -13,6 +13,9 @@ config = context.config
 def _run(connection: Connection) -> None:
     # Replicas that start together must not migrate at the same time.
     connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": advisory_key(LockNamespace.MIGRATIONS)})
+    # A session lock: it outlives this commit, which leaves the migrations their own
+    # transactions (and lets one build an index CONCURRENTLY, outside any transaction).
+    connection.commit()
     try:
         context.configure(connection=connection, version_table_schema="public")
         with context.begin_transaction():

@@ -15,13 +15,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(
-        """
-        CREATE INDEX holds_active_showtime_expiry_idx
-            ON booking.holds (showtime_id, greatest(expires_at, payment_deadline)) WHERE state = 'ACTIVE';
-        """
-    )
+    # Built without blocking holds (booking.holds keeps every hold ever made); CONCURRENTLY
+    # cannot run in a transaction. The migrations' advisory lock is a session lock, so it stays.
+    with op.get_context().autocommit_block():
+        op.execute(
+            """
+            CREATE INDEX CONCURRENTLY IF NOT EXISTS holds_active_showtime_expiry_idx
+                ON booking.holds (showtime_id, greatest(expires_at, payment_deadline)) WHERE state = 'ACTIVE';
+            """
+        )
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX booking.holds_active_showtime_expiry_idx;")
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS booking.holds_active_showtime_expiry_idx;")
