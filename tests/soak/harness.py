@@ -98,7 +98,9 @@ def replica_env(database_url: str, redis_url: str | None, stripe: LocalStripe, *
         "CINEMA_SWEEP_INTERVAL_SECONDS": str(SWEEP_SECONDS),
         "CINEMA_RECONCILE_INTERVAL_SECONDS": "1",
         "CINEMA_RECONCILE_AFTER_SECONDS": "2",
-        "CINEMA_SHUTDOWN_GRACE_SECONDS": "5",
+        # Longer than any call can take under this load (pool wait 5 s + lock wait 3 s + work), so
+        # a SIGTERMed replica finishes every call it has.
+        "CINEMA_SHUTDOWN_GRACE_SECONDS": "20",
         "CINEMA_METRICS_PORT": "0",
         "CINEMA_WEBHOOK_PORT": "0",
         "CINEMA_LOG_LEVEL": "WARNING",
