@@ -12,6 +12,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -95,9 +96,17 @@ def db(db_admin: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[t
         " WHERE schemaname = ANY(%s) AND format('%%I.%%I', schemaname, tablename) <> ALL(%s)",
         (list(SCHEMAS), list(KEPT_TABLES)),
     ).fetchall()
-    db_admin.execute(
-        f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.login_failures RESTART IDENTITY CASCADE"
-    )
+    truncate = f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.login_failures RESTART IDENTITY CASCADE"
+    # The server may still be at work for an earlier test (a late Stripe webhook, say): its
+    # reads can deadlock with the TRUNCATE, which PostgreSQL then aborts. Try again.
+    for attempt in range(5):
+        try:
+            db_admin.execute(truncate)
+            break
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
     return db_admin
 
 
