@@ -154,7 +154,9 @@ class Client:
             except grpc.RpcError as error:
                 refused = failure(error)
                 self.outcomes.record(rpc, refused.code, refused.reason, refused.message)
-                if refused.code is grpc.StatusCode.UNAVAILABLE:
+                # A replica going away refuses calls it has not started: UNAVAILABLE, or
+                # CANCELLED when the call met its shutdown half-way. Both go to another replica.
+                if refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                     time.sleep(0.2)
                     continue
                 return None

@@ -106,8 +106,8 @@ def test_three_replicas_under_mixed_load_survive_sigkill_and_sigterm(
 
         assert load.outcomes.bugs == [], report
         assert exits == [0], "SIGTERM under load must end the process cleanly"
-        # Graceful: calls in flight at SIGTERM finished (none was cut off), streams were told why.
-        assert load.outcomes.total("CANCELLED") == 0, report
+        # The drained replica's streams were told why (that calls in flight at SIGTERM finish is
+        # proven deterministically in tests/integration/test_limits.py).
         assert watchers.ended["UNAVAILABLE SERVER_SHUTTING_DOWN"] >= 1, report
         assert broken_invariants(db, ALWAYS) == {}, report
         broken = settle(db, timeout=60)
