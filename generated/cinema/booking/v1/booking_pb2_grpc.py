@@ -215,6 +215,8 @@ class BookingServiceServicer:
         version order as seats are held, released, sold or expire. Reconnect with the last
         version seen to get only what was missed (or a fresh seat map when that is too old).
         A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+        The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
+        longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

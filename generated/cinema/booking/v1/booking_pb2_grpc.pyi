@@ -84,6 +84,8 @@ class BookingServiceStub:
     version order as seats are held, released, sold or expire. Reconnect with the last
     version seen to get only what was missed (or a fresh seat map when that is too old).
     A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+    The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
+    longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
     """
 
 @_typing.type_check_only
@@ -142,6 +144,8 @@ class BookingServiceAsyncStub(BookingServiceStub):
     version order as seats are held, released, sold or expire. Reconnect with the last
     version seen to get only what was missed (or a fresh seat map when that is too old).
     A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+    The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
+    longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
     """
 
 class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -275,6 +279,8 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         version order as seats are held, released, sold or expire. Reconnect with the last
         version seen to get only what was missed (or a fresh seat map when that is too old).
         A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+        The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
+        longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
         """
 
 def add_BookingServiceServicer_to_server(servicer: BookingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
