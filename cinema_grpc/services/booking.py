@@ -118,6 +118,7 @@ def seat_map_message(seat_map: SeatMap) -> pb.SeatMap:
                 kind=KIND_NUMBERS[status.seat.kind],
                 state=_SEAT_STATES[status.state],
                 holder_id=str(status.holder_id) if status.holder_id else "",
+                hold_id=str(status.hold_id) if status.hold_id else "",
             )
             for status in seat_map.seats
         ],

@@ -352,7 +352,7 @@ class SqlBookingRepository:
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
         query = (
-            select(SeatClaimRow.seat_id, SeatClaimRow.status, HoldRow.customer_id)
+            select(SeatClaimRow.seat_id, SeatClaimRow.status, HoldRow.customer_id, SeatClaimRow.hold_id)
             .join(HoldRow, HoldRow.id == SeatClaimRow.hold_id)
             .where(
                 SeatClaimRow.showtime_id == showtime_id,
@@ -361,8 +361,8 @@ class SqlBookingRepository:
             )
         )
         return [
-            ActiveClaim(seat_id, SeatState(status), customer)
-            for seat_id, status, customer in await self._session.execute(query)
+            ActiveClaim(seat_id, SeatState(status), customer, hold_id)
+            for seat_id, status, customer, hold_id in await self._session.execute(query)
         ]
 
     async def _seats_of(self, condition: Any) -> dict[uuid.UUID, list[tuple[uuid.UUID, str, ClaimedSeat]]]:

@@ -356,12 +356,15 @@ def test_staff_see_who_holds_each_seat_and_customers_do_not(
 ) -> None:
     hold(ana, sale, "C1")
 
-    def holders(seat_map_: bpb.SeatMap) -> set[str]:
-        return {s.holder_id for s in seat_map_.seats if s.state == bpb.SEAT_STATE_HELD}
+    held = hold(ana, sale, "C2")
 
-    assert holders(seat_map(clerk, sale)) == {ana.user.id}
-    assert holders(seat_map(ana, sale)) == {""}
-    assert holders(seat_map(BookingServiceStub(channel), sale)) == {""}
+    def holders(seat_map_: bpb.SeatMap) -> set[tuple[str, str]]:
+        return {(s.holder_id, s.hold_id) for s in seat_map_.seats if s.state == bpb.SEAT_STATE_HELD}
+
+    assert len({s.hold_id for s in seat_map(clerk, sale).seats if s.state == bpb.SEAT_STATE_HELD}) == 2
+    assert (ana.user.id, held.id) in holders(seat_map(clerk, sale))
+    assert holders(seat_map(ana, sale)) == {("", "")}
+    assert holders(seat_map(BookingServiceStub(channel), sale)) == {("", "")}
 
 
 def test_hold_best_available_picks_adjacent_seats_in_a_good_row(ana: Customer, sale: Sale) -> None:

@@ -166,6 +166,7 @@ class SeatStatus:
     seat: Seat
     state: SeatState
     holder_id: uuid.UUID | None
+    hold_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class ActiveClaim:
     seat_id: uuid.UUID
     state: SeatState  # HELD or SOLD
     holder_id: uuid.UUID
+    hold_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def seat_states(seats: Sequence[Seat], claims: Collection[ActiveClaim]) -> tuple
     for seat in seats:
         claim = by_seat.get(seat.id)
         if claim is not None:
-            statuses.append(SeatStatus(seat, claim.state, claim.holder_id))
+            statuses.append(SeatStatus(seat, claim.state, claim.holder_id, claim.hold_id))
         elif not seat.in_service:
             statuses.append(SeatStatus(seat, SeatState.OUT_OF_SERVICE, None))
         else:

@@ -393,10 +393,10 @@ async def _full_seat_map(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID) 
 
 
 def _as_seen_by(caller: Caller, full: SeatMap) -> SeatMap:
-    """Who holds a seat is for staff only."""
+    """Who holds a seat, and through which hold, is for staff only."""
     if caller.is_staff:
         return full
-    return replace(full, seats=tuple(replace(status, holder_id=None) for status in full.seats))
+    return replace(full, seats=tuple(replace(status, holder_id=None, hold_id=None) for status in full.seats))
 
 
 class SharedSeatMapReads:

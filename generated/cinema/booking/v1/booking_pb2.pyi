@@ -346,6 +346,7 @@ class SeatAvailability(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HOLDER_ID_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
     seat_id: _builtins.str
     row_label: _builtins.str
     number: _builtins.int
@@ -354,6 +355,10 @@ class SeatAvailability(_message.Message):
     state: Global___SeatState.ValueType
     holder_id: _builtins.str
     """Who holds or owns the seat; filled for staff only."""
+    hold_id: _builtins.str
+    """The hold that claims the seat (a held seat: the active hold, for ForceReleaseHold; a sold
+    seat: the hold its booking came from); filled for staff only.
+    """
     def __init__(
         self,
         *,
@@ -364,10 +369,11 @@ class SeatAvailability(_message.Message):
         kind: _screening_pb2.SeatKind.ValueType = ...,
         state: Global___SeatState.ValueType = ...,
         holder_id: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "holder_id", b"holder_id", "kind", b"kind", "number", b"number", "row_label", b"row_label", "seat_id", b"seat_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "hold_id", b"hold_id", "holder_id", b"holder_id", "kind", b"kind", "number", b"number", "row_label", b"row_label", "seat_id", b"seat_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
