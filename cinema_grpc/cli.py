@@ -22,7 +22,7 @@ from cinema_grpc.domain.payment.use_cases import verify_audit_trail
 from cinema_grpc.gateway import BUILD_DIR, GatewayConfig, GatewayError, build_gateway, ensure_gateway, openapi_dir_of
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import serve
-from cinema_grpc.settings import Settings
+from cinema_grpc.settings import ConfigurationError, Settings
 from cinema_grpc.storage.database import database_url, migrate, open_database
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
@@ -40,6 +40,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             port = 8080 if args.gateway_port is None else args.gateway_port
             gateway = GatewayConfig(binary, host, port, openapi_dir_of(binary))
         asyncio.run(serve(settings, gateway))
+    except ConfigurationError as exc:
+        print(f"cinema-grpc: refusing to start: {exc}", file=sys.stderr)
+        return 2
     except GatewayError as exc:
         print(f"cinema-grpc: {exc}", file=sys.stderr)
         return 1

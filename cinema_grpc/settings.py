@@ -13,6 +13,10 @@ from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.payment.use_cases import PaymentRules
 
 
+class ConfigurationError(RuntimeError):
+    """The configuration or a file it names is unsafe or inconsistent: the server refuses to start."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CINEMA_", extra="ignore")
 

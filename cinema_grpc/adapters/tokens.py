@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from cinema_grpc.domain.identity.model import (
     Session,
     User,
 )
+from cinema_grpc.settings import ConfigurationError
 
 ISSUER = AUDIENCE = "cinema-grpc"
 ALGORITHM = "HS256"
@@ -27,15 +30,46 @@ _REQUIRED = ["exp", "iat", "nbf", "sub", "sid", "typ", "jti", "iss", "aud"]
 
 
 def signing_key(configured: str | None, data_dir: Path) -> str:
-    """The configured key, or a development key generated once and kept in the data dir."""
+    """The configured key, or a development key generated once and kept in the data dir.
+
+    Like ssh with a private key, a key file that someone else owns, or that group or others
+    may read or write, is refused: whoever can read it can sign tokens for any account, and
+    whoever can write it can plant a key they know.
+    """
     if configured:
         return configured
     path = data_dir / "jwt-signing-key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as new_key:
+            new_key.write(secrets.token_urlsafe(48))
+    check_private_file(path, "the token signing key")
     return path.read_text().strip()
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Raises ConfigurationError unless ``path`` is a regular file of this user that no one else
+    may read or write (mode 0600 or stricter)."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigurationError(f"{what} file {path} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigurationError(f"{what} file {path} is not a regular file (a symbolic link?): replace it with one")
+    if info.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"{what} file {path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}): "
+            f"it may have been planted; delete it to have a new one generated, or chown it to this user"
+        )
+    if info.st_mode & 0o077:
+        raise ConfigurationError(
+            f"{what} file {path} has mode {stat.S_IMODE(info.st_mode):04o}: group or others may read or "
+            f"write it; run 'chmod 600 {path}' if its content is trusted, or delete it to have a new one generated"
+        )
 
 
 class JwtTokenCodec:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 import pytest
 
-from cinema_grpc.adapters.tokens import JwtTokenCodec
+from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.access import Role
 from cinema_grpc.domain.errors import TokenExpired, TokenInvalid, TokenNotYetValid, TokenRejected, WrongTokenType
 from cinema_grpc.domain.identity.model import ACCESS_TOKEN_TTL, Session, User
+from cinema_grpc.settings import ConfigurationError
 
 KEY = "k" * 40
 
@@ -128,3 +132,45 @@ def test_a_short_signing_key_is_refused() -> None:
 def test_a_token_issued_a_moment_ahead_on_another_replica_is_accepted() -> None:
     _, _, access, _ = pair(created=now() + timedelta(seconds=10))
     assert JwtTokenCodec(KEY).decode_access(access).user_id
+
+
+def test_a_development_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    first = signing_key(None, tmp_path)
+    assert signing_key(None, tmp_path) == first
+    assert stat.S_IMODE((tmp_path / "jwt-signing-key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o644, 0o640, 0o620, 0o604, 0o602])
+def test_a_key_file_others_may_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    planted = tmp_path / "jwt-signing-key"
+    planted.write_text("planted-key-known-to-an-attacker-0123456789")
+    planted.chmod(mode)
+    with pytest.raises(ConfigurationError) as refused:
+        signing_key(None, tmp_path)
+    assert str(planted) in str(refused.value)
+    assert f"{mode:04o}" in str(refused.value)
+    assert f"chmod 600 {planted}" in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    planted = tmp_path / "jwt-signing-key"
+    planted.write_text("planted-key-known-to-an-attacker-0123456789")
+    planted.chmod(0o600)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(ConfigurationError, match="owned by uid 65534, not by this user"):
+        signing_key(None, tmp_path)
+
+
+def test_a_key_file_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("planted-key-known-to-an-attacker-0123456789")
+    elsewhere.chmod(0o600)
+    (tmp_path / "jwt-signing-key").symlink_to(elsewhere)
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        signing_key(None, tmp_path)
+
+
+def test_a_configured_key_needs_no_file(tmp_path: Path) -> None:
+    assert signing_key(KEY, tmp_path / "absent") == KEY
+    assert not (tmp_path / "absent").exists()
