@@ -1368,6 +1368,9 @@ def bench_settings(url: str, args: argparse.Namespace) -> Settings:
         "shutdown_grace_seconds": 2,
         "metrics_port": 0,  # any free port: another server may have the default
         "token_signing_key": secrets.token_urlsafe(48),  # else a key file is written to .cinema-data
+        # Every bench watcher comes from this machine's address.
+        "max_streams": max(4000, args.watchers + 100),
+        "max_streams_per_address": max(100, args.watchers + 100),
     }
     # Servers with the payment service insist on Stripe settings. The bench pays for nothing,
     # so a key for a closed loopback port does: no request is ever sent to it.

@@ -36,6 +36,7 @@ from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grp
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
 from cinema_grpc.services.access import AccessControl, declared_policies
 from cinema_grpc.services.booking import BookingServicer
+from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
 from cinema_grpc.services.metrics import (
@@ -97,8 +98,10 @@ class CinemaServer:
         access = AccessControl(declared_policies(SERVICES), authenticator, uow)
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
-            interceptors=[RpcInterceptor(access, settings.rpc_timeout_seconds)],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # Concurrency is limited by the interceptor's budgets, not by maximum_concurrent_rpcs:
+            # that one limit would let streams starve unary calls and health checks, and its
+            # refusals carry no reason and are counted nowhere.
+            interceptors=[RpcInterceptor(access, CallBudget(settings.call_budgets()), settings.rpc_timeout_seconds)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

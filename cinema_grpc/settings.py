@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.payment.use_cases import PaymentRules
+from cinema_grpc.services.call_budget import Budgets
 
 
 class ConfigurationError(RuntimeError):
@@ -45,8 +46,16 @@ class Settings(BaseSettings):
     # Longest life of a seat-availability stream; then it ends with UNAVAILABLE /
     # STREAM_LIFETIME_REACHED and the client reconnects with since_version.
     stream_max_seconds: float = Field(default=3600.0, gt=0)
-    # RPCs (streams included) one replica runs at once; more are refused with RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = Field(default=5000, ge=1)
+    # Unary RPCs one replica runs at once; more are refused with RESOURCE_EXHAUSTED / SERVER_BUSY.
+    # Streams do not count here: they have the budgets below, so they never crowd out unary
+    # calls. grpc.health.v1 Health/Check is never refused.
+    max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    # Streams (seat availability, health Watch, reflection) one replica keeps open at once, from
+    # one client address, and for one signed-in caller; more are refused with
+    # RESOURCE_EXHAUSTED / STREAM_LIMIT_REACHED (scope server, address or caller) and RetryInfo.
+    max_streams: int = Field(default=4000, ge=1)
+    max_streams_per_address: int = Field(default=100, ge=1)
+    max_streams_per_caller: int = Field(default=20, ge=1)
     # A client connection with no RPC for this long is closed (it reconnects when needed).
     connection_idle_seconds: float = Field(default=900.0, gt=0)
     # Key that signs access and refresh tokens (HS256, at least 32 characters). Every replica
@@ -102,6 +111,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    def call_budgets(self) -> Budgets:
+        return Budgets(
+            unary_calls=self.max_concurrent_rpcs,
+            streams=self.max_streams,
+            streams_per_address=self.max_streams_per_address,
+            streams_per_caller=self.max_streams_per_caller,
+        )
 
     def booking_rules(self) -> BookingRules:
         return BookingRules(

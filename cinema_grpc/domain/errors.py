@@ -425,6 +425,39 @@ class LimitExceeded(DomainError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
+class ServerBusy(LimitExceeded):
+    """The replica runs as many unary calls as it allows; retry shortly (or on another replica)."""
+
+    reason = "SERVER_BUSY"
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message, metadata={"retry_after_seconds": f"{retry_after_seconds:g}"})
+        self._retry_after = retry_after_seconds
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
+
+
+class StreamLimitReached(LimitExceeded):
+    """A stream budget is used up: the server's (``scope`` "server"), the client address's
+    ("address") or the signed-in caller's ("caller"). Unary calls are not affected."""
+
+    reason = "STREAM_LIMIT_REACHED"
+
+    def __init__(self, message: str, scope: str, limit: int, retry_after_seconds: float) -> None:
+        super().__init__(
+            message,
+            metadata={"scope": scope, "limit": str(limit), "retry_after_seconds": f"{retry_after_seconds:g}"},
+        )
+        self.scope = scope
+        self._retry_after = retry_after_seconds
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
+
+
 class TooManySeats(LimitExceeded):
     reason = "TOO_MANY_SEATS"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,8 @@ import structlog
 from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError, MalformedMessage, ServerTimeout
-from cinema_grpc.services.access import AccessControl
+from cinema_grpc.services.access import AccessControl, client_address
+from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.convert import Context, refuse_nul_characters
 from cinema_grpc.services.metrics import RPC_DURATION, RPC_REQUESTS
 from cinema_grpc.services.status import domain_error_status, internal_error_status
@@ -23,6 +25,8 @@ REQUEST_ID_HEADER = "x-request-id"
 
 UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+# Answered whatever the load: balancers and orchestrators must always learn how the replica is.
+UNLIMITED = frozenset({"/grpc.health.v1.Health/Check"})
 
 
 def _request_id(context: Context) -> str:
@@ -104,10 +108,15 @@ def _check(request: Any) -> None:
     refuse_nul_characters(request)
 
 
-def _unary(method: str, behavior: UnaryBehavior, access: AccessControl, timeout: float) -> UnaryBehavior:
+def _unary(
+    method: str, behavior: UnaryBehavior, access: AccessControl, timeout: float, budget: CallBudget
+) -> UnaryBehavior:
     async def handle(request: Any, context: Context) -> Any:
         call = _Call(method, context)
+        entered = False
         try:
+            budget.enter_unary()
+            entered = True
             call.user_id = (await access.admit(method, context)).user_id
             _check(request)
             # Whatever deadline the client set (or none), no request runs longer than this.
@@ -124,16 +133,23 @@ def _unary(method: str, behavior: UnaryBehavior, access: AccessControl, timeout:
         except Exception as exc:  # noqa: BLE001 - every failure is turned into a status
             await call.fail(exc)
         finally:
+            if entered:
+                budget.leave_unary()
             call.finish()
 
     return handle
 
 
-def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> StreamBehavior:
+def _stream(method: str, behavior: StreamBehavior, access: AccessControl, budget: CallBudget) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         call = _Call(method, context)
+        slot = None
         try:
-            call.user_id = (await access.admit(method, context)).user_id
+            slot = budget.open_stream(client_address(context))
+            caller = await access.admit(method, context)
+            call.user_id = caller.user_id
+            if caller.user_id is not None:
+                slot.claim_for_caller(caller.user_id)
             _check(request)
             async for response in behavior(request, context):
                 yield response
@@ -142,14 +158,39 @@ def _stream(method: str, behavior: StreamBehavior, access: AccessControl) -> Str
         except Exception as exc:  # noqa: BLE001 - every failure is turned into a status
             await call.fail(exc)
         finally:
+            if slot is not None:
+                slot.release()
             call.finish()
 
     return handle
 
 
+def _budgeted_stream(behavior: Callable[[Any, Context], Any], budget: CallBudget) -> StreamBehavior:
+    """A stream of a service of grpc's own (health Watch, reflection) under the stream budget."""
+
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            slot = budget.open_stream(client_address(context))
+        except DomainError as exc:
+            status = domain_error_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        try:
+            result = behavior(request, context)
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    yield response
+            else:  # a handler that writes with context.write
+                await result
+        finally:
+            slot.release()
+
+    return handle
+
+
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access: AccessControl, rpc_timeout_seconds: float = 60.0) -> None:
+    def __init__(self, access: AccessControl, budget: CallBudget, rpc_timeout_seconds: float = 60.0) -> None:
         self._access = access
+        self._budget = budget
         self._timeout = rpc_timeout_seconds
 
     async def intercept_service(
@@ -159,19 +200,36 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        # Health and reflection are left as they are: they have their own semantics.
-        if handler is None or not method.startswith("/cinema."):
+        if handler is None or method in UNLIMITED:
             return handler
+        if not method.startswith("/cinema."):
+            # Health and reflection keep their own semantics; their streams count as streams.
+            return self._budgeted(handler)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method, cast(UnaryBehavior, handler.unary_unary), self._access, self._timeout),
+                _unary(method, cast(UnaryBehavior, handler.unary_unary), self._access, self._timeout, self._budget),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(method, cast(StreamBehavior, handler.unary_stream), self._access),
+                _stream(method, cast(StreamBehavior, handler.unary_stream), self._access, self._budget),
                 request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _budgeted(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _budgeted_stream(cast(Callable[[Any, Context], Any], handler.unary_stream), self._budget),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _budgeted_stream(cast(Callable[[Any, Context], Any], handler.stream_stream), self._budget),
+                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -12,6 +12,13 @@ RPC_REQUESTS = Counter(
     ["method", "code", "reason"],
     registry=REGISTRY,
 )
+RPC_REFUSED = Counter(
+    "cinema_rpc_refused",
+    "Calls refused before they ran because a budget was used up, by kind (unary, stream), "
+    "reason (SERVER_BUSY, STREAM_LIMIT_REACHED) and scope (server, address, caller)",
+    ["kind", "reason", "scope"],
+    registry=REGISTRY,
+)
 RPC_DURATION = Histogram(
     "cinema_rpc_duration_seconds",
     "Time to serve an RPC (streams: until they end)",

@@ -1,12 +1,14 @@
 """Limits that keep one client from pinning the server: request size, a server-side time limit
 for every unary RPC (whatever deadline the client sent, or none), a longest life for streams,
-a cap on concurrent RPCs, and a graceful shutdown that lets in-flight RPCs finish and ends
+budgets for concurrent unary calls and for streams (streams never starve unary calls or health
+checks), and a graceful shutdown that lets in-flight RPCs finish and ends
 streams with a clear status."""
 
 from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +17,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
@@ -25,7 +28,7 @@ from cinema_grpc.storage.locks import LockNamespace, advisory_key
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import Sale, open_sale
 from tests.conftest import RunningServer
-from tests.rpc_errors import failure
+from tests.rpc_errors import RpcFailure, failure
 from tests.stream_reader import StreamReader
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -135,33 +138,154 @@ def test_a_stream_ends_after_its_longest_life_and_resumes(
     assert event.changes.version == version + 1
 
 
-def test_rpcs_beyond_the_concurrency_cap_are_refused(
+def _refused_count(running: RunningServer, kind: str, reason: str, scope: str) -> float:
+    """cinema_rpc_refused_total as the server's /metrics endpoint shows it."""
+    assert running.server is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.server.metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cinema_rpc_refused_total" and sample.labels == {
+                "kind": kind,
+                "reason": reason,
+                "scope": scope,
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+def _serving(channel: grpc.Channel) -> bool:
+    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _refusal_of(call: Any) -> RpcFailure:
+    with pytest.raises(grpc.RpcError) as raised:
+        next(iter(call))
+    return failure(raised.value)
+
+
+def test_streams_past_the_servers_budget_are_refused_while_unary_calls_and_health_answer(
     start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
 ) -> None:
-    _, channel = start_server(max_concurrent_rpcs=3)
+    running, channel = start_server(max_streams=3, max_streams_per_address=100, max_concurrent_rpcs=5)
     sale, _ = _sale_and_customer(channel, db)
     public = BookingServiceStub(channel)
     request = bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+    before = _refused_count(running, "stream", "STREAM_LIMIT_REACHED", "server")
     watchers = [StreamReader(public.WatchSeatAvailability(request)) for _ in range(3)]
     try:
         for watcher in watchers:
             watcher.next()
-        with pytest.raises(grpc.RpcError) as raised:
-            public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
-        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        refused = _refusal_of(public.WatchSeatAvailability(request, timeout=10))
+        # Streams of grpc's own services (health Watch, reflection) share the stream budget.
+        health_watch = _refusal_of(
+            health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        )
+        # Unary calls and health checks are not in the streams' budget: they still answer.
+        seat_map = public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
+        assert _serving(channel)
     finally:
         for watcher in watchers:
             watcher.close()
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "STREAM_LIMIT_REACHED")
+    assert refused.metadata["scope"] == "server"
+    assert refused.metadata["limit"] == "3"
+    assert refused.retry_delay_seconds == 5
+    assert (health_watch.code, health_watch.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "STREAM_LIMIT_REACHED")
+    assert len(seat_map.seats) == len(sale.hall.seats)
+    assert _refused_count(running, "stream", "STREAM_LIMIT_REACHED", "server") == before + 2
     # Once the server has seen the streams end, there is room again.
     deadline = time.monotonic() + 10
     while True:
+        again = StreamReader(public.WatchSeatAvailability(request))
         try:
-            public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
+            again.next()
             break
         except grpc.RpcError as error:
-            assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]  # noqa: PT017
-            assert time.monotonic() < deadline, "the cap did not free up after the streams ended"
+            assert failure(error).reason == "STREAM_LIMIT_REACHED"  # noqa: PT017
+            assert time.monotonic() < deadline, "the stream budget did not free up after the streams ended"
             time.sleep(0.1)
+        finally:
+            again.close()
+
+
+def test_one_address_and_one_caller_get_only_their_share_of_streams(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    running, channel = start_server(max_streams=100, max_streams_per_address=3, max_streams_per_caller=1)
+    sale, signed_in = _sale_and_customer(channel, db)
+    public = BookingServiceStub(channel)
+    request = bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+    before = _refused_count(running, "stream", "STREAM_LIMIT_REACHED", "caller")
+    own = StreamReader(signed_in.WatchSeatAvailability(request))
+    watchers = [own]
+    try:
+        own.next()
+        by_caller = _refusal_of(signed_in.WatchSeatAvailability(request, timeout=10))
+        # Anonymous watchers from the same address are not that caller's: two more fit.
+        watchers += [StreamReader(public.WatchSeatAvailability(request)) for _ in range(2)]
+        for watcher in watchers[1:]:
+            watcher.next()
+        by_address = _refusal_of(public.WatchSeatAvailability(request, timeout=10))
+        assert public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10).seats
+        assert _serving(channel)
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    assert (by_caller.code, by_caller.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "STREAM_LIMIT_REACHED")
+    assert (by_caller.metadata["scope"], by_caller.metadata["limit"]) == ("caller", "1")
+    assert by_caller.retry_delay_seconds == 30
+    assert (by_address.code, by_address.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "STREAM_LIMIT_REACHED")
+    assert (by_address.metadata["scope"], by_address.metadata["limit"]) == ("address", "3")
+    assert by_address.retry_delay_seconds == 30
+    assert _refused_count(running, "stream", "STREAM_LIMIT_REACHED", "caller") == before + 1
+
+
+def test_unary_calls_beyond_their_cap_are_refused_with_a_reason_while_health_answers(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    running, channel = start_server(max_concurrent_rpcs=1, db_lock_timeout_ms=30_000)
+    sale, booking = _sale_and_customer(channel, db)
+    public = BookingServiceStub(channel)
+    before = _refused_count(running, "unary", "SERVER_BUSY", "server")
+    holder = _lock_showtime(db, sale.showtime.id)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            # One hold in flight, waiting for the showtime's lock: the unary budget is used up.
+            pending = pool.submit(
+                booking.HoldSeats,
+                bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("B1")]),
+                timeout=30,
+            )
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            deadline = time.monotonic() + 10
+            while db.execute(waiting).fetchone() != (1,):
+                assert time.monotonic() < deadline, "the hold did not reach the showtime lock"
+                time.sleep(0.05)
+            with pytest.raises(grpc.RpcError) as raised:
+                public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10)
+            assert _serving(channel)
+            # Streams have their own budget: a watcher is still admitted.
+            watcher = StreamReader(
+                public.WatchSeatAvailability(bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id))
+            )
+            try:
+                assert watcher.next().snapshot.version >= 0
+            finally:
+                watcher.close()
+        finally:
+            holder.close()
+        assert pending.result().seats
+    busy = failure(raised.value)
+    assert (busy.code, busy.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SERVER_BUSY")
+    assert busy.retry_delay_seconds == 1
+    assert _refused_count(running, "unary", "SERVER_BUSY", "server") == before + 1
+    # The finished hold gave its room back.
+    assert public.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id), timeout=10).seats
 
 
 def test_shutdown_lets_in_flight_rpcs_finish_and_ends_streams_clearly(
