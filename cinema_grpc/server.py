@@ -44,6 +44,7 @@ from cinema_grpc.services.metrics import (
     SEATS_RELEASED_BY_EXPIRY,
     STREAM_WATCHERS,
     SWEEPER_RUNS,
+    TEST_PAYMENT_MODE,
     serve_metrics,
 )
 from cinema_grpc.services.payment import PaymentServicer
@@ -145,6 +146,7 @@ class CinemaServer:
         self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         self.database_health = DatabaseHealth(database.url, self.health, SERVICE_NAMES)
         STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
+        TEST_PAYMENT_MODE.set(1 if settings.test_payments else 0)
         self.metrics_port = 0
 
     async def sweep_expired_holds(self) -> int:
@@ -223,7 +225,14 @@ class CinemaServer:
             metrics_url=f"http://{settings.metrics_host}:{self.metrics_port}/metrics",
             webhook_url=self.webhook_url,
             stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
+            test_payment_mode=settings.test_payments,
         )
+        if settings.test_payments:
+            log.warning(
+                "TEST PAYMENT MODE: payments are not real money, test cards pay for tickets "
+                "(cinema_test_payment_mode 1); set a live Stripe key and CINEMA_ENV=production to sell",
+                stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
+            )
 
     @property
     def webhook_url(self) -> str:
@@ -259,10 +268,17 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None) -> Non
     With ``gateway``, the REST/JSON gateway runs too: started once the gRPC server serves,
     stopped before it; if the gateway dies, the server shuts down and GatewayError is raised.
     """
+    settings.check_production()
     local_stripe = None
     if settings.stripe_secret_key is None:
         # No Stripe account configured: payments go to a local Stripe-compatible test server.
-        local_stripe = await asyncio.to_thread(LocalStripe().start)
+        local_stripe = LocalStripe(settings.data_dir / "localstripe-state.pickle")
+        log.warning(
+            "no Stripe key: starting the local Stripe test server, which accepts any test card",
+            api=local_stripe.api_base,
+            state_file=str(local_stripe.state_file),
+        )
+        await asyncio.to_thread(local_stripe.start)
         settings = settings.model_copy(
             update={
                 "stripe_secret_key": SecretStr(API_KEY),

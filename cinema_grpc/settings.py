@@ -18,8 +18,15 @@ class ConfigurationError(RuntimeError):
     """The configuration or a file it names is unsafe or inconsistent: the server refuses to start."""
 
 
+LIVE_STRIPE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CINEMA_", extra="ignore")
+
+    # "production" turns development conveniences that would be unsafe there into startup
+    # errors: the local Stripe test server (any test card pays) and Stripe test-mode keys.
+    env: str = Field(default="development", pattern="^(development|production)$")
 
     # PostgreSQL 15+ URL (postgresql://user:pass@host:5432/db). Empty: an embedded PostgreSQL
     # is started in data_dir/pgdata.
@@ -111,6 +118,34 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def test_payments(self) -> bool:
+        """Whether payments are not real money: no Stripe key (the local test server) or a
+        Stripe test-mode key, with which test cards pay."""
+        key = self.stripe_secret_key
+        return key is None or not key.get_secret_value().startswith(LIVE_STRIPE_KEY_PREFIXES)
+
+    def check_production(self) -> None:
+        """With CINEMA_ENV=production, raises ConfigurationError naming every setting that is
+        missing or only fit for development."""
+        if self.env != "production":
+            return
+        problems = []
+        if self.stripe_secret_key is None:
+            problems.append(
+                "CINEMA_STRIPE_SECRET_KEY is unset: the local Stripe test server, which accepts any test card, "
+                "is for development only; set a live key (sk_live_... or rk_live_...)"
+            )
+        elif self.test_payments:
+            problems.append(
+                "CINEMA_STRIPE_SECRET_KEY is not a live key (sk_live_... or rk_live_...): with a test-mode key "
+                "test cards pay for real tickets"
+            )
+        if self.stripe_webhook_secret is None:
+            problems.append("CINEMA_STRIPE_WEBHOOK_SECRET is unset: set the signing secret of the Stripe webhook")
+        if problems:
+            raise ConfigurationError("CINEMA_ENV=production, but " + "; ".join(problems))
 
     def call_budgets(self) -> Budgets:
         return Budgets(

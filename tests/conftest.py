@@ -151,7 +151,8 @@ class RunningServer:
 @pytest.fixture(scope="session")
 def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
     """The Stripe-compatible test server (localstripe), on a free loopback port."""
-    stripe = LocalStripe().start(log=tmp_path_factory.mktemp("stripe") / "localstripe.log")
+    directory = tmp_path_factory.mktemp("stripe")
+    stripe = LocalStripe(directory / "localstripe-state.pickle").start(log=directory / "localstripe.log")
     yield stripe
     stripe.stop()
 

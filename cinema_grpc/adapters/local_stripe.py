@@ -1,12 +1,25 @@
 """A local Stripe-compatible test server (the localstripe package) for running without a
-Stripe account: the default when no Stripe key is configured, and in tests."""
+Stripe account: the default when no Stripe key is configured outside production, and in tests.
+
+It accepts any key and any test card, so it is a free-ticket machine for whoever can reach it:
+it listens on 127.0.0.1 only, keeps its state in a file of its own (mode 0600, in the data dir),
+and ends when the process that started it ends, even one killed with SIGKILL (it watches a
+pipe from that process, and the process id).
+
+``python -m cinema_grpc.adapters.local_stripe --port N --state FILE`` is the child process.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import pickle
 import secrets
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -15,31 +28,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 API_KEY = "sk_test_local"
+HOST = "127.0.0.1"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
 @dataclass
 class LocalStripe:
+    """The test server as a child process; ``state_file`` keeps its payments across restarts."""
+
+    state_file: Path
     port: int = field(default_factory=free_port)
     webhook_secret: str = field(default_factory=lambda: f"whsec_{secrets.token_hex(16)}")
     _process: subprocess.Popen[bytes] | None = None
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
     def start(self, log: Path | None = None) -> LocalStripe:
-        script = Path(sys.executable).with_name("localstripe")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "localstripe"]
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
         out = log.open("ab") if log else subprocess.DEVNULL
-        self._process = subprocess.Popen([*command, "--port", str(self.port), "--from-scratch"], stdout=out, stderr=out)
+        command = [sys.executable, "-m", __name__, "--port", str(self.port), "--state", str(self.state_file)]
+        # The child ends when this pipe reaches end of file: when this process exits, however
+        # it exits. Nothing is ever written to it.
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
             try:
                 urllib.request.urlopen(f"{self.api_base}/v1/balance", timeout=1)
             except urllib.error.HTTPError:
@@ -47,7 +72,7 @@ class LocalStripe:
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("the local Stripe test server did not start")
+        raise RuntimeError(f"the local Stripe test server did not start (state file {self.state_file})")
 
     def deliver_webhooks_to(self, url: str) -> None:
         data = urllib.parse.urlencode({"url": url, "secret": self.webhook_secret}).encode()
@@ -59,10 +84,78 @@ class LocalStripe:
         urllib.request.urlopen(request, timeout=5)
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-            self._process = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdin is not None:
+            process.stdin.close()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replaces ``path`` with ``data``, readable by this user only."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)
+    os.replace(temporary, path)
+
+
+def _use_state_file(path: Path) -> None:
+    """Points localstripe's store at ``path`` instead of the /tmp/localstripe.pickle that every
+    instance on the host would share."""
+    from localstripe import resources  # noqa: PLC0415 - the child process only
+
+    from cinema_grpc.adapters.tokens import check_private_file  # noqa: PLC0415
+
+    def load(store: resources.Store) -> None:
+        if path.exists():
+            check_private_file(path, "the local Stripe state")
+            with path.open("rb") as state:
+                saved = pickle.load(state)
+            store.clear()
+            store.update(saved)
+
+    def dump(store: resources.Store) -> None:
+        _write_private(path, pickle.dumps(dict(store), protocol=pickle.HIGHEST_PROTOCOL))
+
+    resources.Store.try_load_from_disk = load
+    resources.Store.dump_to_disk = dump
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ends this process once its parent is gone: stdin (a pipe from the parent) reaches end of
+    file, or the parent id changes (the process was re-parented)."""
+    while True:
+        readable, _, _ = select.select([sys.stdin.buffer], [], [], 1.0)
+        if readable and not os.read(sys.stdin.fileno(), 4096):
+            os._exit(0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cinema_grpc.adapters.local_stripe")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--state", type=Path, required=True)
+    args = parser.parse_args(argv)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    _use_state_file(args.state)
+    from aiohttp import web  # noqa: PLC0415
+    from localstripe import resources, server  # noqa: PLC0415
+
+    resources.store.try_load_from_disk()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, args.port))
+    web.run_app(server.app, sock=sock, print=None)
+
+
+if __name__ == "__main__":
+    main()

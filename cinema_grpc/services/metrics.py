@@ -41,6 +41,11 @@ RECONCILER_RUNS = Counter(
     "cinema_reconciler_runs", "Runs of the payment reconciliation by outcome", ["outcome"], registry=REGISTRY
 )
 STREAM_WATCHERS = Gauge("cinema_stream_watchers", "Open seat availability streams on this replica", registry=REGISTRY)
+TEST_PAYMENT_MODE = Gauge(
+    "cinema_test_payment_mode",
+    "1 while payments are not real money (the local Stripe test server or a Stripe test-mode key)",
+    registry=REGISTRY,
+)
 DATABASE_UP = Gauge("cinema_database_up", "1 while the database answers the health probe", registry=REGISTRY)
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +216,64 @@ def test_migrate_brings_a_configured_database_to_the_newest_schema(database_url:
     )
     assert done.returncode == 0, done.stderr
     assert "newest migration" in done.stdout
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_serve_without_a_stripe_key_says_payments_are_test_ones_and_takes_its_test_server_down_when_killed(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        **embedded_server_env(tmp_path),
+        "DATABASE_URL": database_url,
+        "CINEMA_METRICS_PORT": str(free_port()),
+        "CINEMA_STRIPE_SECRET_KEY": "",
+    }
+    port = int(env["CINEMA_GRPC_PORT"])
+    with (tmp_path / "serve.log").open("w+") as log:
+        process = subprocess.Popen([str(BIN / "cinema-grpc"), "serve"], env=env, stdout=log, stderr=log, text=True)
+        try:
+            wait_until_serving(port, process)
+            local_stripe = [
+                pid
+                for pid in _children(process.pid)
+                if b"cinema_grpc.adapters.local_stripe" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            assert len(local_stripe) == 1
+            metrics_url = f"http://127.0.0.1:{env['CINEMA_METRICS_PORT']}/metrics"
+            with urllib.request.urlopen(metrics_url, timeout=5) as page:
+                assert "cinema_test_payment_mode 1.0" in page.read().decode().splitlines()
+        finally:
+            process.kill()  # SIGKILL: serve cannot stop anything itself
+            process.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(local_stripe[0]):
+            assert time.monotonic() < deadline, "the local Stripe test server outlived the killed serve"
+            time.sleep(0.1)
+        log.seek(0)
+        output = log.read()
+    assert "TEST PAYMENT MODE" in output
+    assert "starting the local Stripe test server" in output
+
+
+def test_production_refuses_to_start_without_a_live_stripe_key(tmp_path: Path) -> None:
+    env = {**embedded_server_env(tmp_path), "CINEMA_ENV": "production", "CINEMA_STRIPE_SECRET_KEY": ""}
+    refused = subprocess.run(
+        [str(BIN / "cinema-grpc"), "serve"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode == 2
+    assert "refusing to start: CINEMA_ENV=production" in refused.stderr
+    assert "CINEMA_STRIPE_SECRET_KEY is unset" in refused.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was started or written
