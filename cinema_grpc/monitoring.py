@@ -11,7 +11,7 @@ from sqlalchemy import URL, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from cinema_grpc.services.metrics import ACTIVE_HOLDS, DATABASE_UP, PAYMENTS
+from cinema_grpc.services.metrics import ACTIVE_HOLDS, DATABASE_UP, PAYMENTS, REFUNDS_OPEN
 
 log = structlog.get_logger(__name__)
 TOO_MANY_CONNECTIONS = "53300"
@@ -22,6 +22,10 @@ _SELLING_STATE = text(
      WHERE state = 'ACTIVE' AND greatest(expires_at, payment_deadline) > now()
     UNION ALL
     SELECT 'payments', state, count(*) FROM payment.payments GROUP BY state
+    UNION ALL
+    SELECT 'refunds', 'PENDING', count(*) FILTER (WHERE state = 'PENDING') FROM payment.refunds
+    UNION ALL
+    SELECT 'refunds', 'FAILED', count(*) FILTER (WHERE state = 'FAILED') FROM payment.refunds
     """
 )
 
@@ -71,5 +75,7 @@ async def refresh_selling_gauges(engine: AsyncEngine) -> None:
     for what, state, count in rows:
         if what == "holds":
             ACTIVE_HOLDS.set(count)
+        elif what == "refunds":
+            REFUNDS_OPEN.labels(state).set(count)
         else:
             PAYMENTS.labels(state).set(count)

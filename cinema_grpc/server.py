@@ -132,9 +132,10 @@ class CinemaServer:
         )
         reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), self.grpc)
         gateway = self.gateway
+        payment_rules = settings.payment_rules()
 
         async def on_webhook(payload: bytes, signature: str) -> str:
-            return await handle_webhook(unit_of_work, gateway, clock, payload, signature)
+            return await handle_webhook(unit_of_work, gateway, clock, payment_rules, payload, signature)
 
         self.webhooks = WebhookListener(on_webhook)
         self.health = health.aio.HealthServicer()

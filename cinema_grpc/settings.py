@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Payments still INITIALIZED this long after they started are asked about at Stripe.
     reconcile_after_seconds: float = Field(default=60.0, ge=0)
+    # After Stripe failed for a passing reason (no answer, 409, 429, 5xx), a refund or a
+    # payment check is tried again after this long, doubling each time up to the maximum.
+    stripe_retry_base_seconds: float = Field(default=30.0, gt=0, le=3600)
+    stripe_retry_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # A refund that failed this many times in a row is given up (FAILED) for staff to settle.
+    refund_max_attempts: int = Field(default=8, ge=1, le=100)
     # Prometheus metrics at http://HOST:PORT/metrics. Port 0: any free one (the log says which).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -168,4 +174,7 @@ class Settings(BaseSettings):
         return PaymentRules(
             payment_deadline=timedelta(minutes=self.payment_deadline_minutes),
             reconcile_after=timedelta(seconds=self.reconcile_after_seconds),
+            retry_base_delay=timedelta(seconds=self.stripe_retry_base_seconds),
+            retry_max_delay=timedelta(seconds=max(self.stripe_retry_max_seconds, self.stripe_retry_base_seconds)),
+            refund_max_attempts=self.refund_max_attempts,
         )

@@ -1,5 +1,6 @@
-"""A fault-injecting HTTP proxy in front of the Stripe test server: it can answer 500, or
-hold a response back for a while, for requests whose path matches a pattern."""
+"""A fault-injecting HTTP proxy in front of the Stripe test server: it can answer an error
+status (with Stripe's error type and code), or hold a response back for a while, for requests
+whose path matches a pattern."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class Fault:
     status: int = 0  # answer with this status instead of forwarding
     delay: float = 0  # forward, then wait this long before answering
     hits: int = 0
+    error_type: str = "api_error"
+    code: str = ""
 
 
 @dataclass
@@ -38,8 +41,10 @@ class FaultyStripe:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail(self, pattern: str, *, status: int = 0, delay: float = 0) -> Fault:
-        fault = Fault(pattern, status, delay)
+    def fail(
+        self, pattern: str, *, status: int = 0, delay: float = 0, error_type: str = "api_error", code: str = ""
+    ) -> Fault:
+        fault = Fault(pattern, status, delay, error_type=error_type, code=code)
         self.faults.append(fault)
         return fault
 
@@ -54,9 +59,10 @@ class FaultyStripe:
         if fault is not None:
             fault.hits += 1
             if fault.status:
-                return web.json_response(
-                    {"error": {"message": "injected failure", "type": "api_error"}}, status=fault.status
-                )
+                error = {"message": "injected failure", "type": fault.error_type}
+                if fault.code:
+                    error["code"] = fault.code
+                return web.json_response({"error": error}, status=fault.status)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "content-length"}}
         async with (
             ClientSession() as session,

@@ -3,6 +3,11 @@
 Calls run in a worker thread (the library's HTTP client is synchronous) with a timeout and a
 bounded number of network retries; every mutating call carries an idempotency key, so a
 retry never charges twice on real Stripe.
+
+Stripe's errors are of two kinds: passing (no answer, a timeout, a 409 conflict, a 429 rate
+limit, a 5xx) become PaymentProviderUnavailable, worth trying again later; permanent (every
+other 4xx: an invalid request, an amount Stripe refuses, a declined card, a bad key) become
+PaymentRefused, which no retry can change.
 """
 
 from __future__ import annotations
@@ -19,6 +24,23 @@ from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.payment.model import GatewayEvent, IntentStatus
 
 T = TypeVar("T")
+
+
+def is_temporary(exc: stripe.StripeError) -> bool:
+    """Whether the same request may succeed later: no answer or a timeout (no status), a
+    conflict with a concurrent request (409), a rate limit (429, or 400 ``rate_limit``) or a
+    failure on Stripe's side (5xx)."""
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
+        return True
+    status = exc.http_status
+    return status is None or status == 409 or status >= 500
+
+
+def _describe(exc: stripe.StripeError) -> str:
+    code = getattr(exc, "code", None) or type(exc).__name__
+    message = exc.user_message or ""
+    status = f"HTTP {exc.http_status}, " if exc.http_status else ""
+    return f"{status}{code}{': ' + str(message) if message else ''}"[:400]
 
 
 def _intent(intent: Any) -> IntentStatus:
@@ -41,17 +63,19 @@ class StripeGateway:
         )
         self._webhook_secret = webhook_secret
 
-    async def _call(self, action: Callable[[], T]) -> T:
+    async def _call(self, action: Callable[[], T], *, card_errors: bool = False) -> T:
+        """Runs ``action``; with ``card_errors`` a declined card is raised as stripe.CardError
+        for the caller to read, otherwise as PaymentRefused like any other permanent error."""
         try:
             return await asyncio.to_thread(action)
-        except stripe.CardError:
-            raise
-        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
-            raise PaymentProviderUnavailable(f"Stripe did not answer properly: {type(exc).__name__}") from exc
+        except stripe.CardError as exc:
+            if card_errors:
+                raise
+            raise PaymentRefused(f"Stripe declined the card: {_describe(exc)}") from exc
         except stripe.StripeError as exc:
-            raise PaymentProviderUnavailable(
-                f"Stripe refused the request: {exc.user_message or type(exc).__name__}"
-            ) from exc
+            if is_temporary(exc):
+                raise PaymentProviderUnavailable(f"Stripe did not answer properly: {_describe(exc)}") from exc
+            raise PaymentRefused(f"Stripe refused the request: {_describe(exc)}") from exc
 
     async def create_intent(
         self, payment_id: uuid.UUID, amount: Money, *, payment_method: str | None, idempotency_key: str
@@ -73,7 +97,10 @@ class StripeGateway:
     async def confirm_intent(self, intent_id: str, *, idempotency_key: str) -> IntentStatus:
         try:
             intent = await self._call(
-                lambda: self._client.v1.payment_intents.confirm(intent_id, options={"idempotency_key": idempotency_key})
+                lambda: self._client.v1.payment_intents.confirm(
+                    intent_id, options={"idempotency_key": idempotency_key}
+                ),
+                card_errors=True,
             )
         except stripe.CardError as exc:
             declined = await self.retrieve_intent(intent_id)
@@ -101,7 +128,8 @@ class StripeGateway:
             )
         )
         if getattr(refund, "status", "") == "failed":
-            raise PaymentProviderUnavailable(f"Stripe refund {refund.id} failed")
+            reason = getattr(refund, "failure_reason", None) or "failed"
+            raise PaymentRefused(f"Stripe refund {refund.id} failed: {reason}")
         return str(refund.id)
 
     def parse_webhook(self, payload: bytes, signature: str) -> GatewayEvent:

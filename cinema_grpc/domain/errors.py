@@ -507,6 +507,12 @@ class NothingToPay(PreconditionFailed):
     reason = "NOTHING_TO_PAY"
 
 
+class AmountAboveCardLimit(PreconditionFailed):
+    """The total is more than one card payment may take (Stripe's ceiling)."""
+
+    reason = "AMOUNT_ABOVE_CARD_LIMIT"
+
+
 class InvalidWebhook(DomainError):
     kind = ErrorKind.INVALID_ARGUMENT
     reason = "INVALID_WEBHOOK"

@@ -359,18 +359,22 @@ class PaymentRepository(Protocol):
 
     async def update_refund(self, refund: Refund) -> None: ...
 
-    async def pending_refunds(self, limit: int) -> list[Refund]: ...
+    async def pending_refunds(self, now: datetime, limit: int) -> list[Refund]:
+        """PENDING refunds due for a try at ``now``, the longest waiting first."""
+        ...
 
-    async def unsettled(self, older_than: datetime, limit: int) -> list[Payment]:
-        """INITIALIZED payments created before ``older_than``, oldest first."""
+    async def unsettled(self, now: datetime, older_than: datetime, limit: int) -> list[Payment]:
+        """INITIALIZED payments created before ``older_than`` and due for a check at ``now``,
+        the least recently checked first."""
         ...
 
     async def owed_by_cancelled_bookings(self, limit: int) -> list[Payment]:
-        """Paid payments whose booking was cancelled and which have no refund pending yet."""
+        """Paid payments whose booking was cancelled and which have no refund pending or failed."""
         ...
 
-    async def touch(self, payment_id: uuid.UUID, now: datetime) -> None:
-        """Notes that reconciliation looked at the payment (it goes to the back of the queue)."""
+    async def check_again(self, payment_id: uuid.UUID, at: datetime, failures: int) -> None:
+        """Reconciliation looks at the payment again from ``at`` (it goes to the back of the
+        queue); ``failures``: checks in a row that learnt nothing."""
         ...
 
     async def record_webhook(self, event_id: str, event_type: str) -> bool:

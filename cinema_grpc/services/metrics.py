@@ -28,6 +28,13 @@ RPC_DURATION = Histogram(
 )
 ACTIVE_HOLDS = Gauge("cinema_active_holds", "Holds that are active and not expired", registry=REGISTRY)
 PAYMENTS = Gauge("cinema_payments", "Payments by state", ["state"], registry=REGISTRY)
+REFUNDS_OPEN = Gauge(
+    "cinema_refunds_open",
+    "Refunds not yet done: PENDING (Stripe is being asked) and FAILED (Stripe refused or retries ran out: "
+    "staff must settle them; alert on any)",
+    ["state"],
+    registry=REGISTRY,
+)
 SEATS_RELEASED_BY_EXPIRY = Counter(
     "cinema_seats_released_by_expiry", "Seats of expired holds released by the sweeper", registry=REGISTRY
 )

@@ -107,7 +107,9 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
 
     async def SyncPayment(self, request: pb.SyncPaymentRequest, context: Context) -> pb.Payment:
         payment_id = require_id("payment_id", request.payment_id)
-        payment = await uc.sync_payment(self._uow, self._gateway, self._clock, current_caller(), payment_id)
+        payment = await uc.sync_payment(
+            self._uow, self._gateway, self._clock, self._rules, current_caller(), payment_id
+        )
         return self._message(payment)
 
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> pb.Payment:
@@ -119,7 +121,16 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         violations.raise_if_any()
         assert payment_id is not None
         payment = await uc.refund_payment(
-            self._uow, self._gateway, self._clock, self._booking_rules, caller, payment_id, amount, request.reason, key
+            self._uow,
+            self._gateway,
+            self._clock,
+            self._rules,
+            self._booking_rules,
+            caller,
+            payment_id,
+            amount,
+            request.reason,
+            key,
         )
         return self._message(payment)
 

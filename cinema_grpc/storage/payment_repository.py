@@ -51,6 +51,7 @@ def _payment(row: PaymentRow, pending: int) -> Payment:
         row.created_at,
         row.updated_at,
         int(pending),
+        row.check_failures,
     )
 
 
@@ -66,6 +67,7 @@ def _refund(row: RefundRow) -> Refund:
         row.attempts,
         row.last_error,
         row.created_at,
+        row.next_attempt_at,
     )
 
 
@@ -165,20 +167,24 @@ class SqlPaymentRepository:
                 stripe_refund_id=refund.stripe_refund_id,
                 attempts=refund.attempts,
                 last_error=refund.last_error,
+                next_attempt_at=refund.next_attempt_at,
             )
         )
 
-    async def pending_refunds(self, limit: int) -> list[Refund]:
-        query = select(RefundRow).where(RefundRow.state == "PENDING").order_by(RefundRow.created_at).limit(limit)
+    async def pending_refunds(self, now: datetime, limit: int) -> list[Refund]:
+        due = func.coalesce(RefundRow.next_attempt_at, RefundRow.created_at)
+        query = select(RefundRow).where(RefundRow.state == "PENDING", due <= now).order_by(due).limit(limit)
         return [_refund(row) for row in await self._session.scalars(query)]
 
-    async def unsettled(self, older_than: datetime, limit: int) -> list[Payment]:
-        # Least recently looked at first, so payments that stay open (an abandoned checkout)
-        # cannot crowd out the others.
+    async def unsettled(self, now: datetime, older_than: datetime, limit: int) -> list[Payment]:
+        # Least recently looked at first, and one that keeps failing waits longer each time,
+        # so payments that stay open (an abandoned checkout, an intent Stripe cannot answer
+        # for) cannot crowd out the others.
+        due = func.coalesce(PaymentRow.next_check_at, PaymentRow.created_at)
         query = (
             select(PaymentRow, _PENDING)
-            .where(PaymentRow.state == "INITIALIZED", PaymentRow.created_at < older_than)
-            .order_by(PaymentRow.updated_at)
+            .where(PaymentRow.state == "INITIALIZED", PaymentRow.created_at < older_than, due <= now)
+            .order_by(due)
             .limit(limit)
         )
         return await self._many(query)
@@ -192,13 +198,20 @@ class SqlPaymentRepository:
                 BookingRow.refund_state == "PENDING",
                 PaymentRow.state.in_(("SUCCESS", "PARTIALLY_REFUNDED")),
                 _PENDING == 0,
+                # A refund Stripe refused for good is for staff to settle, not to ask again.
+                ~select(RefundRow.id)
+                .where(RefundRow.payment_id == PaymentRow.id, RefundRow.state == "FAILED")
+                .correlate(PaymentRow)
+                .exists(),
             )
             .limit(limit)
         )
         return await self._many(query)
 
-    async def touch(self, payment_id: uuid.UUID, now: datetime) -> None:
-        await self._session.execute(update(PaymentRow).where(PaymentRow.id == payment_id).values(updated_at=now))
+    async def check_again(self, payment_id: uuid.UUID, at: datetime, failures: int) -> None:
+        await self._session.execute(
+            update(PaymentRow).where(PaymentRow.id == payment_id).values(next_check_at=at, check_failures=failures)
+        )
 
     async def record_webhook(self, event_id: str, event_type: str) -> bool:
         inserted = await self._session.scalar(

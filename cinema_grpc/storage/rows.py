@@ -243,6 +243,8 @@ class PaymentRow(Row):
     refund_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    next_check_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    check_failures: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RefundRow(Row):
@@ -260,6 +262,7 @@ class RefundRow(Row):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class WebhookEventRow(Row):

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -20,17 +22,21 @@ from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.payment.v1 import payment_pb2 as ppb
 from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
+from cinema_grpc.domain.payment.use_cases import Reconciled, reconcile
+from cinema_grpc.monitoring import refresh_selling_gauges
+from cinema_grpc.services.metrics import REGISTRY
 from cinema_grpc.settings import Settings
 from tests.auth_client import with_token
 from tests.booking_data import Customer, Sale, hold
 from tests.conftest import TEST_SIGNING_KEY, RunningServer
 from tests.e2e.test_command_line import free_port
 from tests.integration.test_cinemas_and_movies import count
-from tests.payment_data import stripe_client
+from tests.payment_data import confirm_card, stripe_client
 from tests.rpc_errors import call_fails
 from tests.stripe_proxy import FaultyStripe
 
 Db = psycopg.Connection[tuple[object, ...]]
+MAX_REFUND_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,9 @@ def proxy(local_stripe: LocalStripe) -> Iterator[FaultyStripe]:
 @pytest.fixture(scope="module")
 def behind_proxy(server_settings: Settings, proxy: FaultyStripe, server: RunningServer) -> Iterator[RunningServer]:
     """A second server on the same database whose Stripe calls go through the proxy."""
-    settings = server_settings.model_copy(update={"stripe_api_base": proxy.url, "stripe_timeout_seconds": 1.0})
+    settings = server_settings.model_copy(
+        update={"stripe_api_base": proxy.url, "stripe_timeout_seconds": 1.0, "refund_max_attempts": MAX_REFUND_ATTEMPTS}
+    )
     running = RunningServer(settings)
     yield running
     running.stop()
@@ -229,10 +237,27 @@ def test_a_server_killed_between_stripe_success_and_its_commit_ends_with_booking
         assert second.wait(30) == 0
 
 
-def test_a_refund_stripe_refuses_stays_pending_visibly_and_is_retried_until_it_goes_through(
+def refunds_sent(proxy: FaultyStripe) -> int:
+    return sum(1 for method, path, _ in proxy.requests if (method, path) == ("POST", "/v1/refunds"))
+
+
+def audit_kinds(db: Db, payment_id: str) -> list[str]:
+    return [
+        str(r[0])
+        for r in db.execute("SELECT kind FROM payment.audit_log WHERE payment_id = %s ORDER BY sequence", (payment_id,))
+    ]
+
+
+def make_due(db: Db, payment_id: str) -> None:
+    """Brings the next try of the payment's pending refund forward to now."""
+    db.execute("UPDATE payment.refunds SET next_attempt_at = now() WHERE payment_id = %s", (payment_id,))
+
+
+def test_a_refund_stripe_fails_to_answer_stays_pending_visibly_and_is_retried_with_backoff_until_it_goes_through(
     behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, clerk: Customer, sale: Sale, db: Db
 ) -> None:
     channel, terminal = stub_on(behind_proxy, clerk)
+    assert behind_proxy.server is not None
     with channel:
         held = hold(ana, sale, "C4")
         paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
@@ -241,13 +266,25 @@ def test_a_refund_stripe_refuses_stays_pending_visibly_and_is_retried_until_it_g
         assert asked.state == ppb.PAYMENT_STATE_SUCCESS
         assert (asked.refund_pending.amount_minor, asked.refunded.amount_minor) == (1200, 0)
         row = db.execute(
-            "SELECT state, attempts, last_error FROM payment.refunds WHERE payment_id = %s", (paid.id,)
+            "SELECT state, attempts, last_error, next_attempt_at - now() FROM payment.refunds WHERE payment_id = %s",
+            (paid.id,),
         ).fetchone()
-        assert row is not None and row[0] == "PENDING" and row[1] == 1 and "Stripe" in str(row[2])
-        assert behind_proxy.server is not None
+        assert row is not None and row[0] == "PENDING" and row[1] == 1 and "HTTP 502" in str(row[2])
+        # The next try waits (30 s after the first failure, doubling after each one).
+        assert timedelta(seconds=20) < row[3] <= timedelta(seconds=30)  # type: ignore[operator]
+        sent = refunds_sent(proxy)
+        behind_proxy.run(behind_proxy.server.reconcile_payments())
+        assert refunds_sent(proxy) == sent, "a refund that is not due yet is not asked again"
+        make_due(db, paid.id)
         behind_proxy.run(behind_proxy.server.reconcile_payments())  # Stripe still failing
+        assert refunds_sent(proxy) > sent
         assert terminal.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id)).refund_pending.amount_minor == 1200
+        row = db.execute(
+            "SELECT attempts, next_attempt_at - now() FROM payment.refunds WHERE payment_id = %s", (paid.id,)
+        ).fetchone()
+        assert row is not None and row[0] == 2 and timedelta(seconds=50) < row[1] <= timedelta(seconds=60)  # type: ignore[operator]
         proxy.heal()
+        make_due(db, paid.id)
         behind_proxy.run(behind_proxy.server.reconcile_payments())
         done = terminal.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id))
         assert (done.state, done.refunded.amount_minor, done.refund_pending.amount_minor) == (
@@ -255,10 +292,111 @@ def test_a_refund_stripe_refuses_stays_pending_visibly_and_is_retried_until_it_g
             1200,
             0,
         )
-        kinds = [
-            r[0]
-            for r in db.execute(
-                "SELECT kind FROM payment.audit_log WHERE payment_id = %s ORDER BY sequence", (paid.id,)
-            )
+        kinds = audit_kinds(db, paid.id)
+        # The first passing failure is in the trail, the retries only on the refund row.
+        assert kinds.count("refund_failed") == 1 and kinds[-1] == "refunded"
+
+
+def test_a_refund_stripe_refuses_for_good_fails_at_once_with_its_reason_and_alerts_staff(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    channel, terminal = stub_on(behind_proxy, clerk)
+    assert behind_proxy.server is not None
+    with channel:
+        held = hold(ana, sale, "C5")
+        paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
+        proxy.fail(r"^/v1/refunds$", status=400, error_type="invalid_request_error", code="charge_disputed")
+        asked = terminal.RefundPayment(ppb.RefundPaymentRequest(payment_id=paid.id, reason="customer complaint"))
+        assert (asked.state, asked.refund_pending.amount_minor, asked.refunded.amount_minor) == (
+            ppb.PAYMENT_STATE_SUCCESS,
+            0,
+            0,
+        )
+        assert refunds_sent(proxy) == 1, "a refusal is not retried"
+        row = db.execute("SELECT state, attempts, last_error FROM payment.refunds WHERE payment_id = %s", (paid.id,))
+        assert row.fetchall() == [
+            ("FAILED", 1, "Stripe refused the request: HTTP 400, charge_disputed: injected failure")
         ]
-        assert kinds.count("refund_failed") == 2 and kinds[-1] == "refunded"
+        # The booking was cancelled with the full refund; reconciliation neither retries the
+        # refused refund nor asks for a new one for the cancelled booking.
+        make_due(db, paid.id)
+        behind_proxy.run(behind_proxy.server.reconcile_payments())
+        behind_proxy.run(behind_proxy.server.reconcile_payments())
+        assert refunds_sent(proxy) == 1
+        assert count(db, "payment.refunds") == 1
+        assert audit_kinds(db, paid.id)[-2:] == ["refund_requested", "refund_refused"]
+        behind_proxy.run(refresh_selling_gauges(behind_proxy.server.database.engine))
+        assert REGISTRY.get_sample_value("cinema_refunds_open", {"state": "FAILED"}) == 1
+        assert REGISTRY.get_sample_value("cinema_refunds_open", {"state": "PENDING"}) == 0
+
+
+def test_a_refund_that_keeps_failing_is_given_up_after_the_configured_tries(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    channel, terminal = stub_on(behind_proxy, clerk)
+    assert behind_proxy.server is not None
+    with channel:
+        held = hold(ana, sale, "C7")
+        paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
+        proxy.fail(r"^/v1/refunds$", status=503)
+        terminal.RefundPayment(ppb.RefundPaymentRequest(payment_id=paid.id, reason="customer complaint"))
+        for _ in range(MAX_REFUND_ATTEMPTS - 1):
+            make_due(db, paid.id)
+            behind_proxy.run(behind_proxy.server.reconcile_payments())
+        row = db.execute(
+            "SELECT state, attempts, last_error FROM payment.refunds WHERE payment_id = %s", (paid.id,)
+        ).fetchone()
+        assert row is not None and row[:2] == ("FAILED", MAX_REFUND_ATTEMPTS)
+        assert str(row[2]).startswith(f"gave up after {MAX_REFUND_ATTEMPTS} tries: Stripe did not answer properly")
+        kinds = audit_kinds(db, paid.id)
+        assert (kinds.count("refund_failed"), kinds.count("refund_refused")) == (1, 1)
+
+
+def test_a_payment_stripe_refuses_for_good_fails_with_the_reason_and_is_not_retried(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, sale: Sale, db: Db
+) -> None:
+    channel, stub = stub_on(behind_proxy, ana)
+    with channel:
+        held = hold(ana, sale, "D1")
+        proxy.fail(r"^/v1/payment_intents$", status=400, error_type="invalid_request_error", code="amount_too_large")
+        failed = call_fails(stub.CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id))
+        assert (failed.code, failed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_REFUSED_BY_PROVIDER")
+        assert failed.retry_delay_seconds is None
+        assert "amount_too_large" in failed.message
+        assert sum(1 for r in proxy.requests if r[:2] == ("POST", "/v1/payment_intents")) == 1
+        row = db.execute("SELECT state, failure_reason FROM payment.payments WHERE hold_id = %s", (held.id,)).fetchone()
+        assert row is not None and row[0] == "FAILED" and "amount_too_large" in str(row[1])
+        assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
+
+
+@pytest.mark.usefixtures("no_webhooks")
+def test_a_payment_stripe_cannot_answer_for_does_not_starve_the_reconciliation_queue(
+    behind_proxy: RunningServer,
+    proxy: FaultyStripe,
+    ana: Customer,
+    ben: Customer,
+    sale: Sale,
+    local_stripe: LocalStripe,
+    db: Db,
+) -> None:
+    srv = behind_proxy.server
+    assert srv is not None
+    channel, ana_pays = stub_on(behind_proxy, ana)
+    other, ben_pays = stub_on(behind_proxy, ben)
+    with channel, other:
+        stuck = ana_pays.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ana, sale, "D2").id))
+        paid = ben_pays.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ben, sale, "D3").id))
+        assert confirm_card(local_stripe, paid.intent_id) == "succeeded"
+        proxy.fail(rf"^/v1/payment_intents/{stuck.intent_id}$", status=500)
+
+        def one_at_a_time() -> Coroutine[Any, Any, Reconciled]:
+            return reconcile(srv.unit_of_work, srv.gateway, srv.clock, srv.settings.payment_rules(), batch=1)
+
+        behind_proxy.run(one_at_a_time())  # the older one, which Stripe does not answer for
+        row = db.execute(
+            "SELECT state, check_failures, next_check_at - now() FROM payment.payments WHERE id = %s", (stuck.id,)
+        ).fetchone()
+        assert row is not None and row[:2] == ("INITIALIZED", 1) and row[2] > timedelta(seconds=20)  # type: ignore[operator]
+        behind_proxy.run(one_at_a_time())
+        after = ben_pays.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id))
+        assert after.state == ppb.PAYMENT_STATE_SUCCESS and after.booking_id

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -23,11 +24,12 @@ from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
 from tests.auth_client import with_token
-from tests.booking_data import Customer, Sale, hold, open_sale, states
+from tests.booking_data import LAYOUT, Customer, Sale, hold, open_sale, states
 from tests.conftest import RunningServer
 from tests.integration.test_cinemas_and_movies import count
 from tests.payment_data import confirm_card, post_webhook, signed_event, stripe_client, wait_for
 from tests.rpc_errors import call_fails
+from tests.screening_data import make_cinema, make_hall, make_movie, prices, showtime_request
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -460,3 +462,29 @@ def test_an_abandoned_checkout_is_cancelled_at_stripe_after_the_payment_deadline
     assert (after.state, after.failure_reason) == (ppb.PAYMENT_STATE_FAILED, "canceled")
     assert str(stripe_client(local_stripe).v1.payment_intents.retrieve(payment.intent_id).status) == "canceled"
     assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
+
+
+def test_totals_above_what_one_card_payment_may_take_are_refused_at_hold_and_at_payment_time(
+    channel: grpc.Channel, screening: ScreeningServiceStub, ana: Customer, db: Db
+) -> None:
+    cinema = make_cinema(screening, "Grand")
+    hall = make_hall(screening, cinema.id, "Main", LAYOUT)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=30)
+    request = showtime_request(hall, make_movie(screening), start)
+    del request.prices[:]
+    request.prices.extend(prices(hall, 40_000_000))
+    showtime = screening.CreateShowtime(request)
+    sale = Sale(showtime, hall)
+    too_much = call_fails(
+        ana.booking.HoldSeats,
+        bpb.HoldSeatsRequest(showtime_id=showtime.id, seat_ids=sale.seats("C1", "C2", "C3")),
+    )
+    assert (too_much.code, too_much.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_ABOVE_CARD_LIMIT")
+    assert too_much.metadata == {"max_amount_minor": "99999999"}
+    assert count(db, "booking.holds") == 0
+    held = hold(ana, sale, "C1", "C2")  # 80,000,000: within the ceiling
+    # A hold from before the ceiling was checked (prices frozen higher) is refused before Stripe is asked.
+    db.execute("UPDATE booking.seat_claims SET amount_minor = 60000000 WHERE hold_id = %s", (held.id,))
+    refused = call_fails(payments(channel, ana).CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_ABOVE_CARD_LIMIT")
+    assert count(db, "payment.payments") == 0

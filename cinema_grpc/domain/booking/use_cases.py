@@ -29,6 +29,7 @@ from cinema_grpc.domain.booking.model import (
     Ticket,
     best_available,
     seat_states,
+    total,
     with_companions,
 )
 from cinema_grpc.domain.errors import (
@@ -50,6 +51,7 @@ from cinema_grpc.domain.errors import (
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.payment.model import check_card_amount
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork, WatcherLagging
 from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, ShowtimeState
 from cinema_grpc.domain.text import clean_text
@@ -133,11 +135,14 @@ async def hold_seats(
         seats = _best_seats(context, cmd) if isinstance(cmd, HoldBestAvailable) else _requested_seats(context, cmd)
         if len(seats) > rules.max_seats_per_hold:
             raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
+        claimed = _claimed(showtime, seats)
+        # A hold is paid by card or at the counter: refused at once if no card payment could take it.
+        check_card_amount(total(claimed), f"showtimes/{showtime.id}")
         hold = Hold(
             uuid.uuid4(),
             showtime.id,
             caller.user_id,
-            _claimed(showtime, seats),
+            claimed,
             HoldState.ACTIVE,
             now + rules.hold_ttl,
             0,

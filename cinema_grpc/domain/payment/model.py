@@ -7,12 +7,34 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from cinema_grpc.domain.errors import PreconditionFailed
+from cinema_grpc.domain.errors import AmountAboveCardLimit, PreconditionFailed
 from cinema_grpc.domain.money import Money
 
 GENESIS_HASH = "0" * 64
+# The largest amount Stripe accepts in one charge, in minor units of any currency
+# (eight digits: 999,999.99 EUR).
+CARD_AMOUNT_CEILING_MINOR = 99_999_999
+
+
+def check_card_amount(amount: Money, subject: str) -> None:
+    """Refuses a total no card payment can take, before anything is asked of Stripe."""
+    if amount.amount_minor > CARD_AMOUNT_CEILING_MINOR:
+        raise AmountAboveCardLimit(
+            f"{amount.amount_minor} {amount.currency} minor units is more than one card payment may take "
+            f"({CARD_AMOUNT_CEILING_MINOR}); hold fewer seats",
+            subject=subject,
+            metadata={"max_amount_minor": str(CARD_AMOUNT_CEILING_MINOR)},
+        )
+
+
+def retry_delay(attempts: int, base: timedelta, ceiling: timedelta) -> timedelta:
+    """How long to wait after the ``attempts``-th failed try: doubling from ``base``, at most ``ceiling``."""
+    if attempts <= 0:
+        return timedelta(0)
+    delay: timedelta = base * 2 ** min(attempts - 1, 30)
+    return min(delay, ceiling)
 
 
 class PaymentState(enum.StrEnum):
@@ -69,6 +91,8 @@ class Payment:
     updated_at: datetime
     # Refunds asked of Stripe and not yet confirmed (read along with the payment).
     refund_pending_minor: int = 0
+    # Reconciliation checks in a row that could not learn anything from Stripe.
+    check_failures: int = 0
 
     def moved(self, state: PaymentState, now: datetime, **changes: object) -> Payment:
         if state not in TRANSITIONS[self.state]:
@@ -98,6 +122,8 @@ class Refund:
     attempts: int
     last_error: str
     created_at: datetime
+    # A refund whose last try failed for a passing reason waits until then for the next one.
+    next_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from cinema_grpc.domain.payment.model import (
     PaymentState,
     Refund,
     RefundState,
+    check_card_amount,
+    retry_delay,
     verify_chain,
 )
 from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
@@ -63,6 +65,11 @@ class PaymentRules:
     reconcile_after: timedelta = timedelta(minutes=1)
     # A payment that never got its PaymentIntent (a crash in between) fails after this.
     abandon_after: timedelta = timedelta(minutes=10)
+    # After a passing Stripe failure the next try waits this long, doubling each time up to
+    # retry_max_delay; a refund that failed this many times in a row is given up (FAILED).
+    retry_base_delay: timedelta = timedelta(seconds=30)
+    retry_max_delay: timedelta = timedelta(hours=1)
+    refund_max_attempts: int = 8
 
 
 def _actor(caller: Caller) -> str:
@@ -121,6 +128,7 @@ async def _start(
         amount = hold.total
         if amount.amount_minor <= 0:
             raise NothingToPay("this hold costs nothing; sell it at the counter instead", subject=f"holds/{hold.id}")
+        check_card_amount(amount, f"holds/{hold.id}")
         payment = Payment(
             uuid.uuid4(),
             hold.id,
@@ -226,7 +234,11 @@ async def charge_at_terminal(
     except PaymentProviderUnavailable:
         # The outcome is unknown: the payment stays INITIALIZED and reconciliation asks Stripe.
         raise
-    return await settle(unit_of_work, gateway, clock, payment.id, intent, STRIPE)
+    except PaymentRefused as exc:
+        # Refused for good (nothing was charged): the payment fails, the hold stays for another try.
+        await _fail(unit_of_work, clock, payment.id, exc.message, SYSTEM)
+        raise
+    return await settle(unit_of_work, gateway, clock, rules, payment.id, intent, STRIPE)
 
 
 async def _fail(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.UUID, reason: str, actor: str) -> None:
@@ -295,6 +307,7 @@ async def settle(
     unit_of_work: UnitOfWorkFactory,
     gateway: PaymentGateway,
     clock: Clock,
+    rules: PaymentRules,
     payment_id: uuid.UUID,
     intent: IntentStatus,
     actor: str,
@@ -305,18 +318,18 @@ async def settle(
         payment, refund = await settle_in(uow, clock, payment, intent, actor)
         await uow.commit()
     if refund is not None:
-        await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
+        await _refund_after_commit(unit_of_work, gateway, clock, rules, refund.id)
         return await _reload(unit_of_work, payment_id)
     return payment
 
 
 async def _refund_after_commit(
-    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, refund_id: uuid.UUID
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, rules: PaymentRules, refund_id: uuid.UUID
 ) -> None:
     """The refund is recorded; trouble now must not tell the caller it failed (a retry could
     refund twice). Reconciliation retries whatever is still pending."""
     try:
-        await carry_out_refund(unit_of_work, gateway, clock, refund_id)
+        await carry_out_refund(unit_of_work, gateway, clock, rules, refund_id)
     except DomainError as exc:
         log.warning("refund left pending for reconciliation", extra={"refund_id": str(refund_id), "reason": exc.reason})
 
@@ -329,18 +342,28 @@ async def _reload(unit_of_work: UnitOfWorkFactory, payment_id: uuid.UUID) -> Pay
 
 
 async def sync_payment(
-    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, caller: Caller, payment_id: uuid.UUID
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    rules: PaymentRules,
+    caller: Caller,
+    payment_id: uuid.UUID,
 ) -> Payment:
     async with unit_of_work() as uow:
         payment = await _own_payment(uow, caller, payment_id)
     if not payment.intent_id or payment.settled:
         return payment
     intent = await gateway.retrieve_intent(payment.intent_id)
-    return await settle(unit_of_work, gateway, clock, payment.id, intent, STRIPE)
+    return await settle(unit_of_work, gateway, clock, rules, payment.id, intent, STRIPE)
 
 
 async def handle_webhook(
-    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, payload: bytes, signature: str
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    rules: PaymentRules,
+    payload: bytes,
+    signature: str,
 ) -> str:
     """Processes one signed Stripe event exactly once; returns what was done with it."""
     event = gateway.parse_webhook(payload, signature)
@@ -355,7 +378,7 @@ async def handle_webhook(
         _, refund = await settle_in(uow, clock, payment, event.intent, STRIPE)
         await uow.commit()
     if refund is not None:
-        await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
+        await _refund_after_commit(unit_of_work, gateway, clock, rules, refund.id)
     return "processed"
 
 
@@ -382,6 +405,7 @@ async def refund_payment(
     unit_of_work: UnitOfWorkFactory,
     gateway: PaymentGateway,
     clock: Clock,
+    rules: PaymentRules,
     booking_rules: BookingRules,
     caller: Caller,
     payment_id: uuid.UUID,
@@ -424,7 +448,7 @@ async def refund_payment(
         refund = await _request_refund(uow, payment, wanted, reason or "refund", _actor(caller), now)
         await remember_result(uow, "RefundPayment", request, refund.id)
         await uow.commit()
-    await _refund_after_commit(unit_of_work, gateway, clock, refund.id)
+    await _refund_after_commit(unit_of_work, gateway, clock, rules, refund.id)
     try:
         return await _reload(unit_of_work, payment_id)
     except DomainError:
@@ -442,10 +466,14 @@ async def _cancel_booking_for_refund(
 
 
 async def carry_out_refund(
-    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, refund_id: uuid.UUID
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, rules: PaymentRules, refund_id: uuid.UUID
 ) -> bool:
-    """Asks Stripe for a pending refund and records the outcome. Failures stay pending, are
-    recorded, and are retried by the reconciliation job. Returns whether it went through."""
+    """Asks Stripe for a pending refund and records the outcome. Returns whether it went through.
+
+    A refusal (a 4xx from Stripe) fails the refund for good, with Stripe's reason, for staff to
+    settle. A passing failure keeps it pending for the reconciliation job, which tries again
+    after a doubling delay and gives up (FAILED) after ``rules.refund_max_attempts`` tries; the
+    audit trail records the first passing failure and the outcome, not every retry."""
     async with unit_of_work() as uow:
         refund = await uow.payments.get_refund(refund_id)
         payment = await uow.payments.get(refund.payment_id) if refund else None
@@ -454,40 +482,10 @@ async def carry_out_refund(
     try:
         stripe_refund_id = await gateway.refund(payment.intent_id, refund.amount, idempotency_key=f"refund-{refund.id}")
     except PaymentRefused as exc:
-        async with unit_of_work() as uow:
-            current = await uow.payments.get_refund(refund_id, for_update=True)
-            if current is not None and current.state is RefundState.PENDING:
-                await uow.payments.update_refund(
-                    replace(
-                        current, state=RefundState.FAILED, attempts=current.attempts + 1, last_error=exc.message[:500]
-                    )
-                )
-                await _audit(
-                    uow, payment, "refund_refused", STRIPE, clock.now(), amount=refund.amount, note=exc.message
-                )
-                await uow.commit()
-        log.error(
-            "Stripe refused a refund for good; staff must settle it",
-            extra={"refund_id": str(refund_id), "error": exc.message},
-        )
+        await _refund_failed(unit_of_work, clock, rules, payment, refund_id, exc.message, permanent=True)
         return False
     except PaymentProviderUnavailable as exc:
-        async with unit_of_work() as uow:
-            current = await uow.payments.get_refund(refund_id, for_update=True)
-            if current is not None and current.state is RefundState.PENDING:
-                await uow.payments.update_refund(
-                    replace(current, attempts=current.attempts + 1, last_error=exc.message[:500])
-                )
-                await _audit(
-                    uow,
-                    payment,
-                    "refund_failed",
-                    STRIPE,
-                    clock.now(),
-                    amount=refund.amount,
-                    note=f"will retry: {exc.message}",
-                )
-                await uow.commit()
+        await _refund_failed(unit_of_work, clock, rules, payment, refund_id, exc.message, permanent=False)
         return False
     async with unit_of_work() as uow:
         current = await uow.payments.get_refund(refund_id, for_update=True)
@@ -520,6 +518,47 @@ async def carry_out_refund(
     return True
 
 
+async def _refund_failed(
+    unit_of_work: UnitOfWorkFactory,
+    clock: Clock,
+    rules: PaymentRules,
+    payment: Payment,
+    refund_id: uuid.UUID,
+    error: str,
+    *,
+    permanent: bool,
+) -> None:
+    async with unit_of_work() as uow:
+        current = await uow.payments.get_refund(refund_id, for_update=True)
+        if current is None or current.state is not RefundState.PENDING:
+            return
+        now = clock.now()
+        attempts = current.attempts + 1
+        if permanent or attempts >= rules.refund_max_attempts:
+            why = error if permanent else f"gave up after {attempts} tries: {error}"
+            await uow.payments.update_refund(
+                replace(
+                    current, state=RefundState.FAILED, attempts=attempts, last_error=why[:500], next_attempt_at=None
+                )
+            )
+            await _audit(uow, payment, "refund_refused", STRIPE, now, amount=current.amount, note=why[:500])
+            log.error(
+                "a refund failed for good; staff must settle it",
+                extra={"refund_id": str(refund_id), "payment_id": str(payment.id), "error": why},
+            )
+        else:
+            delay = retry_delay(attempts, rules.retry_base_delay, rules.retry_max_delay)
+            await uow.payments.update_refund(
+                replace(current, attempts=attempts, last_error=error[:500], next_attempt_at=now + delay)
+            )
+            if attempts == 1:
+                # Once: the retries that follow are counted on the refund, not written to the trail.
+                await _audit(
+                    uow, payment, "refund_failed", STRIPE, now, amount=current.amount, note=f"will retry: {error}"
+                )
+        await uow.commit()
+
+
 # ---------------------------------------------------------------- reconciliation and audit
 
 
@@ -539,25 +578,34 @@ async def reconcile(
     settled = abandoned = requested = done = 0
     now = clock.now()
     async with unit_of_work() as uow:
-        waiting = await uow.payments.unsettled(now - rules.reconcile_after, batch)
+        waiting = await uow.payments.unsettled(now, now - rules.reconcile_after, batch)
     for payment in waiting:
         if not payment.intent_id:
             if payment.created_at <= now - rules.abandon_after:
                 await _fail(unit_of_work, clock, payment.id, "no payment intent was created", SYSTEM)
                 abandoned += 1
+            else:
+                await _check_again(unit_of_work, payment.id, payment.created_at + rules.abandon_after, 0)
             continue
         try:
             intent = await gateway.retrieve_intent(payment.intent_id)
             if intent.unfinished and payment.created_at <= now - rules.payment_deadline:
                 # An abandoned checkout: close it at Stripe so no late card can still pay it.
                 intent = await gateway.cancel_intent(payment.intent_id)
-        except (PaymentProviderUnavailable, PaymentRefused):
+            after = await settle(unit_of_work, gateway, clock, rules, payment.id, intent, SYSTEM)
+        except DomainError as exc:
+            # Stripe failing or refusing, or a lock not had in time: this payment is asked about
+            # again later (later each time), and the rest of the queue goes on now.
+            failures = payment.check_failures + 1
+            later = clock.now() + retry_delay(failures, rules.retry_base_delay, rules.retry_max_delay)
+            await _check_again(unit_of_work, payment.id, later, failures)
+            log.warning(
+                "could not reconcile a payment; it waits for a later run",
+                extra={"payment_id": str(payment.id), "reason": exc.reason, "failures": failures},
+            )
             continue
-        after = await settle(unit_of_work, gateway, clock, payment.id, intent, SYSTEM)
         if after.state is PaymentState.INITIALIZED:
-            async with unit_of_work() as uow:
-                await uow.payments.touch(payment.id, clock.now())
-                await uow.commit()
+            await _check_again(unit_of_work, payment.id, clock.now(), 0)
         else:
             settled += 1
     async with unit_of_work() as uow:
@@ -565,10 +613,16 @@ async def reconcile(
     for payment_id in owed:
         requested += await _refund_cancelled_booking(unit_of_work, clock, payment_id)
     async with unit_of_work() as uow:
-        pending = await uow.payments.pending_refunds(batch)
+        pending = await uow.payments.pending_refunds(clock.now(), batch)
     for refund in pending:
-        done += await carry_out_refund(unit_of_work, gateway, clock, refund.id)
+        done += await carry_out_refund(unit_of_work, gateway, clock, rules, refund.id)
     return Reconciled(settled, abandoned, done, requested)
+
+
+async def _check_again(unit_of_work: UnitOfWorkFactory, payment_id: uuid.UUID, at: datetime, failures: int) -> None:
+    async with unit_of_work() as uow:
+        await uow.payments.check_again(payment_id, at, failures)
+        await uow.commit()
 
 
 async def _refund_cancelled_booking(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.UUID) -> bool:
