@@ -21,6 +21,8 @@ BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-gateway.sh"
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-gateway-deps.sh"
 BUILD_DIR = REPO_ROOT / "build" / "gateway"
 OPENAPI_DIR = REPO_ROOT / "generated" / "openapi"
+# The environment variable by which the gateway learns the key it sends as x-cinema-proxy-key.
+PROXY_KEY_VARIABLE = "CINEMA_GATEWAY_PROXY_KEY"
 TOOLCHAIN_MISSING = 3  # build-gateway.sh's exit status when the Debian packages are not installed
 
 
@@ -147,11 +149,14 @@ class GatewayProcess:
         openapi_dir: Path | None = OPENAPI_DIR,
         *,
         timeout: float = 15,
+        proxy_key: str | None = None,
     ) -> None:
         """Starts the gateway and returns once its HTTP port accepts connections.
 
-        ``http_port`` 0 picks a free port. Raises GatewayError if the port is taken or the
-        process exits or does not listen within ``timeout`` seconds.
+        ``http_port`` 0 picks a free port. ``proxy_key`` (the gRPC server's) is sent with every
+        call so the server believes the client address the gateway forwards. Raises
+        GatewayError if the port is taken or the process exits or does not listen within
+        ``timeout`` seconds.
         """
         if self._process is not None:
             raise GatewayError("the gateway is already started")
@@ -178,6 +183,8 @@ class GatewayProcess:
             stderr=self._output,
             text=True,
             start_new_session=True,
+            # In the environment, not the command line, which every local user can read.
+            env={**os.environ, PROXY_KEY_VARIABLE: proxy_key} if proxy_key else None,
         )
         deadline = time.monotonic() + timeout
         while not _accepts(http_host, http_port):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -12,6 +14,7 @@ from datetime import timedelta
 import grpc
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from argon2 import PasswordHasher as Argon2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
@@ -29,12 +32,12 @@ from cinema_grpc.adapters.passwords import Argon2PasswordHasher
 from cinema_grpc.adapters.stripe_gateway import StripeGateway
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
-from cinema_grpc.domain.identity.use_cases import Authenticator
+from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
 from cinema_grpc.domain.payment.use_cases import handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
-from cinema_grpc.services.access import AccessControl, declared_policies
+from cinema_grpc.services.access import AccessControl, ClientAddresses, declared_policies
 from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.identity import IdentityServicer
@@ -97,6 +100,14 @@ class CinemaServer:
         tokens = JwtTokenCodec(signing_key(key, settings.data_dir))
         authenticator = Authenticator(tokens, clock, settings.session_cache_seconds)
         access = AccessControl(declared_policies(SERVICES), authenticator, uow)
+        # The gateway that serve starts sends this key, so its X-Forwarded-For is believed.
+        self.gateway_proxy_key = secrets.token_urlsafe(32)
+        addresses = ClientAddresses(settings.trusted_proxy_networks(), self.gateway_proxy_key)
+        self.hasher = Argon2PasswordHasher(
+            Argon2(time_cost=settings.password_hash_iterations, memory_cost=settings.password_hash_memory_kib),
+            threads=settings.password_hash_threads,
+            max_pending=settings.password_hash_max_pending,
+        )
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
             # Concurrency is limited by the interceptor's budgets, not by maximum_concurrent_rpcs:
@@ -116,7 +127,8 @@ class CinemaServer:
         )
         screening_pb2_grpc.add_ScreeningServiceServicer_to_server(ScreeningServicer(uow, clock), self.grpc)
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-            IdentityServicer(uow, clock, Argon2PasswordHasher(), tokens, authenticator), self.grpc
+            IdentityServicer(uow, clock, self.hasher, tokens, authenticator, addresses, settings.throttle_rules()),
+            self.grpc,
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
             BookingServicer(uow, clock, settings.booking_rules(), self.bus), self.grpc
@@ -126,6 +138,7 @@ class CinemaServer:
             settings.stripe_webhook_secret.get_secret_value(),
             api_base=settings.stripe_api_base or None,
             timeout_seconds=settings.stripe_timeout_seconds,
+            threads=settings.stripe_threads,
         )
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(
             PaymentServicer(uow, clock, self.gateway, settings.payment_rules(), settings.booking_rules()), self.grpc
@@ -180,6 +193,13 @@ class CinemaServer:
             if done.settled or done.abandoned or done.refunds_done or done.refunds_requested:
                 log.info("reconciled payments with Stripe", **done.__dict__)
 
+    async def prune_sign_in_records(self) -> int:
+        """Deletes sign-in records past their retention and ended registration windows."""
+        pruned = await prune_sign_in_records(self.unit_of_work(), self.clock, self.settings.throttle_rules())
+        if pruned:
+            log.info("pruned sign-in records", rows=pruned)
+        return pruned
+
     def _schedule(
         self, job_id: str, seconds: float, job: Callable[[], Awaitable[object]], runs: Counter | None
     ) -> None:
@@ -202,6 +222,7 @@ class CinemaServer:
         self._schedule(
             "reconcile-payments", settings.reconcile_interval_seconds, self.reconcile_payments, RECONCILER_RUNS
         )
+        self._schedule("prune-sign-in-records", 3600, self.prune_sign_in_records, None)
         self._schedule("probe-database", settings.health_probe_interval_seconds, self.database_health.probe, None)
         self._schedule(
             "selling-gauges",
@@ -254,6 +275,8 @@ class CinemaServer:
         await self.bus.stop()
         await self.database_health.close()
         await self.database.close()
+        self.hasher.close()
+        self.gateway.close()
         log.info("stopped")
 
 
@@ -307,11 +330,14 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None) -> Non
         proxy = GatewayProcess(gateway.binary)
         try:
             await asyncio.to_thread(
-                proxy.start,
-                grpc_target(settings.grpc_host, server.port),
-                gateway.http_host,
-                gateway.http_port,
-                gateway.openapi_dir,
+                functools.partial(
+                    proxy.start,
+                    grpc_target(settings.grpc_host, server.port),
+                    gateway.http_host,
+                    gateway.http_port,
+                    gateway.openapi_dir,
+                    proxy_key=server.gateway_proxy_key,
+                )
             )
         except BaseException:
             await server.stop()

@@ -3,6 +3,7 @@ few conventional names). Secrets are never logged."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.booking.model import BookingRules
+from cinema_grpc.domain.identity.throttle import ThrottleRules
 from cinema_grpc.domain.payment.use_cases import PaymentRules
 from cinema_grpc.services.call_budget import Budgets
 
@@ -19,6 +21,8 @@ class ConfigurationError(RuntimeError):
 
 
 LIVE_STRIPE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Settings(BaseSettings):
@@ -70,6 +74,31 @@ class Settings(BaseSettings):
     token_signing_key: SecretStr | None = None
     # Seconds a replica trusts its cached check that a session is still signed in.
     session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Proxies (comma-separated addresses or CIDRs, e.g. "10.0.0.0/8, 127.0.0.1") whose
+    # X-Forwarded-For names the client for throttling. Others' X-Forwarded-For is ignored.
+    trusted_proxies: str = ""
+    # Sign-in throttle: failed sign-ins of one account from one address before each further
+    # attempt waits (first_delay, doubling up to max_delay); and from one address over all
+    # accounts before accounts never signed in from there wait too. Only failures count.
+    login_free_failures: int = Field(default=5, ge=1, le=1000)
+    login_address_free_failures: int = Field(default=50, ge=1, le=100_000)
+    login_first_delay_seconds: float = Field(default=30.0, gt=0, le=3600)
+    login_max_delay_seconds: float = Field(default=900.0, gt=0, le=86_400)
+    login_failure_memory_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    # Sign-in records untouched this long are deleted by an hourly job.
+    login_record_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    # Accounts one address may register per window.
+    registrations_per_address: int = Field(default=20, ge=1, le=1_000_000)
+    registration_window_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+    # Threads that hash passwords (Argon2id, 64 MiB each), and how many hashes may run or wait at
+    # once before more are refused with RESOURCE_EXHAUSTED / PASSWORD_HASHING_BUSY.
+    password_hash_threads: int = Field(default=2, ge=1, le=64)
+    # Argon2id cost of new password hashes (existing hashes keep theirs): memory in KiB, passes.
+    password_hash_memory_kib: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    password_hash_iterations: int = Field(default=3, ge=1, le=100)
+    password_hash_max_pending: int = Field(default=64, ge=1, le=10_000)
+    # Threads that make calls to Stripe (kept apart from password hashing).
+    stripe_threads: int = Field(default=8, ge=1, le=256)
     # Redis URL (redis://host:6379/0). Set: seat availability events cross replicas through
     # Redis pub/sub. Empty: events reach the watchers of this process only.
     redis_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CINEMA_REDIS_URL"))
@@ -159,6 +188,33 @@ class Settings(BaseSettings):
             streams=self.max_streams,
             streams_per_address=self.max_streams_per_address,
             streams_per_caller=self.max_streams_per_caller,
+        )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"not an address or CIDR: {item.strip()!r}") from exc
+        return value
+
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        items = [item.strip() for item in self.trusted_proxies.split(",")]
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items if item)
+
+    def throttle_rules(self) -> ThrottleRules:
+        return ThrottleRules(
+            free_failures=self.login_free_failures,
+            address_free_failures=self.login_address_free_failures,
+            first_delay=timedelta(seconds=self.login_first_delay_seconds),
+            max_delay=timedelta(seconds=self.login_max_delay_seconds),
+            failure_memory=timedelta(hours=self.login_failure_memory_hours),
+            retention=timedelta(days=self.login_record_retention_days),
+            registrations_per_address=self.registrations_per_address,
+            registration_window=timedelta(minutes=self.registration_window_minutes),
         )
 
     def booking_rules(self) -> BookingRules:

@@ -89,14 +89,18 @@ def db(db_admin: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[t
     """The admin connection, on emptied business tables.
 
     Accounts are kept (tests use unique emails), so the signed-in staff of the session stays;
-    the login throttle is emptied because all tests sign in from the same address.
+    the sign-in and registration throttles are emptied because all tests sign in from the same
+    address.
     """
     tables = db_admin.execute(
         "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables"
         " WHERE schemaname = ANY(%s) AND format('%%I.%%I', schemaname, tablename) <> ALL(%s)",
         (list(SCHEMAS), list(KEPT_TABLES)),
     ).fetchall()
-    truncate = f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.login_failures RESTART IDENTITY CASCADE"
+    truncate = (
+        f"TRUNCATE {', '.join(str(t[0]) for t in tables)}, identity.sign_in_records,"
+        " identity.registrations_by_address RESTART IDENTITY CASCADE"
+    )
     # The server may still be at work for an earlier test (a late Stripe webhook, say): its
     # reads can deadlock with the TRUNCATE, which PostgreSQL then aborts. Try again.
     for attempt in range(5):
@@ -176,6 +180,12 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         webhook_port=0,
         metrics_port=0,
         token_signing_key=TEST_SIGNING_KEY,
+        # Every test registers its accounts from this machine's address.
+        registrations_per_address=100_000,
+        # Cheap password hashes: tests sign in hundreds of accounts (the hashing tests set
+        # the production cost again).
+        password_hash_memory_kib=8192,
+        password_hash_iterations=1,
     )
 
 

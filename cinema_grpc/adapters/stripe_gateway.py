@@ -1,8 +1,9 @@
 """Stripe PaymentIntents and refunds through the official library, for the PaymentGateway port.
 
-Calls run in a worker thread (the library's HTTP client is synchronous) with a timeout and a
-bounded number of network retries; every mutating call carries an idempotency key, so a
-retry never charges twice on real Stripe.
+Calls run on threads of their own (the library's HTTP client is synchronous; not asyncio's
+default pool, so nothing else that uses threads, password hashing say, can make them wait),
+with a timeout and a bounded number of network retries; every mutating call carries an
+idempotency key, so a retry never charges twice on real Stripe.
 
 Stripe's errors are of two kinds: passing (no answer, a timeout, a 409 conflict, a 429 rate
 limit, a 5xx) become PaymentProviderUnavailable, worth trying again later; permanent (every
@@ -13,8 +14,10 @@ PaymentRefused, which no retry can change.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import stripe
@@ -53,7 +56,13 @@ def _intent(intent: Any) -> IntentStatus:
 
 class StripeGateway:
     def __init__(
-        self, secret_key: str, webhook_secret: str, *, api_base: str | None = None, timeout_seconds: float = 10
+        self,
+        secret_key: str,
+        webhook_secret: str,
+        *,
+        api_base: str | None = None,
+        timeout_seconds: float = 10,
+        threads: int = 8,
     ) -> None:
         self._client = stripe.StripeClient(
             secret_key,
@@ -62,12 +71,18 @@ class StripeGateway:
             http_client=stripe.RequestsClient(timeout=timeout_seconds),
         )
         self._webhook_secret = webhook_secret
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="stripe")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, action: Callable[[], T], *, card_errors: bool = False) -> T:
         """Runs ``action``; with ``card_errors`` a declined card is raised as stripe.CardError
         for the caller to read, otherwise as PaymentRefused like any other permanent error."""
         try:
-            return await asyncio.to_thread(action)
+            # As asyncio.to_thread does: the request's context (log fields) goes along.
+            context = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, action)
         except stripe.CardError as exc:
             if card_errors:
                 raise

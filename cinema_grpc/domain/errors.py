@@ -358,6 +358,33 @@ class LoginThrottled(DomainError):
         return self._retry_after
 
 
+class RegistrationThrottled(DomainError):
+    """Too many accounts registered from one address lately."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+    reason = "REGISTRATION_THROTTLED"
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message, metadata={"retry_after_seconds": str(int(retry_after_seconds))})
+        self._retry_after = retry_after_seconds
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
+
+
+class PasswordHashingBusy(DomainError):
+    """As many password checks as the replica allows are running or waiting; a moment later
+    one is free. Keeps a registration or sign-in flood from taking every thread and all memory."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+    reason = "PASSWORD_HASHING_BUSY"
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return 1.0
+
+
 class EmailTaken(DomainError):
     kind = ErrorKind.ALREADY_EXISTS
     reason = "EMAIL_TAKEN"

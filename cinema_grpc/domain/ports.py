@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
@@ -23,6 +23,7 @@ from cinema_grpc.domain.booking.model import (
 )
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
+from cinema_grpc.domain.identity.throttle import SignInRecord
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
@@ -209,22 +210,34 @@ class SessionRepository(Protocol):
 
 
 class LoginThrottle(Protocol):
-    """Counts failed sign-ins per key (an account or a client) in fixed windows."""
+    """What is remembered of sign-ins per (account, address) and per address, and how many
+    accounts each address registered lately."""
 
-    async def failures(self, key: str, since: datetime) -> tuple[int, datetime | None]:
-        """Failures counted since ``since`` and when their window began."""
+    async def records(self, account: str, address: str) -> tuple[SignInRecord, SignInRecord]:
+        """The pair's record and the address's record (over all accounts), without locking."""
         ...
 
-    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> tuple[int, datetime]:
-        """Counts one attempt; a window that began before ``window_start_before`` starts over.
-        Returns the count and when its window began."""
+    async def lock_pair(self, account: str, address: str, now: datetime) -> SignInRecord:
+        """The pair's record, locked until the transaction ends (created when missing)."""
         ...
 
-    async def forgive(self, key: str) -> None:
-        """Takes one counted attempt back (it succeeded)."""
+    async def lock_address(self, address: str, now: datetime) -> SignInRecord:
+        """The address's record over all accounts, locked like lock_pair; take it after the pair."""
         ...
 
-    async def clear(self, key: str) -> None: ...
+    async def save(self, account: str | None, address: str, record: SignInRecord, now: datetime) -> None:
+        """Stores a record locked before; ``account`` None is the address's record."""
+        ...
+
+    async def count_registration(self, address: str, now: datetime, window: timedelta) -> tuple[int, datetime]:
+        """Counts one registration of the address in its current window (a new one when the last
+        began ``window`` ago or more); returns the count and when the window began."""
+        ...
+
+    async def prune(self, untouched_before: datetime, windows_before: datetime) -> int:
+        """Deletes records untouched since ``untouched_before`` and registration windows that
+        began before ``windows_before``; returns how many rows went."""
+        ...
 
 
 class PasswordHasher(Protocol):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import hmac
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -58,20 +59,66 @@ def _bearer(context: Context) -> str | None:
     return token.strip()
 
 
-def client_address(context: Context) -> str:
-    """The caller's address for throttling: the peer, or the first X-Forwarded-For entry when the
-    peer is a proxy on this machine (the gateway)."""
-    peer = context.peer() or "unknown"
-    host = peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+# Metadata by which the gateway that serve starts proves it is that gateway (a per-process key).
+PROXY_KEY_HEADER = "x-cinema-proxy-key"
+_MAX_ADDRESS = 64
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        local = ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        local = False
-    if local:
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-forwarded-for" and isinstance(value, str) and value.strip():
-                return value.split(",")[0].strip()[:64]
-    return host
+        return None
+    # An IPv4 client seen through an IPv6 socket is the IPv4 client.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class ClientAddresses:
+    """The address a call comes from, for throttling.
+
+    The peer's address, unless the peer is a trusted proxy (in ``trusted`` networks, or the
+    gateway started by ``serve``, which sends ``proxy_key``): then the nearest X-Forwarded-For
+    entry that is not itself a trusted proxy. Anybody else's X-Forwarded-For is ignored, so a
+    client cannot choose the address it is throttled by.
+    """
+
+    def __init__(self, trusted: Sequence[IPNetwork] = (), proxy_key: str | None = None) -> None:
+        self._trusted = tuple(trusted)
+        self._proxy_key = proxy_key
+
+    def _trusted_address(self, text: str) -> bool:
+        address = _ip(text)
+        return address is not None and any(address in network for network in self._trusted)
+
+    def of(self, context: Context) -> str:
+        peer = context.peer() or "unknown"
+        # "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678", "unix:/path"
+        kind, _, rest = peer.partition(":")
+        host = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
+        address = _ip(host)
+        metadata = context.invocation_metadata() or ()
+        key = next((v for k, v in metadata if k == PROXY_KEY_HEADER and isinstance(v, str)), None)
+        from_gateway = self._proxy_key is not None and key is not None and hmac.compare_digest(key, self._proxy_key)
+        if not from_gateway and not self._trusted_address(host):
+            return str(address) if address is not None else host[:_MAX_ADDRESS]
+        forwarded = [
+            entry.strip()
+            for key_, value in metadata
+            if key_ == "x-forwarded-for" and isinstance(value, str)
+            for entry in value.split(",")
+            if entry.strip()
+        ]
+        # Walk back from the nearest hop: each trusted proxy vouches for the entry before it.
+        for entry in reversed(forwarded):
+            if not self._trusted_address(entry):
+                forwarded_address = _ip(entry)
+                return str(forwarded_address) if forwarded_address is not None else entry[:_MAX_ADDRESS]
+        if forwarded:
+            return forwarded[0][:_MAX_ADDRESS]
+        return str(address) if address is not None else host[:_MAX_ADDRESS]
 
 
 class AccessControl:

@@ -12,8 +12,9 @@ from cinema_grpc.domain.access import Role
 from cinema_grpc.domain.errors import invalid
 from cinema_grpc.domain.identity import use_cases as uc
 from cinema_grpc.domain.identity.model import IssuedTokens, User
+from cinema_grpc.domain.identity.throttle import ThrottleRules
 from cinema_grpc.domain.ports import Clock, PasswordHasher, TokenCodec, UnitOfWork
-from cinema_grpc.services.access import client_address, current_caller
+from cinema_grpc.services.access import ClientAddresses, current_caller
 from cinema_grpc.services.convert import Context, require_id, timestamp
 
 _ROLES = {Role.CUSTOMER: pb.ROLE_CUSTOMER, Role.STAFF: pb.ROLE_STAFF, Role.ADMIN: pb.ROLE_ADMIN}
@@ -57,8 +58,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         hasher: PasswordHasher,
         tokens: TokenCodec,
         authenticator: uc.Authenticator,
+        addresses: ClientAddresses,
+        throttle: ThrottleRules,
     ) -> None:
         self._uow = unit_of_work
+        self._addresses = addresses
+        self._throttle = throttle
         self._clock = clock
         self._hasher = hasher
         self._tokens = tokens
@@ -73,6 +78,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             password=request.password,
             display_name=request.display_name,
             phone=request.phone,
+            client=self._addresses.of(context),
+            rules=self._throttle,
         )
         return user_message(user)
 
@@ -84,7 +91,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             self._clock,
             email=request.email,
             password=request.password,
-            client=client_address(context),
+            client=self._addresses.of(context),
+            rules=self._throttle,
         )
         return tokens_message(issued)
 
@@ -122,6 +130,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             current_caller(),
             current=request.current_password,
             new=request.new_password,
+            client=self._addresses.of(context),
+            rules=self._throttle,
         )
         self._authenticator.forget(*revoked)
         return empty_pb2.Empty()

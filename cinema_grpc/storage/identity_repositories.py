@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cinema_grpc.domain.access import Caller, Role
 from cinema_grpc.domain.errors import EmailTaken
 from cinema_grpc.domain.identity.model import Session, User
-from cinema_grpc.storage.rows import LoginFailureRow, SessionRow, UserRoleRow, UserRow
+from cinema_grpc.domain.identity.throttle import SignInRecord
+from cinema_grpc.storage.rows import RegistrationsByAddressRow, SessionRow, SignInRecordRow, UserRoleRow, UserRow
 
 
 class SqlUserRepository:
@@ -152,43 +153,87 @@ class SqlSessionRepository:
         return Caller(rows[0][0], frozenset(Role[role] for _, role in rows), session_id)
 
 
+# The row of an address over all accounts has this account (no email address is empty).
+_WHOLE_ADDRESS = ""
+
+
+def _record(row: SignInRecordRow | None) -> SignInRecord:
+    if row is None:
+        return SignInRecord()
+    return SignInRecord(row.failures, row.last_failure_at, row.last_success_at)
+
+
 class SqlLoginThrottle:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def failures(self, key: str, since: datetime) -> tuple[int, datetime | None]:
-        row = await self._session.get(LoginFailureRow, key)
-        if row is None or row.window_start < since:
-            return 0, None
-        return row.failures, row.window_start
+    async def records(self, account: str, address: str) -> tuple[SignInRecord, SignInRecord]:
+        rows = {
+            row.account: row
+            for row in await self._session.scalars(
+                select(SignInRecordRow).where(
+                    SignInRecordRow.address == address, SignInRecordRow.account.in_([account, _WHOLE_ADDRESS])
+                )
+            )
+        }
+        return _record(rows.get(account)), _record(rows.get(_WHOLE_ADDRESS))
 
-    async def record_failure(self, key: str, now: datetime, window_start_before: datetime) -> tuple[int, datetime]:
-        stale = LoginFailureRow.window_start < window_start_before
-        statement = insert(LoginFailureRow).values(key=key, window_start=now, failures=1)
+    async def _locked(self, account: str, address: str, now: datetime) -> SignInRecord:
+        # Created first when missing so that there is a row to lock: parallel attempts of one
+        # pair then queue on it and each sees the failures of those before it.
+        await self._session.execute(
+            insert(SignInRecordRow)
+            .values(account=account, address=address, failures=0, touched_at=now)
+            .on_conflict_do_nothing()
+        )
+        row = await self._session.scalar(
+            select(SignInRecordRow)
+            .where(SignInRecordRow.account == account, SignInRecordRow.address == address)
+            .with_for_update()
+        )
+        return _record(row)
+
+    async def lock_pair(self, account: str, address: str, now: datetime) -> SignInRecord:
+        return await self._locked(account, address, now)
+
+    async def lock_address(self, address: str, now: datetime) -> SignInRecord:
+        return await self._locked(_WHOLE_ADDRESS, address, now)
+
+    async def save(self, account: str | None, address: str, record: SignInRecord, now: datetime) -> None:
+        await self._session.execute(
+            update(SignInRecordRow)
+            .where(SignInRecordRow.account == (account or _WHOLE_ADDRESS), SignInRecordRow.address == address)
+            .values(
+                failures=record.failures,
+                last_failure_at=record.last_failure_at,
+                last_success_at=record.last_success_at,
+                touched_at=now,
+            )
+        )
+
+    async def count_registration(self, address: str, now: datetime, window: timedelta) -> tuple[int, datetime]:
+        stale = RegistrationsByAddressRow.window_start <= now - window
         row = (
             await self._session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[LoginFailureRow.key],
+                insert(RegistrationsByAddressRow)
+                .values(address=address, window_start=now, registrations=1)
+                .on_conflict_do_update(
+                    index_elements=[RegistrationsByAddressRow.address],
                     set_={
-                        "failures": case((stale, 1), else_=LoginFailureRow.failures + 1),
-                        "window_start": case((stale, now), else_=LoginFailureRow.window_start),
+                        "registrations": case((stale, 1), else_=RegistrationsByAddressRow.registrations + 1),
+                        "window_start": case((stale, now), else_=RegistrationsByAddressRow.window_start),
                     },
-                ).returning(LoginFailureRow.failures, LoginFailureRow.window_start)
+                )
+                .returning(RegistrationsByAddressRow.registrations, RegistrationsByAddressRow.window_start)
             )
         ).one()
         return int(row[0]), row[1]
 
-    async def forgive(self, key: str) -> None:
-        await self._session.execute(
-            delete(LoginFailureRow).where(LoginFailureRow.key == key, LoginFailureRow.failures <= 1)
+    async def prune(self, untouched_before: datetime, windows_before: datetime) -> int:
+        records = await self._session.execute(
+            delete(SignInRecordRow).where(SignInRecordRow.touched_at < untouched_before)
         )
-        # The guard keeps two sign-ins that forgive at once from going below one (the second
-        # re-reads the row after the first and leaves it); at worst one forgiveness is lost.
-        await self._session.execute(
-            update(LoginFailureRow)
-            .where(LoginFailureRow.key == key, LoginFailureRow.failures > 1)
-            .values(failures=LoginFailureRow.failures - 1)
+        windows = await self._session.execute(
+            delete(RegistrationsByAddressRow).where(RegistrationsByAddressRow.window_start < windows_before)
         )
-
-    async def clear(self, key: str) -> None:
-        await self._session.execute(delete(LoginFailureRow).where(LoginFailureRow.key == key))
+        return int(getattr(records, "rowcount", 0)) + int(getattr(windows, "rowcount", 0))

@@ -214,13 +214,25 @@ class SessionRow(Row):
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
-class LoginFailureRow(Row):
-    __tablename__ = "login_failures"
+class SignInRecordRow(Row):
+    __tablename__ = "sign_in_records"
     __table_args__ = {"schema": "identity"}
 
-    key: Mapped[str] = mapped_column(Text, primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    account: Mapped[str] = mapped_column(Text, primary_key=True)
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
     failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    touched_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RegistrationsByAddressRow(Row):
+    __tablename__ = "registrations_by_address"
+    __table_args__ = {"schema": "identity"}
+
+    address: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    registrations: Mapped[int] = mapped_column(Integer)
 
 
 class PaymentRow(Row):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cinema_grpc.gateway import GatewayProcess, build_gateway, toolchain_available
+from tests.conftest import RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +26,10 @@ def gateway_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gateway(gateway_binary: Path, address: str) -> Iterator[str]:
-    """Base URL of a gateway in front of the session's test server."""
+def gateway(gateway_binary: Path, address: str, server: RunningServer) -> Iterator[str]:
+    """Base URL of a gateway in front of the session's test server, trusted as serve trusts its own."""
+    assert server.server is not None
     process = GatewayProcess(gateway_binary)
-    process.start(address, "127.0.0.1", 0, gateway_binary.parent / "openapi")
+    process.start(address, "127.0.0.1", 0, gateway_binary.parent / "openapi", proxy_key=server.server.gateway_proxy_key)
     yield process.url
     assert process.stop() == 0  # SIGTERM is a graceful stop

@@ -49,6 +49,7 @@ def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Itera
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
             "CINEMA_WEBHOOK_PORT": "0",
             "CINEMA_METRICS_PORT": "0",
+            "CINEMA_REGISTRATIONS_PER_ADDRESS": "1000",
         }
         log = (tmp_path / f"{name}.log").open("w")
         processes.append(subprocess.Popen([str(BIN / "cinema-grpc"), "serve"], env=env, stderr=log, stdout=log))

@@ -105,9 +105,9 @@ DEFINED = {
 }
 
 
-# Written by refused requests on purpose: failed sign-ins are counted (throttling) and a reused
-# refresh token signs its session out.
-WRITTEN_WHEN_REFUSED = ("identity.login_failures", "identity.sessions")
+# Written by refused requests on purpose: failed sign-ins and registrations are counted
+# (throttling) and a reused refresh token signs its session out.
+WRITTEN_WHEN_REFUSED = ("identity.sign_in_records", "identity.registrations_by_address", "identity.sessions")
 
 
 def _row_census(db: Db) -> tuple[int, list[tuple[object, ...]]]:

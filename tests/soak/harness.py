@@ -104,6 +104,8 @@ def replica_env(database_url: str, redis_url: str | None, stripe: LocalStripe, *
         "CINEMA_METRICS_PORT": "0",
         "CINEMA_WEBHOOK_PORT": "0",
         "CINEMA_LOG_LEVEL": "WARNING",
+        # Every soak customer registers from this machine's address.
+        "CINEMA_REGISTRATIONS_PER_ADDRESS": "100000",
         **extra,
     }
 

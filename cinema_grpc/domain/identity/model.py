@@ -1,4 +1,4 @@
-"""Users, sessions, the password rule and the login throttle."""
+"""Users, sessions and the password rule."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ from cinema_grpc.domain.errors import Violations
 ACCESS_TOKEN_TTL = timedelta(minutes=15)
 REFRESH_TOKEN_TTL = timedelta(days=30)
 PASSWORD_MIN, PASSWORD_MAX = 10, 128
-# Failed logins within one window before further attempts are refused until it ends.
-THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_ACCOUNT = 5
-MAX_FAILURES_PER_CLIENT = 30
 
 
 @dataclass(frozen=True)

@@ -6,31 +6,28 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import replace
 
 from cinema_grpc.domain.access import Caller, PermissionDenied, Role
 from cinema_grpc.domain.errors import (
     EmailTaken,
     InvalidCredentials,
-    LoginThrottled,
     RefreshTokenReused,
+    RegistrationThrottled,
     RoleChangeRefused,
     TokenRevoked,
     UserNotFound,
     Violations,
 )
 from cinema_grpc.domain.identity.model import (
-    MAX_FAILURES_PER_ACCOUNT,
-    MAX_FAILURES_PER_CLIENT,
     REFRESH_TOKEN_TTL,
-    THROTTLE_WINDOW,
     IssuedTokens,
     Session,
     User,
     normalize_email,
     password_violations,
 )
+from cinema_grpc.domain.identity.throttle import ThrottleRules
 from cinema_grpc.domain.ports import Clock, PasswordHasher, TokenCodec, UnitOfWork
 from cinema_grpc.domain.text import clean_text
 
@@ -57,13 +54,19 @@ async def register(
     display_name: str,
     phone: str = "",
     roles: frozenset[Role] = frozenset({Role.CUSTOMER}),
+    client: str | None = None,
+    rules: ThrottleRules | None = None,
 ) -> User:
+    """A new account. With ``client`` (the caller's address), registrations from one address
+    are limited per window by ``rules`` before any password is hashed."""
     violations = Violations()
     normalized = normalize_email(violations, "email", email)
     password_violations(violations, "password", password, normalized)
     name, clean_phone = _profile(violations, display_name, phone)
     violations.raise_if_any()
     assert name is not None and clean_phone is not None
+    if client is not None:
+        await _count_registration(uow, clock, rules or ThrottleRules(), client)
     password_hash = await hasher.hash(password)
     now = clock.now()
     user = User(uuid.uuid4(), normalized, name, clean_phone, roles, password_hash, now, now)
@@ -73,50 +76,95 @@ async def register(
     return user
 
 
-def _throttle_keys(email: str, client: str) -> tuple[tuple[str, int], tuple[str, int]]:
-    return (f"account:{email}", MAX_FAILURES_PER_ACCOUNT), (f"client:{client}", MAX_FAILURES_PER_CLIENT)
-
-
-async def _count_attempt(uow: UnitOfWork, clock: Clock, keys: Sequence[tuple[str, int]]) -> None:
-    """Counts the attempt against each key before the password is checked, in a transaction of
-    its own, so parallel guesses see each other; refuses it when a key is over its limit."""
+async def _count_registration(uow: UnitOfWork, clock: Clock, rules: ThrottleRules, client: str) -> None:
     now = clock.now()
     async with uow:
-        counts = [
-            (await uow.login_throttle.record_failure(key, now, now - THROTTLE_WINDOW), limit) for key, limit in keys
-        ]
+        count, started = await uow.login_throttle.count_registration(client, now, rules.registration_window)
         await uow.commit()
-    for (failures, started), limit in counts:
-        if failures > limit:
-            wait = (started + THROTTLE_WINDOW - now).total_seconds()
-            raise LoginThrottled("too many failed sign-ins; try again later", retry_after_seconds=max(wait, 1))
+    if count > rules.registrations_per_address:
+        wait = (started + rules.registration_window - now).total_seconds()
+        raise RegistrationThrottled("too many accounts registered from this address; try later", max(wait, 1))
+
+
+async def _refuse_if_throttled(uow: UnitOfWork, clock: Clock, rules: ThrottleRules, account: str, client: str) -> None:
+    """Refuses a throttled attempt before its password is hashed (no hashing time spent)."""
+    async with uow:
+        pair, whole = await uow.login_throttle.records(account, client)
+    rules.refuse_if_throttled(pair, whole, clock.now())
+
+
+async def _settle_attempt(
+    uow: UnitOfWork,
+    clock: Clock,
+    rules: ThrottleRules,
+    account: str,
+    client: str,
+    *,
+    valid: bool,
+    wrong: str = "wrong email or password",
+) -> None:
+    """Records a checked password in the open unit of work; only a wrong one counts.
+
+    The pair's row lock puts parallel attempts in a line, and each is judged again under it, so
+    parallel guesses cannot slip past the allowance, and a throttled answer never tells whether
+    the password was right. A wrong password is committed and refused; a right one resets the
+    pair in the caller's transaction.
+    """
+    now = clock.now()
+    pair = await uow.login_throttle.lock_pair(account, client, now)
+    if valid:
+        whole = (await uow.login_throttle.records(account, client))[1] if pair.last_success_at is None else pair
+        rules.refuse_if_throttled(pair, whole, now)
+        await uow.login_throttle.save(account, client, rules.succeeded(pair, now), now)
+        return
+    whole = await uow.login_throttle.lock_address(client, now)
+    rules.refuse_if_throttled(pair, whole, now)
+    await uow.login_throttle.save(account, client, rules.failed(pair, now), now)
+    await uow.login_throttle.save(None, client, rules.failed(whole, now), now)
+    await uow.commit()
+    raise InvalidCredentials(wrong)
 
 
 async def login(
-    uow: UnitOfWork, hasher: PasswordHasher, tokens: TokenCodec, clock: Clock, *, email: str, password: str, client: str
+    uow: UnitOfWork,
+    hasher: PasswordHasher,
+    tokens: TokenCodec,
+    clock: Clock,
+    *,
+    email: str,
+    password: str,
+    client: str,
+    rules: ThrottleRules | None = None,
 ) -> IssuedTokens:
+    rules = rules or ThrottleRules()
     violations = Violations()
     normalized = normalize_email(violations, "email", email)
     if not password:
         violations.add("password", "REQUIRED", "must not be empty")
     violations.raise_if_any()
-    keys = _throttle_keys(normalized, client)
-    await _count_attempt(uow, clock, keys)
+    await _refuse_if_throttled(uow, clock, rules, normalized, client)
     async with uow:
         user = await uow.users.by_email(normalized)
     # An unknown email costs the same hashing time as a wrong password.
     valid = await hasher.verify(user.password_hash if user else "", password)
-    if user is None or not valid:
-        raise InvalidCredentials("wrong email or password")  # the attempt stays counted
-    now = clock.now()
     async with uow:
-        await uow.login_throttle.clear(keys[0][0])
-        await uow.login_throttle.forgive(keys[1][0])
+        await _settle_attempt(uow, clock, rules, normalized, client, valid=user is not None and valid)
+        assert user is not None
+        now = clock.now()
         session = Session(uuid.uuid4(), user.id, secrets.token_urlsafe(16), now, now + REFRESH_TOKEN_TTL)
         await uow.sessions.add(session)
         issued = tokens.issue(user, session, now)
         await uow.commit()
     return issued
+
+
+async def prune_sign_in_records(uow: UnitOfWork, clock: Clock, rules: ThrottleRules) -> int:
+    """Forgets sign-in records untouched for the retention period and ended registration windows."""
+    now = clock.now()
+    async with uow:
+        pruned = await uow.login_throttle.prune(now - rules.retention, now - rules.registration_window)
+        await uow.commit()
+    return pruned
 
 
 async def refresh(uow: UnitOfWork, tokens: TokenCodec, clock: Clock, refresh_token: str) -> IssuedTokens:
@@ -185,29 +233,39 @@ async def update_profile(
 
 
 async def change_password(
-    uow: UnitOfWork, hasher: PasswordHasher, clock: Clock, caller: Caller, *, current: str, new: str
+    uow: UnitOfWork,
+    hasher: PasswordHasher,
+    clock: Clock,
+    caller: Caller,
+    *,
+    current: str,
+    new: str,
+    client: str,
+    rules: ThrottleRules | None = None,
 ) -> list[uuid.UUID]:
     """Changes the password and signs out the caller's other sessions; returns their ids."""
     assert caller.user_id is not None
+    rules = rules or ThrottleRules()
     async with uow:
         user = await uow.users.get(caller.user_id)
     if user is None:
         raise UserNotFound(caller.user_id)
     # A stolen session must not be a way to guess the password without limit.
-    account = f"account:{user.email}"
-    await _count_attempt(uow, clock, [(account, MAX_FAILURES_PER_ACCOUNT)])
-    if not await hasher.verify(user.password_hash, current):
-        raise InvalidCredentials("the current password is wrong")
-    async with uow:
-        await uow.login_throttle.clear(account)
-        user = await uow.users.get(caller.user_id, for_update=True)
-        if user is None:
-            raise UserNotFound(caller.user_id)
+    await _refuse_if_throttled(uow, clock, rules, user.email, client)
+    valid = await hasher.verify(user.password_hash, current)
+    new_hash = ""
+    if valid:
         violations = Violations()
         password_violations(violations, "new_password", new, user.email)
         violations.raise_if_any()
+        new_hash = await hasher.hash(new)
+    async with uow:
+        await _settle_attempt(uow, clock, rules, user.email, client, valid=valid, wrong="the current password is wrong")
+        user = await uow.users.get(caller.user_id, for_update=True)
+        if user is None:
+            raise UserNotFound(caller.user_id)
         now = clock.now()
-        await uow.users.update_password(replace(user, password_hash=await hasher.hash(new), updated_at=now))
+        await uow.users.update_password(replace(user, password_hash=new_hash, updated_at=now))
         revoked = await uow.sessions.revoke_all(user.id, now, keep=caller.session_id)
         await uow.commit()
     return revoked
