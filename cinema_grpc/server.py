@@ -113,7 +113,9 @@ class CinemaServer:
             # Concurrency is limited by the interceptor's budgets, not by maximum_concurrent_rpcs:
             # that one limit would let streams starve unary calls and health checks, and its
             # refusals carry no reason and are counted nowhere.
-            interceptors=[RpcInterceptor(access, CallBudget(settings.call_budgets()), settings.rpc_timeout_seconds)],
+            interceptors=[
+                RpcInterceptor(access, CallBudget(settings.call_budgets()), settings.rpc_timeout_seconds, addresses)
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

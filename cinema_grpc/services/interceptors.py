@@ -14,7 +14,7 @@ import structlog
 from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError, MalformedMessage, ServerTimeout
-from cinema_grpc.services.access import AccessControl, client_address
+from cinema_grpc.services.access import AccessControl, ClientAddresses
 from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.convert import Context, refuse_nul_characters
 from cinema_grpc.services.metrics import RPC_DURATION, RPC_REQUESTS
@@ -140,12 +140,14 @@ def _unary(
     return handle
 
 
-def _stream(method: str, behavior: StreamBehavior, access: AccessControl, budget: CallBudget) -> StreamBehavior:
+def _stream(
+    method: str, behavior: StreamBehavior, access: AccessControl, budget: CallBudget, addresses: ClientAddresses
+) -> StreamBehavior:
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         call = _Call(method, context)
         slot = None
         try:
-            slot = budget.open_stream(client_address(context))
+            slot = budget.open_stream(addresses.of(context))
             caller = await access.admit(method, context)
             call.user_id = caller.user_id
             if caller.user_id is not None:
@@ -165,12 +167,14 @@ def _stream(method: str, behavior: StreamBehavior, access: AccessControl, budget
     return handle
 
 
-def _budgeted_stream(behavior: Callable[[Any, Context], Any], budget: CallBudget) -> StreamBehavior:
+def _budgeted_stream(
+    behavior: Callable[[Any, Context], Any], budget: CallBudget, addresses: ClientAddresses
+) -> StreamBehavior:
     """A stream of a service of grpc's own (health Watch, reflection) under the stream budget."""
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            slot = budget.open_stream(client_address(context))
+            slot = budget.open_stream(addresses.of(context))
         except DomainError as exc:
             status = domain_error_status(exc)
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -188,10 +192,18 @@ def _budgeted_stream(behavior: Callable[[Any, Context], Any], budget: CallBudget
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access: AccessControl, budget: CallBudget, rpc_timeout_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        access: AccessControl,
+        budget: CallBudget,
+        rpc_timeout_seconds: float = 60.0,
+        addresses: ClientAddresses | None = None,
+    ) -> None:
         self._access = access
         self._budget = budget
         self._timeout = rpc_timeout_seconds
+        # Who a stream is counted against (per-address budget): the same address the throttles see.
+        self._addresses = addresses or ClientAddresses()
 
     async def intercept_service(
         self,
@@ -213,7 +225,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(method, cast(StreamBehavior, handler.unary_stream), self._access, self._budget),
+                _stream(
+                    method, cast(StreamBehavior, handler.unary_stream), self._access, self._budget, self._addresses
+                ),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -222,13 +236,17 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     def _budgeted(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _budgeted_stream(cast(Callable[[Any, Context], Any], handler.unary_stream), self._budget),
+                _budgeted_stream(
+                    cast(Callable[[Any, Context], Any], handler.unary_stream), self._budget, self._addresses
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _budgeted_stream(cast(Callable[[Any, Context], Any], handler.stream_stream), self._budget),
+                _budgeted_stream(
+                    cast(Callable[[Any, Context], Any], handler.stream_stream), self._budget, self._addresses
+                ),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
