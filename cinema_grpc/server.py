@@ -25,7 +25,7 @@ from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.payment.v1 import payment_pb2, payment_pb2_grpc
 from cinema.reports.v1 import reports_pb2, reports_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
-from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, RedisBus
+from cinema_grpc.adapters.availability_bus import LocalHub, PostgresBus, RedisBus
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
@@ -56,7 +56,7 @@ from cinema_grpc.services.screening import ScreeningServicer
 from cinema_grpc.services.stripe_webhook import PATH as WEBHOOK_PATH
 from cinema_grpc.services.stripe_webhook import WebhookListener
 from cinema_grpc.settings import Settings
-from cinema_grpc.storage.database import Database, open_database, try_session_lock
+from cinema_grpc.storage.database import Database, libpq_url, open_database, try_session_lock
 from cinema_grpc.storage.locks import LockNamespace
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
@@ -82,8 +82,12 @@ class CinemaServer:
         self.database = database
         self.clock = clock
         hub = LocalHub(settings.watcher_buffer, settings.stream_max_seconds)
-        self.bus: InProcessBus | RedisBus = (
-            RedisBus(settings.redis_url.get_secret_value(), hub) if settings.redis_url else InProcessBus(hub)
+        # Seat events cross processes and replicas through Redis when it is configured, else
+        # through the database itself (LISTEN/NOTIFY, with the event log as the source).
+        self.bus: PostgresBus | RedisBus = (
+            RedisBus(settings.redis_url.get_secret_value(), hub)
+            if settings.redis_url
+            else PostgresBus(libpq_url(database.url), hub)
         )
         bus = self.bus
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ ISSUER = AUDIENCE = "cinema-grpc"
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 30
 _REQUIRED = ["exp", "iat", "nbf", "sub", "sid", "typ", "jti", "iss", "aud"]
+# Access tokens verified recently, kept so that a client's next calls skip the signature check.
+VERIFIED_TOKENS = 20_000
 
 
 def signing_key(configured: str | None, data_dir: Path) -> str:
@@ -73,10 +77,18 @@ def check_private_file(path: Path, what: str) -> None:
 
 
 class JwtTokenCodec:
-    def __init__(self, key: str) -> None:
+    """Issues and checks tokens. An access token is verified once: its claims are then kept,
+    keyed by the whole token, until it expires (as the signature check would judge it, leeway
+    included), for at most ``cache_size`` tokens, the oldest dropped first. Only the token's own
+    validity is cached: whether its session is still signed in is checked per call elsewhere."""
+
+    def __init__(self, key: str, *, cache_size: int = VERIFIED_TOKENS, clock: Callable[[], float] = time.time) -> None:
         if len(key) < 32:
             raise ValueError("the token signing key must be at least 32 characters")
         self._key = key
+        self._cache_size = cache_size
+        self._clock = clock
+        self._verified: dict[str, tuple[AccessClaims, float]] = {}  # token -> (claims, usable until)
 
     def _encode(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
@@ -118,8 +130,19 @@ class JwtTokenCodec:
         return claims
 
     def decode_access(self, token: str) -> AccessClaims:
+        known = self._verified.get(token)
+        if known is not None:
+            if self._clock() <= known[1]:
+                return known[0]
+            del self._verified[token]
+            raise TokenExpired("the token has expired")
         claims = self._decode(token, "access")
-        return AccessClaims(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
+        access = AccessClaims(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
+        if self._cache_size > 0:
+            while len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]  # the oldest (dicts keep insertion order)
+            self._verified[token] = (access, float(claims["exp"]) + LEEWAY_SECONDS)
+        return access
 
     def decode_refresh(self, token: str) -> RefreshClaims:
         claims = self._decode(token, "refresh")

