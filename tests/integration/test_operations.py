@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import grpc
 import psycopg
 from grpc_health.v1 import health, health_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
@@ -65,7 +66,7 @@ def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_aga
     async def scenario() -> list[int]:
         servicer = health.aio.HealthServicer()
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        alive = create_async_engine(sqlalchemy_url(database_url))
+        alive = create_engine(sqlalchemy_url(database_url))
         seen = []
         probe = DatabaseHealth(
             sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={}),
@@ -119,15 +120,15 @@ def test_a_database_refusing_more_connections_is_up_not_unreachable(database_url
         sqlstate = "53300"
 
     class FullEngine:
-        def connect(self) -> contextlib.AbstractAsyncContextManager[None]:
-            @contextlib.asynccontextmanager
-            async def refused() -> AsyncIterator[None]:
+        def connect(self) -> contextlib.AbstractContextManager[None]:
+            @contextlib.contextmanager
+            def refused() -> Iterator[None]:
                 raise DBAPIError("connect", None, Full("sorry, too many clients already"))
                 yield
 
             return refused()
 
-        async def dispose(self) -> None:
+        def dispose(self) -> None:
             return None
 
     async def scenario() -> bool:
@@ -138,3 +139,22 @@ def test_a_database_refusing_more_connections_is_up_not_unreachable(database_url
         return await probe.probe()
 
     assert asyncio.run(scenario())
+
+
+def test_a_cpu_saturated_server_is_not_reported_as_a_lost_database(server: RunningServer) -> None:
+    """The event loop busy for longer than the probe's time limit (as on a machine whose cores
+    are all taken) must not turn into NOT_SERVING: the probe times the database, not the loop."""
+    running = server.server
+    assert running is not None
+
+    async def probe_while_the_loop_is_busy() -> tuple[bool, bool]:
+        async def hog() -> None:
+            # Starts once the probe waits for its first answer, and keeps the loop that long.
+            until = time.monotonic() + 2.5
+            while time.monotonic() < until:  # CPU work that never yields, as a saturated loop
+                pass
+
+        up, _ = await asyncio.gather(running.database_health.probe(within_seconds=2), hog())
+        return up, running.database_health.serving
+
+    assert server.run(probe_while_the_loop_is_busy()) == (True, True)
