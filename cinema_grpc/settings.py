@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     # Threads that make calls to Stripe (kept apart from password hashing).
     stripe_threads: int = Field(default=8, ge=1, le=256)
     # Redis URL (redis://host:6379/0). Set: seat availability events cross replicas through
-    # Redis pub/sub. Empty: events reach the watchers of this process only.
+    # Redis pub/sub. Empty: they cross the processes and replicas sharing the database through
+    # PostgreSQL LISTEN/NOTIFY, the changes read from the event log.
     redis_url: SecretStr | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CINEMA_REDIS_URL"))
     hold_ttl_seconds: int = Field(default=600, ge=10, le=3600)
     max_hold_extensions: int = Field(default=2, ge=0, le=10)
