@@ -1,9 +1,11 @@
-"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify, gateway build."""
+"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify, gateway build,
+ticket-key new/show."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import getpass
 import json
 import sys
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
+from cinema_grpc.adapters.ticket_codes import Ed25519TicketCodec, new_private_key
 from cinema_grpc.demo import seed_demo
 from cinema_grpc.domain.errors import ValidationFailed
 from cinema_grpc.domain.identity.model import User
@@ -149,6 +152,32 @@ def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1
 
 
+def _ticket_key_new(settings: Settings, args: argparse.Namespace) -> int:
+    private = new_private_key()
+    key = Ed25519TicketCodec.from_settings(private, "", settings.data_dir).verification_keys()[0]
+    print(
+        json.dumps(
+            {
+                "private_key": private,
+                "public_key": base64.b64encode(key.public_key).decode(),
+                "key_id": key.key_id,
+            }
+        )
+    )
+    return 0
+
+
+def _ticket_key_show(settings: Settings, args: argparse.Namespace) -> int:
+    configured = settings.ticket_signing_key.get_secret_value() if settings.ticket_signing_key else None
+    codec = Ed25519TicketCodec.from_settings(configured, settings.ticket_retired_public_keys, settings.data_dir)
+    keys = [
+        {"key_id": k.key_id, "public_key": base64.b64encode(k.public_key).decode(), "current": k.current}
+        for k in codec.verification_keys()
+    ]
+    print(json.dumps({"keys": keys}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cinema-grpc",
@@ -202,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-openapi-copy", action="store_true", help="do not refresh the committed documents in generated/openapi"
     )
     build.set_defaults(run=_gateway_build)
+    ticket_key = commands.add_parser("ticket-key", help="the Ed25519 key that signs ticket codes")
+    ticket_key_commands = ticket_key.add_subparsers(dest="ticket_key_command", required=True, metavar="KEY_COMMAND")
+    ticket_key_commands.add_parser(
+        "new", help="print a new signing key (for CINEMA_TICKET_SIGNING_KEY) with its public key and key id"
+    ).set_defaults(run=_ticket_key_new)
+    ticket_key_commands.add_parser(
+        "show", help="print the public keys and key ids the server verifies codes with (never the private key)"
+    ).set_defaults(run=_ticket_key_show)
     return parser
 
 

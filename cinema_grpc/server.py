@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from pydantic import SecretStr
 
+from cinema.admission.v1 import admission_pb2, admission_pb2_grpc
 from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
 from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -29,7 +30,9 @@ from cinema_grpc.adapters.availability_bus import LocalHub, PostgresBus, RedisBu
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
+from cinema_grpc.adapters.qr_images import qr_png
 from cinema_grpc.adapters.stripe_gateway import StripeGateway
+from cinema_grpc.adapters.ticket_codes import Ed25519TicketCodec
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
@@ -38,6 +41,7 @@ from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
 from cinema_grpc.services.access import AccessControl, ClientAddresses, declared_policies
+from cinema_grpc.services.admission import AdmissionServicer
 from cinema_grpc.services.booking import BookingServicer
 from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.identity import IdentityServicer
@@ -68,6 +72,7 @@ SERVICES = (
     booking_pb2.DESCRIPTOR.services_by_name["BookingService"],
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
     reports_pb2.DESCRIPTOR.services_by_name["ReportsService"],
+    admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
 )
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
@@ -150,6 +155,13 @@ class CinemaServer:
             PaymentServicer(uow, clock, self.gateway, settings.payment_rules(), settings.booking_rules()), self.grpc
         )
         reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), self.grpc)
+        ticket_key = settings.ticket_signing_key.get_secret_value() if settings.ticket_signing_key else None
+        self.ticket_codes = Ed25519TicketCodec.from_settings(
+            ticket_key, settings.ticket_retired_public_keys, settings.data_dir
+        )
+        admission_pb2_grpc.add_AdmissionServiceServicer_to_server(
+            AdmissionServicer(uow, clock, self.ticket_codes, settings.admission_rules(), qr_png), self.grpc
+        )
         gateway = self.gateway
         payment_rules = settings.payment_rules()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cinema_grpc.domain.admission.model import AdmissionRules
 from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.identity.throttle import ThrottleRules
 from cinema_grpc.domain.payment.use_cases import PaymentRules
@@ -72,6 +73,15 @@ class Settings(BaseSettings):
     # Key that signs access and refresh tokens (HS256, at least 32 characters). Every replica
     # needs the same one. Empty: a development key is generated once in data_dir.
     token_signing_key: SecretStr | None = None
+    # Ed25519 key that signs ticket codes: base64 of the 32-byte private key (`cinema-grpc
+    # ticket-key new` makes one). Every replica needs the same one. Empty: a key is generated
+    # once in data_dir/ticket-signing-key (mode 0600).
+    ticket_signing_key: SecretStr | None = None
+    # Public keys (base64, comma-separated) of earlier signing keys: the codes they signed
+    # still admit after a rotation. `cinema-grpc ticket-key show` prints the current one.
+    ticket_retired_public_keys: str = ""
+    # Doors of a showtime open this many minutes before its start; earlier scans are TOO_EARLY.
+    admission_window_minutes: int = Field(default=60, ge=0, le=24 * 60)
     # Seconds a replica trusts its cached check that a session is still signed in.
     session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Proxies (comma-separated addresses or CIDRs, e.g. "10.0.0.0/8, 127.0.0.1") whose
@@ -149,7 +159,13 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|console)$")
 
     @field_validator(
-        "database_url", "redis_url", "token_signing_key", "stripe_secret_key", "stripe_webhook_secret", mode="before"
+        "database_url",
+        "redis_url",
+        "token_signing_key",
+        "ticket_signing_key",
+        "stripe_secret_key",
+        "stripe_webhook_secret",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -226,6 +242,9 @@ class Settings(BaseSettings):
             max_active_holds=self.max_active_holds_per_customer,
             customer_cancel_cutoff=timedelta(minutes=self.customer_cancel_cutoff_minutes),
         )
+
+    def admission_rules(self) -> AdmissionRules:
+        return AdmissionRules(admission_window=timedelta(minutes=self.admission_window_minutes))
 
     def payment_rules(self) -> PaymentRules:
         return PaymentRules(

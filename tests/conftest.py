@@ -32,9 +32,11 @@ from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_databas
 from tests.auth_client import sign_in, with_token
 from tests.private_redis import PrivateRedis
 
-SCHEMAS = ("screening", "booking", "api", "payment")
+SCHEMAS = ("screening", "booking", "api", "payment", "admission")
 # Shared by every server a test starts, in process or as a separate process.
 TEST_SIGNING_KEY = "test-signing-key-0123456789abcdefghijklmnop"
+# Signs ticket codes (Ed25519 private key, base64); shared like the token key.
+TEST_TICKET_SIGNING_KEY = "k34VLbSX66mRfOfFJEM+PVBxO7U3xX8DNlubpKVm2SE="
 # Append-only by design (the database refuses TRUNCATE); entries of earlier tests stay.
 KEPT_TABLES = ("payment.audit_log",)
 T = TypeVar("T")
@@ -186,6 +188,7 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         # the production cost again).
         password_hash_memory_kib=8192,
         password_hash_iterations=1,
+        ticket_signing_key=TEST_TICKET_SIGNING_KEY,
     )
 
 

@@ -10,11 +10,17 @@ from cinema_grpc.domain.errors import DomainError, ErrorKind
 
 
 class Role(enum.IntEnum):
-    """Ordered: an admin may do what staff may, staff what customers may."""
+    """Customer, staff and admin are ordered: an admin may do what staff may, staff what
+    customers may. A scanner (a door device's account) is outside that order: it may check
+    tickets in and nothing more of staff's."""
 
     CUSTOMER = 1
     STAFF = 2
     ADMIN = 3
+    SCANNER = 4
+
+
+RANKED_ROLES = frozenset({Role.CUSTOMER, Role.STAFF, Role.ADMIN})
 
 
 class Audience(enum.IntEnum):
@@ -24,6 +30,8 @@ class Audience(enum.IntEnum):
     AUTHENTICATED = 1
     STAFF = 2
     ADMIN = 3
+    # Door scanners, staff and admins.
+    SCANNER = 4
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Caller:
 
     @property
     def rank(self) -> int:
-        return max((int(role) for role in self.roles), default=0)
+        return max((int(role) for role in self.roles if role in RANKED_ROLES), default=0)
 
     @property
     def is_staff(self) -> bool:
@@ -79,6 +87,10 @@ def authorize(audience: Audience, caller: Caller) -> None:
         return
     if not caller.authenticated:
         raise AuthenticationRequired("sign in and send 'authorization: Bearer <access token>'")
+    if audience is Audience.SCANNER:
+        if Role.SCANNER in caller.roles or caller.is_staff:
+            return
+        raise PermissionDenied("this needs the scanner or the staff role", metadata={"required_role": "SCANNER"})
     needed = {Audience.AUTHENTICATED: Role.CUSTOMER, Audience.STAFF: Role.STAFF, Audience.ADMIN: Role.ADMIN}[audience]
     if caller.rank < needed:
         raise PermissionDenied(f"this needs the {needed.name.lower()} role", metadata={"required_role": needed.name})

@@ -543,3 +543,25 @@ class AmountAboveCardLimit(PreconditionFailed):
 class InvalidWebhook(DomainError):
     kind = ErrorKind.INVALID_ARGUMENT
     reason = "INVALID_WEBHOOK"
+
+
+class TicketNotFound(NotFound):
+    reason = "TICKET_NOT_FOUND"
+    resource_type = "ticket"
+
+
+class TicketNotValid(PreconditionFailed):
+    """A cancelled or refunded ticket has no pass and admits nobody."""
+
+    reason = "TICKET_NOT_VALID"
+
+
+class TicketAlreadyAdmitted(PreconditionFailed):
+    """A ticket used at the door gets no new code (undo the admission first)."""
+
+    reason = "TICKET_ALREADY_ADMITTED"
+
+
+class AdmissionNotFound(NotFound):
+    reason = "ADMISSION_NOT_FOUND"
+    resource_type = "admission"

@@ -10,6 +10,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
 from cinema_grpc.domain.access import Caller, Role
+from cinema_grpc.domain.admission.model import (
+    Admission,
+    AdmissionSummary,
+    DoorShowtime,
+    RevokedTicket,
+    Scan,
+    ScannerShowtime,
+    TicketFacts,
+)
 from cinema_grpc.domain.booking.model import (
     ActiveClaim,
     Booking,
@@ -443,6 +452,48 @@ class ReportsRepository(Protocol):
     ) -> list[DayRevenue]: ...
 
 
+class AdmissionRepository(Protocol):
+    """Tickets as the door sees them, their code issues, scans and admissions."""
+
+    async def ticket(self, ticket_id: uuid.UUID, *, lock: bool = False) -> TicketFacts | None:
+        """With ``lock``, the ticket's claim row is share-locked: a cancellation or a re-issue
+        waits for this transaction, and this one for theirs."""
+        ...
+
+    async def lock_ticket_for_reissue(self, ticket_id: uuid.UUID) -> None:
+        """Locks the ticket's claim row against check-ins (which share-lock it)."""
+        ...
+
+    async def door_showtime(self, showtime_id: uuid.UUID) -> DoorShowtime | None: ...
+
+    async def lock_client_scans(self, device_id: str, client_scan_ids: Collection[str]) -> None:
+        """Serialises retries of the same device scans (transaction advisory locks, key order)."""
+        ...
+
+    async def scan_by_client_id(self, device_id: str, client_scan_id: str) -> Scan | None: ...
+
+    async def admit(self, admission: Admission) -> bool:
+        """Records the admission unless its ticket has one not undone (the database decides,
+        waiting for a concurrent admission to commit or roll back); False when it had."""
+        ...
+
+    async def active_admission(self, ticket_id: uuid.UUID) -> Admission | None: ...
+
+    async def add_scan(self, scan: Scan, admission_id: uuid.UUID | None) -> None: ...
+
+    async def set_issue(self, ticket_id: uuid.UUID, issue: int, now: datetime, by: uuid.UUID, reason: str) -> None: ...
+
+    async def undo(self, admission: Admission) -> None: ...
+
+    async def scanner_showtimes(
+        self, cinema_id: uuid.UUID, starts_from: datetime, starts_before: datetime
+    ) -> list[ScannerShowtime]: ...
+
+    async def revoked_tickets(self, showtime_ids: Collection[uuid.UUID]) -> list[RevokedTicket]: ...
+
+    async def summary(self, showtime_id: uuid.UUID, now: datetime) -> AdmissionSummary | None: ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction; rolls back on exit unless ``commit`` was called."""
 
@@ -458,6 +509,7 @@ class UnitOfWork(Protocol):
     payments: PaymentRepository
     audit: AuditTrail
     reports: ReportsRepository
+    admission: AdmissionRepository
 
     async def __aenter__(self) -> Self: ...
 

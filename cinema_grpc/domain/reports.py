@@ -27,6 +27,14 @@ class Occupancy:
     sold: int
     held: int
     out_of_service: int
+    # Sold tickets checked in at the door, and whether the showtime has ended.
+    admitted: int = 0
+    ended: bool = False
+
+    @property
+    def no_shows(self) -> int:
+        """Sold tickets never checked in, once the showtime has ended."""
+        return self.sold - self.admitted if self.ended else 0
 
     @property
     def free(self) -> int:

@@ -21,6 +21,7 @@ _AUDIENCES = {
     access_pb2.AUDIENCE_AUTHENTICATED: Audience.AUTHENTICATED,
     access_pb2.AUDIENCE_STAFF: Audience.STAFF,
     access_pb2.AUDIENCE_ADMIN: Audience.ADMIN,
+    access_pb2.AUDIENCE_SCANNER: Audience.SCANNER,
 }
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=ANONYMOUS)
 

@@ -17,7 +17,12 @@ from cinema_grpc.domain.ports import Clock, PasswordHasher, TokenCodec, UnitOfWo
 from cinema_grpc.services.access import ClientAddresses, current_caller
 from cinema_grpc.services.convert import Context, require_id, timestamp
 
-_ROLES = {Role.CUSTOMER: pb.ROLE_CUSTOMER, Role.STAFF: pb.ROLE_STAFF, Role.ADMIN: pb.ROLE_ADMIN}
+_ROLES = {
+    Role.CUSTOMER: pb.ROLE_CUSTOMER,
+    Role.STAFF: pb.ROLE_STAFF,
+    Role.ADMIN: pb.ROLE_ADMIN,
+    Role.SCANNER: pb.ROLE_SCANNER,
+}
 _ROLE_OF = {number: role for role, number in _ROLES.items()}
 
 
@@ -46,7 +51,7 @@ def tokens_message(issued: IssuedTokens) -> pb.TokenPair:
 def _role(value: pb.Role.ValueType) -> Role:
     role = _ROLE_OF.get(value)
     if role is None:
-        raise invalid("role", "INVALID_ENUM", "must be ROLE_CUSTOMER, ROLE_STAFF or ROLE_ADMIN")
+        raise invalid("role", "INVALID_ENUM", "must be ROLE_CUSTOMER, ROLE_STAFF, ROLE_ADMIN or ROLE_SCANNER")
     return role
 
 

@@ -10,8 +10,10 @@ from google.type import date_pb2
 from cinema.reports.v1 import reports_pb2 as pb
 from cinema.reports.v1 import reports_pb2_grpc
 from cinema_grpc.domain import reports as uc
+from cinema_grpc.domain.admission import use_cases as admission
 from cinema_grpc.domain.errors import Violations
 from cinema_grpc.domain.ports import Clock, UnitOfWork
+from cinema_grpc.services.admission import VERDICTS
 from cinema_grpc.services.convert import Context, money, parse_id, require_id
 
 _RANKINGS = {
@@ -52,6 +54,26 @@ class ReportsServicer(reports_pb2_grpc.ReportsServiceServicer):
             sold_percent=o.percent(o.sold),
             held_percent=o.percent(o.held),
             free_percent=o.percent(o.free),
+            admitted=o.admitted,
+            no_shows=o.no_shows,
+        )
+
+    async def GetShowtimeAdmissions(
+        self, request: pb.GetShowtimeAdmissionsRequest, context: Context
+    ) -> pb.ShowtimeAdmissions:
+        showtime_id = require_id("showtime_id", request.showtime_id)
+        summary = await admission.showtime_admissions(self._uow(), showtime_id, self._clock.now())
+        return pb.ShowtimeAdmissions(
+            showtime_id=str(summary.showtime_id),
+            tickets=summary.tickets,
+            admitted=summary.admitted,
+            not_admitted=summary.not_admitted,
+            ended=summary.ended,
+            refused=[
+                pb.VerdictCount(verdict=VERDICTS[verdict], scans=count)
+                for verdict, count in sorted(summary.refused.items(), key=lambda item: VERDICTS[item[0]])
+            ],
+            undone=summary.undone,
         )
 
     async def ListTopMovies(self, request: pb.ListTopMoviesRequest, context: Context) -> pb.ListTopMoviesResponse:

@@ -30,6 +30,10 @@ class LockNamespace(enum.StrEnum):
     HOLD_SWEEPER = "hold-sweeper"
     # Session lock of the replica reconciling payments with Stripe (pg_try_advisory_lock).
     PAYMENT_RECONCILER = "payment-reconciler"
+    # Transaction lock per (device, client scan id): a retried check-in or a re-uploaded
+    # offline scan waits for the first attempt, then finds its record instead of scanning
+    # again. Taken first (a batch takes its keys in order), before any row lock.
+    CLIENT_SCAN = "client-scan"
     # Transaction lock serialising appends to the payment audit trail, so each entry's
     # previous hash is the hash of the entry before it.
     AUDIT_CHAIN = "audit-chain"

@@ -21,12 +21,15 @@ _OCCUPANCY = text(
                             AND c.status IN ('HELD', 'SOLD') AND (c.status = 'SOLD' OR c.expires_at > :now))
         ) AS out_of_service,
         count(*) FILTER (WHERE c.status = 'SOLD') AS sold,
-        count(*) FILTER (WHERE c.status = 'HELD') AS held
+        count(*) FILTER (WHERE c.status = 'HELD') AS held,
+        (SELECT count(*) FROM admission.admissions a JOIN booking.seat_claims t ON t.id = a.ticket_id
+          WHERE a.showtime_id = st.id AND a.undone_at IS NULL AND t.status = 'SOLD') AS admitted,
+        st.ends_at <= :now AS ended
     FROM screening.showtimes st
     LEFT JOIN booking.seat_claims c
         ON c.showtime_id = st.id AND c.status IN ('HELD', 'SOLD') AND (c.status = 'SOLD' OR c.expires_at > :now)
     WHERE st.id = :showtime_id
-    GROUP BY st.id, st.hall_id
+    GROUP BY st.id, st.hall_id, st.ends_at
     """
 )
 
@@ -67,7 +70,15 @@ class SqlReportsRepository:
         row = (await self._session.execute(_OCCUPANCY, {"showtime_id": showtime_id, "now": now})).first()
         if row is None:
             return None
-        return Occupancy(showtime_id, int(row.seats), int(row.sold), int(row.held), int(row.out_of_service))
+        return Occupancy(
+            showtime_id,
+            int(row.seats),
+            int(row.sold),
+            int(row.held),
+            int(row.out_of_service),
+            int(row.admitted),
+            bool(row.ended),
+        )
 
     async def top_movies(
         self, cinema_id: uuid.UUID, sold_from: datetime, sold_before: datetime, limit: int, ranking: Ranking

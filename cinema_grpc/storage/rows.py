@@ -301,3 +301,50 @@ class AuditLogRow(Row):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text, unique=True)
+
+
+class TicketIssueRow(Row):
+    __tablename__ = "ticket_issues"
+    __table_args__ = {"schema": "admission"}
+
+    ticket_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("booking.seat_claims.id"), primary_key=True)
+    issue: Mapped[int] = mapped_column(Integer)
+    reissued_at: Mapped[datetime] = mapped_column(Timestamp)
+    reissued_by: Mapped[uuid.UUID] = mapped_column(UUID)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AdmissionRow(Row):
+    __tablename__ = "admissions"
+    __table_args__ = {"schema": "admission"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    ticket_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("booking.seat_claims.id"))
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    # The scan is written just after its admission (the constraint is deferred).
+    scan_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("admission.scans.id", use_alter=True))
+    door_id: Mapped[str] = mapped_column(Text)
+    device_id: Mapped[str] = mapped_column(Text)
+    scanner_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    admitted_at: Mapped[datetime] = mapped_column(Timestamp)
+    undone_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    undone_by: Mapped[uuid.UUID | None] = mapped_column(UUID, nullable=True)
+    undo_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ScanRow(Row):
+    __tablename__ = "scans"
+    __table_args__ = {"schema": "admission"}
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    device_id: Mapped[str] = mapped_column(Text)
+    client_scan_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    showtime_id: Mapped[uuid.UUID] = mapped_column(UUID, ForeignKey("screening.showtimes.id"))
+    door_id: Mapped[str] = mapped_column(Text)
+    ticket_id: Mapped[uuid.UUID | None] = mapped_column(UUID, ForeignKey("booking.seat_claims.id"), nullable=True)
+    verdict: Mapped[str] = mapped_column(Text)
+    admission_id: Mapped[uuid.UUID | None] = mapped_column(UUID, ForeignKey("admission.admissions.id"), nullable=True)
+    scanner_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    scanned_at: Mapped[datetime] = mapped_column(Timestamp)
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp)
+    offline: Mapped[bool] = mapped_column(Boolean)

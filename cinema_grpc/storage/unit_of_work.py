@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cinema_grpc.domain.booking.model import SeatEvent
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
 from cinema_grpc.domain.ports import (
+    AdmissionRepository,
     AuditTrail,
     AvailabilityBus,
     BookingRepository,
@@ -29,6 +30,7 @@ from cinema_grpc.domain.ports import (
     ShowtimeRepository,
     UserRepository,
 )
+from cinema_grpc.storage.admission_repository import SqlAdmissionRepository
 from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
 from cinema_grpc.storage.payment_repository import SqlAuditTrail, SqlPaymentRepository
@@ -81,6 +83,7 @@ class SqlUnitOfWork:
         self.payments: PaymentRepository = SqlPaymentRepository(self.session)
         self.audit: AuditTrail = SqlAuditTrail(self.session)
         self.reports: ReportsRepository = SqlReportsRepository(self.session)
+        self.admission: AdmissionRepository = SqlAdmissionRepository(self.session)
         return self
 
     async def __aexit__(

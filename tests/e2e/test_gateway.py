@@ -4,6 +4,7 @@ newline-delimited streaming, the OpenAPI documents, and `cinema-grpc serve --gat
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import signal
@@ -86,7 +87,7 @@ def test_openapi_documents_are_served(gateway: str) -> None:
     assert "v1SeatMap" in document["definitions"]
     listing = requests.get(f"{gateway}/openapi/cinema/", timeout=TIMEOUT)
     assert listing.status_code == 200 and "booking/" in listing.text
-    for area in ("screening", "identity", "booking", "payment"):
+    for area in ("screening", "identity", "booking", "payment", "admission"):
         assert requests.head(f"{gateway}/openapi/cinema/{area}/v1/{area}.swagger.json", timeout=TIMEOUT).ok
     refused = requests.post(f"{gateway}/openapi/cinema/booking/v1/booking.swagger.json", timeout=TIMEOUT)
     assert refused.status_code == 405
@@ -166,6 +167,57 @@ def test_a_customer_buys_and_refunds_over_rest(
     assert ana.ok("POST", "/v1/sessions:logout", {}) == {}
     revoked = ana.call("GET", "/v1/users/me")
     assert revoked.status_code == 401 and detail(revoked.json(), "ErrorInfo")["reason"] == "TOKEN_REVOKED"
+
+
+def test_door_admission_over_rest(gateway: str, screening: ScreeningServiceStub, admin_token: str) -> None:
+    soon = open_sale(screening, hours_ahead=1, cinema_name="Door")
+    showtime = soon.showtime
+    admin = Rest(gateway, admin_token)
+    _, token = sign_up(Rest(gateway))
+    ana = Rest(gateway, token)
+    held = ana.ok("POST", f"/v1/showtimes/{showtime.id}/holds", {"seat_ids": soon.seats("D1", "D2")})
+    booking = admin.ok("POST", f"/v1/holds/{held['id']}:sellAtCounter", {"payment": "COUNTER_PAYMENT_CASH"})
+    first, second = (t["id"] for t in booking["tickets"])
+
+    # the holder's pass (the PNG as base64 in JSON) and a re-issue of the other one
+    ticket_pass = ana.ok("GET", f"/v1/tickets/{first}/pass")
+    assert base64.b64decode(ticket_pass["qr_png"]).startswith(b"\x89PNG") and ticket_pass["issue"] == 1
+    reissued = ana.ok("POST", f"/v1/tickets/{second}/pass:reissue", {"reason": "lost phone"})
+    assert reissued["issue"] == 2
+
+    # an admin makes a door scanner, which fetches its configuration and checks both in
+    door_user, door_token = sign_up(Rest(gateway))
+    roles = admin.ok("POST", f"/v1/users/{door_user['id']}:grantRole", {"role": "ROLE_SCANNER"})["roles"]
+    assert roles == ["ROLE_CUSTOMER", "ROLE_SCANNER"]
+    door = Rest(gateway, door_token)
+    config = door.ok("GET", f"/v1/cinemas/{showtime.cinema_id}/scannerConfig")
+    assert config["keys"] and config["admission_window_minutes"] == 60
+    scan = door.ok(
+        "POST", f"/v1/showtimes/{showtime.id}/admissions:checkIn", {"code": ticket_pass["code"], "door_id": "main"}
+    )
+    assert (scan["verdict"], scan["seat_label"]) == ("SCAN_VERDICT_ADMITTED", "D1")
+    offline = {
+        "client_scan_id": "1",
+        "showtime_id": showtime.id,
+        "code": reissued["code"],
+        "door_id": "side",
+        "scan_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    uploaded = door.ok(
+        "POST", "/v1/scans:upload", {"device_id": "tablet", "scans": [offline, {**offline, "client_scan_id": "2"}]}
+    )
+    assert [s["verdict"] for s in uploaded["scans"]] == ["SCAN_VERDICT_ADMITTED", "SCAN_VERDICT_ALREADY_USED"]
+    assert (uploaded["admitted"], uploaded["duplicates"]) == (1, 1)
+    refused = door.call("POST", f"/v1/tickets/{first}/admission:undo", {"reason": "mistake"})
+    assert refused.status_code == 403
+    undone = admin.ok("POST", f"/v1/tickets/{first}/admission:undo", {"reason": "mistake"})
+    assert undone["undone_by"] and undone["door_id"] == "main"
+
+    report = admin.ok("GET", f"/v1/showtimes/{showtime.id}/admissions")
+    assert (report["tickets"], report["admitted"], report["not_admitted"], report["undone"]) == (2, 1, 1, 1)
+    assert report["refused"] == [{"verdict": "SCAN_VERDICT_ALREADY_USED", "scans": 1}]
+    occupancy = admin.ok("GET", f"/v1/showtimes/{showtime.id}/occupancy")
+    assert (occupancy["sold"], occupancy["admitted"], occupancy["no_shows"]) == (2, 1, 0)
 
 
 def test_staff_write_over_rest_and_a_request_id_round_trip(gateway: str, admin_token: str, db: Db) -> None:

@@ -124,7 +124,7 @@ def _rows_since(db: Db, mark: int) -> list[tuple[object, ...]]:
         str(row[0])
         for row in db.execute(
             "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables WHERE schemaname = ANY(%s) ORDER BY 1",
-            (["screening", "booking", "api", "payment", "identity"],),
+            (["screening", "booking", "api", "payment", "identity", "admission"],),
         )
         if row[0] not in WRITTEN_WHEN_REFUSED
     ]

@@ -24,6 +24,7 @@ from cinema_grpc.services.access import declared_policies
 CUSTOMER = Caller(uuid.uuid4(), frozenset({Role.CUSTOMER}))
 STAFF = Caller(uuid.uuid4(), frozenset({Role.CUSTOMER, Role.STAFF}))
 ADMIN = Caller(uuid.uuid4(), frozenset({Role.CUSTOMER, Role.ADMIN}))
+SCANNER = Caller(uuid.uuid4(), frozenset({Role.CUSTOMER, Role.SCANNER}))
 
 
 @pytest.mark.parametrize(
@@ -31,8 +32,9 @@ ADMIN = Caller(uuid.uuid4(), frozenset({Role.CUSTOMER, Role.ADMIN}))
     [
         (Audience.PUBLIC, [ANONYMOUS, CUSTOMER, STAFF, ADMIN], []),
         (Audience.AUTHENTICATED, [CUSTOMER, STAFF, ADMIN], [ANONYMOUS]),
-        (Audience.STAFF, [STAFF, ADMIN], [ANONYMOUS, CUSTOMER]),
-        (Audience.ADMIN, [ADMIN], [ANONYMOUS, CUSTOMER, STAFF]),
+        (Audience.STAFF, [STAFF, ADMIN], [ANONYMOUS, CUSTOMER, SCANNER]),
+        (Audience.ADMIN, [ADMIN], [ANONYMOUS, CUSTOMER, STAFF, SCANNER]),
+        (Audience.SCANNER, [SCANNER, STAFF, ADMIN], [ANONYMOUS, CUSTOMER]),
     ],
 )
 def test_roles_are_ordered_admin_over_staff_over_customer(
@@ -82,3 +84,22 @@ def test_screening_reads_are_public_and_writes_need_staff() -> None:
     assert {screening[name] for name in reads} == {Audience.PUBLIC}
     assert {screening[name] for name in set(screening) - reads - {"CreateCinema"}} == {Audience.STAFF}
     assert screening["CreateCinema"] is Audience.ADMIN
+
+
+def test_the_scanner_role_stands_beside_the_order_and_ranks_as_a_customer() -> None:
+    assert SCANNER.rank == Role.CUSTOMER and not SCANNER.is_staff
+    assert not SCANNER.may_see(uuid.uuid4())
+
+
+def test_admission_rpcs_declare_who_may_call_them() -> None:
+    policies = declared_policies(SERVICES)
+    admission = {path.rsplit("/", 1)[1]: audience for path, audience in policies.items() if "AdmissionService" in path}
+    assert admission == {
+        "GetScannerConfig": Audience.SCANNER,
+        "CheckInTicket": Audience.SCANNER,
+        "UploadScans": Audience.SCANNER,
+        "GetTicketPass": Audience.AUTHENTICATED,
+        "ReissueTicketPass": Audience.AUTHENTICATED,
+        "UndoAdmission": Audience.STAFF,
+    }
+    assert policies["/cinema.reports.v1.ReportsService/GetShowtimeAdmissions"] is Audience.STAFF

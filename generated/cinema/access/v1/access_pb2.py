@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63inema/access/v1/access.proto\x12\x10\x63inema.access.v1\x1a google/protobuf/descriptor.proto\"P\n\x0c\x41\x63\x63\x65ssPolicy\x12,\n\x08\x61udience\x18\x01 \x01(\x0e\x32\x1a.cinema.access.v1.Audience\x12\x12\n\nowner_only\x18\x02 \x01(\x08*}\n\x08\x41udience\x12\x18\n\x14\x41UDIENCE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UDIENCE_PUBLIC\x10\x01\x12\x1a\n\x16\x41UDIENCE_AUTHENTICATED\x10\x02\x12\x12\n\x0e\x41UDIENCE_STAFF\x10\x03\x12\x12\n\x0e\x41UDIENCE_ADMIN\x10\x04:P\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x1e.cinema.access.v1.AccessPolicyB(Z&cinemagw/gen/cinema/access/v1;accessv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63inema/access/v1/access.proto\x12\x10\x63inema.access.v1\x1a google/protobuf/descriptor.proto\"P\n\x0c\x41\x63\x63\x65ssPolicy\x12,\n\x08\x61udience\x18\x01 \x01(\x0e\x32\x1a.cinema.access.v1.Audience\x12\x12\n\nowner_only\x18\x02 \x01(\x08*\x93\x01\n\x08\x41udience\x12\x18\n\x14\x41UDIENCE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UDIENCE_PUBLIC\x10\x01\x12\x1a\n\x16\x41UDIENCE_AUTHENTICATED\x10\x02\x12\x12\n\x0e\x41UDIENCE_STAFF\x10\x03\x12\x12\n\x0e\x41UDIENCE_ADMIN\x10\x04\x12\x14\n\x10\x41UDIENCE_SCANNER\x10\x05:P\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x1e.cinema.access.v1.AccessPolicyB(Z&cinemagw/gen/cinema/access/v1;accessv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cinema.access.v1.access_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z&cinemagw/gen/cinema/access/v1;accessv1'
-  _globals['_AUDIENCE']._serialized_start=167
-  _globals['_AUDIENCE']._serialized_end=292
+  _globals['_AUDIENCE']._serialized_start=168
+  _globals['_AUDIENCE']._serialized_end=315
   _globals['_ACCESSPOLICY']._serialized_start=85
   _globals['_ACCESSPOLICY']._serialized_end=165
 # @@protoc_insertion_point(module_scope)

@@ -34,9 +34,13 @@ class _AudienceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Audience.Val
     """Box office and POS staff, and admins."""
     AUDIENCE_ADMIN: _Audience.ValueType  # 4
     """Admins only."""
+    AUDIENCE_SCANNER: _Audience.ValueType  # 5
+    """Door scanners (the scanner role), staff and admins."""
 
 class Audience(_Audience, metaclass=_AudienceEnumTypeWrapper):
-    """The least a caller must be. Roles are ordered: admin > staff > customer."""
+    """The least a caller must be. Roles are ordered: admin > staff > customer; the scanner role
+    (door devices) stands beside them and reaches only AUDIENCE_SCANNER.
+    """
 
 AUDIENCE_UNSPECIFIED: Audience.ValueType  # 0
 AUDIENCE_PUBLIC: Audience.ValueType  # 1
@@ -47,6 +51,8 @@ AUDIENCE_STAFF: Audience.ValueType  # 3
 """Box office and POS staff, and admins."""
 AUDIENCE_ADMIN: Audience.ValueType  # 4
 """Admins only."""
+AUDIENCE_SCANNER: Audience.ValueType  # 5
+"""Door scanners (the scanner role), staff and admins."""
 Global___Audience: _TypeAlias = Audience  # noqa: Y015
 
 @_typing.final

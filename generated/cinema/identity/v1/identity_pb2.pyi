@@ -31,6 +31,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_CUSTOMER: _Role.ValueType  # 1
     ROLE_STAFF: _Role.ValueType  # 2
     ROLE_ADMIN: _Role.ValueType  # 3
+    ROLE_SCANNER: _Role.ValueType  # 4
+    """A door scanner: checks tickets in (cinema.admission.v1), nothing else of staff."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """What a user may do."""
@@ -39,6 +41,8 @@ ROLE_UNSPECIFIED: Role.ValueType  # 0
 ROLE_CUSTOMER: Role.ValueType  # 1
 ROLE_STAFF: Role.ValueType  # 2
 ROLE_ADMIN: Role.ValueType  # 3
+ROLE_SCANNER: Role.ValueType  # 4
+"""A door scanner: checks tickets in (cinema.admission.v1), nothing else of staff."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final

@@ -161,7 +161,7 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GrantRole(self, request, context):
-        """Gives a user a role (staff, admin).
+        """Gives a user a role (staff, admin, scanner).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,7 +61,7 @@ class IdentityServiceStub:
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.User]
     """Any user's account, for admins."""
     GrantRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GrantRoleRequest, _identity_pb2.User]
-    """Gives a user a role (staff, admin)."""
+    """Gives a user a role (staff, admin, scanner)."""
     RevokeRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeRoleRequest, _identity_pb2.User]
     """Takes a role away. The customer role cannot be revoked; an admin cannot revoke their
     own admin role.
@@ -99,7 +99,7 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.User]  # type: ignore[assignment]
     """Any user's account, for admins."""
     GrantRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.GrantRoleRequest, _identity_pb2.User]  # type: ignore[assignment]
-    """Gives a user a role (staff, admin)."""
+    """Gives a user a role (staff, admin, scanner)."""
     RevokeRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeRoleRequest, _identity_pb2.User]  # type: ignore[assignment]
     """Takes a role away. The customer role cannot be revoked; an admin cannot revoke their
     own admin role.
@@ -188,7 +188,7 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GrantRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.User, _abc.Awaitable[_identity_pb2.User]]:
-        """Gives a user a role (staff, admin)."""
+        """Gives a user a role (staff, admin, scanner)."""
 
     @_abc_1.abstractmethod
     def RevokeRole(

@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from cinema.access.v1 import access_pb2 as cinema_dot_access_dot_v1_dot_access__pb2
+from cinema.admission.v1 import admission_pb2 as cinema_dot_admission_dot_v1_dot_admission__pb2
 from cinema.common.v1 import money_pb2 as cinema_dot_common_dot_v1_dot_money__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.type import date_pb2 as google_dot_type_dot_date__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63inema/reports/v1/reports.proto\x12\x11\x63inema.reports.v1\x1a\x1d\x63inema/access/v1/access.proto\x1a\x1c\x63inema/common/v1/money.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x16google/type/date.proto\"\xbb\x01\n\x11ShowtimeOccupancy\x12\x13\n\x0bshowtime_id\x18\x01 \x01(\t\x12\r\n\x05seats\x18\x02 \x01(\x05\x12\x0c\n\x04sold\x18\x03 \x01(\x05\x12\x0c\n\x04held\x18\x04 \x01(\x05\x12\x0c\n\x04\x66ree\x18\x05 \x01(\x05\x12\x16\n\x0eout_of_service\x18\x06 \x01(\x05\x12\x14\n\x0csold_percent\x18\x07 \x01(\x01\x12\x14\n\x0cheld_percent\x18\x08 \x01(\x01\x12\x14\n\x0c\x66ree_percent\x18\t \x01(\x01\"h\n\nMovieSales\x12\x10\n\x08movie_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07tickets\x18\x03 \x01(\x03\x12(\n\x07revenue\x18\x04 \x01(\x0b\x32\x17.cinema.common.v1.Money\"h\n\nDayRevenue\x12\x1f\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x0f\n\x07tickets\x18\x02 \x01(\x03\x12(\n\x07revenue\x18\x03 \x01(\x0b\x32\x17.cinema.common.v1.Money\"8\n\x1bGetShowtimeOccupancyRequest\x12\x19\n\x0bshowtime_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xc3\x01\n\x14ListTopMoviesRequest\x12\x17\n\tcinema_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12)\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12\r\n\x05limit\x18\x04 \x01(\x05\x12+\n\x07ranking\x18\x05 \x01(\x0e\x32\x1a.cinema.reports.v1.Ranking\"F\n\x15ListTopMoviesResponse\x12-\n\x06movies\x18\x01 \x03(\x0b\x32\x1d.cinema.reports.v1.MovieSales\"\x89\x01\n\x16GetRevenueByDayRequest\x12\x17\n\tcinema_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12)\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\"F\n\x17GetRevenueByDayResponse\x12+\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x1d.cinema.reports.v1.DayRevenue*L\n\x07Ranking\x12\x17\n\x13RANKING_UNSPECIFIED\x10\x00\x12\x13\n\x0fRANKING_TICKETS\x10\x01\x12\x13\n\x0fRANKING_REVENUE\x10\x02\x32\xf9\x03\n\x0eReportsService\x12\xa1\x01\n\x14GetShowtimeOccupancy\x12..cinema.reports.v1.GetShowtimeOccupancyRequest\x1a$.cinema.reports.v1.ShowtimeOccupancy\"3\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\'\x12%/v1/showtimes/{showtime_id}/occupancy\x12\x9b\x01\n\rListTopMovies\x12\'.cinema.reports.v1.ListTopMoviesRequest\x1a(.cinema.reports.v1.ListTopMoviesResponse\"7\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02+\x12)/v1/cinemas/{cinema_id}/reports/topMovies\x12\xa4\x01\n\x0fGetRevenueByDay\x12).cinema.reports.v1.GetRevenueByDayRequest\x1a*.cinema.reports.v1.GetRevenueByDayResponse\":\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02.\x12,/v1/cinemas/{cinema_id}/reports/revenueByDayB*Z(cinemagw/gen/cinema/reports/v1;reportsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63inema/reports/v1/reports.proto\x12\x11\x63inema.reports.v1\x1a\x1d\x63inema/access/v1/access.proto\x1a#cinema/admission/v1/admission.proto\x1a\x1c\x63inema/common/v1/money.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x16google/type/date.proto\"\xdf\x01\n\x11ShowtimeOccupancy\x12\x13\n\x0bshowtime_id\x18\x01 \x01(\t\x12\r\n\x05seats\x18\x02 \x01(\x05\x12\x0c\n\x04sold\x18\x03 \x01(\x05\x12\x0c\n\x04held\x18\x04 \x01(\x05\x12\x0c\n\x04\x66ree\x18\x05 \x01(\x05\x12\x16\n\x0eout_of_service\x18\x06 \x01(\x05\x12\x14\n\x0csold_percent\x18\x07 \x01(\x01\x12\x14\n\x0cheld_percent\x18\x08 \x01(\x01\x12\x14\n\x0c\x66ree_percent\x18\t \x01(\x01\x12\x10\n\x08\x61\x64mitted\x18\n \x01(\x05\x12\x10\n\x08no_shows\x18\x0b \x01(\x05\"P\n\x0cVerdictCount\x12\x31\n\x07verdict\x18\x01 \x01(\x0e\x32 .cinema.admission.v1.ScanVerdict\x12\r\n\x05scans\x18\x02 \x01(\x05\"\xb3\x01\n\x12ShowtimeAdmissions\x12\x13\n\x0bshowtime_id\x18\x01 \x01(\t\x12\x0f\n\x07tickets\x18\x02 \x01(\x05\x12\x10\n\x08\x61\x64mitted\x18\x03 \x01(\x05\x12\x14\n\x0cnot_admitted\x18\x04 \x01(\x05\x12\r\n\x05\x65nded\x18\x05 \x01(\x08\x12\x30\n\x07refused\x18\x06 \x03(\x0b\x32\x1f.cinema.reports.v1.VerdictCount\x12\x0e\n\x06undone\x18\x07 \x01(\x05\"h\n\nMovieSales\x12\x10\n\x08movie_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07tickets\x18\x03 \x01(\x03\x12(\n\x07revenue\x18\x04 \x01(\x0b\x32\x17.cinema.common.v1.Money\"h\n\nDayRevenue\x12\x1f\n\x04\x64\x61te\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12\x0f\n\x07tickets\x18\x02 \x01(\x03\x12(\n\x07revenue\x18\x03 \x01(\x0b\x32\x17.cinema.common.v1.Money\"8\n\x1bGetShowtimeOccupancyRequest\x12\x19\n\x0bshowtime_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x1cGetShowtimeAdmissionsRequest\x12\x19\n\x0bshowtime_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xc3\x01\n\x14ListTopMoviesRequest\x12\x17\n\tcinema_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12)\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12\r\n\x05limit\x18\x04 \x01(\x05\x12+\n\x07ranking\x18\x05 \x01(\x0e\x32\x1a.cinema.reports.v1.Ranking\"F\n\x15ListTopMoviesResponse\x12-\n\x06movies\x18\x01 \x03(\x0b\x32\x1d.cinema.reports.v1.MovieSales\"\x89\x01\n\x16GetRevenueByDayRequest\x12\x17\n\tcinema_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\nstart_date\x18\x02 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\x12)\n\x08\x65nd_date\x18\x03 \x01(\x0b\x32\x11.google.type.DateB\x04\xe2\x41\x01\x02\"F\n\x17GetRevenueByDayResponse\x12+\n\x04\x64\x61ys\x18\x01 \x03(\x0b\x32\x1d.cinema.reports.v1.DayRevenue*L\n\x07Ranking\x12\x17\n\x13RANKING_UNSPECIFIED\x10\x00\x12\x13\n\x0fRANKING_TICKETS\x10\x01\x12\x13\n\x0fRANKING_REVENUE\x10\x02\x32\xa1\x05\n\x0eReportsService\x12\xa1\x01\n\x14GetShowtimeOccupancy\x12..cinema.reports.v1.GetShowtimeOccupancyRequest\x1a$.cinema.reports.v1.ShowtimeOccupancy\"3\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\'\x12%/v1/showtimes/{showtime_id}/occupancy\x12\xa5\x01\n\x15GetShowtimeAdmissions\x12/.cinema.reports.v1.GetShowtimeAdmissionsRequest\x1a%.cinema.reports.v1.ShowtimeAdmissions\"4\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02(\x12&/v1/showtimes/{showtime_id}/admissions\x12\x9b\x01\n\rListTopMovies\x12\'.cinema.reports.v1.ListTopMoviesRequest\x1a(.cinema.reports.v1.ListTopMoviesResponse\"7\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02+\x12)/v1/cinemas/{cinema_id}/reports/topMovies\x12\xa4\x01\n\x0fGetRevenueByDay\x12).cinema.reports.v1.GetRevenueByDayRequest\x1a*.cinema.reports.v1.GetRevenueByDayResponse\":\xc2\xf3\x18\x02\x08\x03\x82\xd3\xe4\x93\x02.\x12,/v1/cinemas/{cinema_id}/reports/revenueByDayB*Z(cinemagw/gen/cinema/reports/v1;reportsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z(cinemagw/gen/cinema/reports/v1;reportsv1'
   _globals['_GETSHOWTIMEOCCUPANCYREQUEST'].fields_by_name['showtime_id']._loaded_options = None
   _globals['_GETSHOWTIMEOCCUPANCYREQUEST'].fields_by_name['showtime_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETSHOWTIMEADMISSIONSREQUEST'].fields_by_name['showtime_id']._loaded_options = None
+  _globals['_GETSHOWTIMEADMISSIONSREQUEST'].fields_by_name['showtime_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTTOPMOVIESREQUEST'].fields_by_name['cinema_id']._loaded_options = None
   _globals['_LISTTOPMOVIESREQUEST'].fields_by_name['cinema_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTTOPMOVIESREQUEST'].fields_by_name['start_date']._loaded_options = None
@@ -53,28 +56,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREVENUEBYDAYREQUEST'].fields_by_name['end_date']._serialized_options = b'\342A\001\002'
   _globals['_REPORTSSERVICE'].methods_by_name['GetShowtimeOccupancy']._loaded_options = None
   _globals['_REPORTSSERVICE'].methods_by_name['GetShowtimeOccupancy']._serialized_options = b'\302\363\030\002\010\003\202\323\344\223\002\'\022%/v1/showtimes/{showtime_id}/occupancy'
+  _globals['_REPORTSSERVICE'].methods_by_name['GetShowtimeAdmissions']._loaded_options = None
+  _globals['_REPORTSSERVICE'].methods_by_name['GetShowtimeAdmissions']._serialized_options = b'\302\363\030\002\010\003\202\323\344\223\002(\022&/v1/showtimes/{showtime_id}/admissions'
   _globals['_REPORTSSERVICE'].methods_by_name['ListTopMovies']._loaded_options = None
   _globals['_REPORTSSERVICE'].methods_by_name['ListTopMovies']._serialized_options = b'\302\363\030\002\010\003\202\323\344\223\002+\022)/v1/cinemas/{cinema_id}/reports/topMovies'
   _globals['_REPORTSSERVICE'].methods_by_name['GetRevenueByDay']._loaded_options = None
   _globals['_REPORTSSERVICE'].methods_by_name['GetRevenueByDay']._serialized_options = b'\302\363\030\002\010\003\202\323\344\223\002.\022,/v1/cinemas/{cinema_id}/reports/revenueByDay'
-  _globals['_RANKING']._serialized_start=1144
-  _globals['_RANKING']._serialized_end=1220
-  _globals['_SHOWTIMEOCCUPANCY']._serialized_start=203
-  _globals['_SHOWTIMEOCCUPANCY']._serialized_end=390
-  _globals['_MOVIESALES']._serialized_start=392
-  _globals['_MOVIESALES']._serialized_end=496
-  _globals['_DAYREVENUE']._serialized_start=498
-  _globals['_DAYREVENUE']._serialized_end=602
-  _globals['_GETSHOWTIMEOCCUPANCYREQUEST']._serialized_start=604
-  _globals['_GETSHOWTIMEOCCUPANCYREQUEST']._serialized_end=660
-  _globals['_LISTTOPMOVIESREQUEST']._serialized_start=663
-  _globals['_LISTTOPMOVIESREQUEST']._serialized_end=858
-  _globals['_LISTTOPMOVIESRESPONSE']._serialized_start=860
-  _globals['_LISTTOPMOVIESRESPONSE']._serialized_end=930
-  _globals['_GETREVENUEBYDAYREQUEST']._serialized_start=933
-  _globals['_GETREVENUEBYDAYREQUEST']._serialized_end=1070
-  _globals['_GETREVENUEBYDAYRESPONSE']._serialized_start=1072
-  _globals['_GETREVENUEBYDAYRESPONSE']._serialized_end=1142
-  _globals['_REPORTSSERVICE']._serialized_start=1223
-  _globals['_REPORTSSERVICE']._serialized_end=1728
+  _globals['_RANKING']._serialized_start=1540
+  _globals['_RANKING']._serialized_end=1616
+  _globals['_SHOWTIMEOCCUPANCY']._serialized_start=240
+  _globals['_SHOWTIMEOCCUPANCY']._serialized_end=463
+  _globals['_VERDICTCOUNT']._serialized_start=465
+  _globals['_VERDICTCOUNT']._serialized_end=545
+  _globals['_SHOWTIMEADMISSIONS']._serialized_start=548
+  _globals['_SHOWTIMEADMISSIONS']._serialized_end=727
+  _globals['_MOVIESALES']._serialized_start=729
+  _globals['_MOVIESALES']._serialized_end=833
+  _globals['_DAYREVENUE']._serialized_start=835
+  _globals['_DAYREVENUE']._serialized_end=939
+  _globals['_GETSHOWTIMEOCCUPANCYREQUEST']._serialized_start=941
+  _globals['_GETSHOWTIMEOCCUPANCYREQUEST']._serialized_end=997
+  _globals['_GETSHOWTIMEADMISSIONSREQUEST']._serialized_start=999
+  _globals['_GETSHOWTIMEADMISSIONSREQUEST']._serialized_end=1056
+  _globals['_LISTTOPMOVIESREQUEST']._serialized_start=1059
+  _globals['_LISTTOPMOVIESREQUEST']._serialized_end=1254
+  _globals['_LISTTOPMOVIESRESPONSE']._serialized_start=1256
+  _globals['_LISTTOPMOVIESRESPONSE']._serialized_end=1326
+  _globals['_GETREVENUEBYDAYREQUEST']._serialized_start=1329
+  _globals['_GETREVENUEBYDAYREQUEST']._serialized_end=1466
+  _globals['_GETREVENUEBYDAYRESPONSE']._serialized_start=1468
+  _globals['_GETREVENUEBYDAYRESPONSE']._serialized_end=1538
+  _globals['_REPORTSSERVICE']._serialized_start=1619
+  _globals['_REPORTSSERVICE']._serialized_end=2292
 # @@protoc_insertion_point(module_scope)

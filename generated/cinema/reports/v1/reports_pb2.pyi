@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from cinema.admission.v1 import admission_pb2 as _admission_pb2
 from cinema.common.v1 import money_pb2 as _money_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -52,6 +53,8 @@ class ShowtimeOccupancy(_message.Message):
     SOLD_PERCENT_FIELD_NUMBER: _builtins.int
     HELD_PERCENT_FIELD_NUMBER: _builtins.int
     FREE_PERCENT_FIELD_NUMBER: _builtins.int
+    ADMITTED_FIELD_NUMBER: _builtins.int
+    NO_SHOWS_FIELD_NUMBER: _builtins.int
     showtime_id: _builtins.str
     seats: _builtins.int
     """Seats of the hall, out-of-service ones included."""
@@ -63,6 +66,10 @@ class ShowtimeOccupancy(_message.Message):
     """Shares of the seats in service, 0..100."""
     held_percent: _builtins.float
     free_percent: _builtins.float
+    admitted: _builtins.int
+    """Sold tickets checked in at the door."""
+    no_shows: _builtins.int
+    """Sold tickets never checked in, once the showtime has ended (0 before)."""
     def __init__(
         self,
         *,
@@ -75,14 +82,85 @@ class ShowtimeOccupancy(_message.Message):
         sold_percent: _builtins.float = ...,
         held_percent: _builtins.float = ...,
         free_percent: _builtins.float = ...,
+        admitted: _builtins.int = ...,
+        no_shows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["free", b"free", "free_percent", b"free_percent", "held", b"held", "held_percent", b"held_percent", "out_of_service", b"out_of_service", "seats", b"seats", "showtime_id", b"showtime_id", "sold", b"sold", "sold_percent", b"sold_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "free", b"free", "free_percent", b"free_percent", "held", b"held", "held_percent", b"held_percent", "no_shows", b"no_shows", "out_of_service", b"out_of_service", "seats", b"seats", "showtime_id", b"showtime_id", "sold", b"sold", "sold_percent", b"sold_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShowtimeOccupancy: _TypeAlias = ShowtimeOccupancy  # noqa: Y015
+
+@_typing.final
+class VerdictCount(_message.Message):
+    """How many scans of a showtime got one verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERDICT_FIELD_NUMBER: _builtins.int
+    SCANS_FIELD_NUMBER: _builtins.int
+    verdict: _admission_pb2.ScanVerdict.ValueType
+    scans: _builtins.int
+    def __init__(
+        self,
+        *,
+        verdict: _admission_pb2.ScanVerdict.ValueType = ...,
+        scans: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scans", b"scans", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerdictCount: _TypeAlias = VerdictCount  # noqa: Y015
+
+@_typing.final
+class ShowtimeAdmissions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOWTIME_ID_FIELD_NUMBER: _builtins.int
+    TICKETS_FIELD_NUMBER: _builtins.int
+    ADMITTED_FIELD_NUMBER: _builtins.int
+    NOT_ADMITTED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    showtime_id: _builtins.str
+    tickets: _builtins.int
+    """Valid (sold, not cancelled) tickets."""
+    admitted: _builtins.int
+    not_admitted: _builtins.int
+    """Valid tickets not admitted: still expected, or no-shows once the showtime has ended."""
+    ended: _builtins.bool
+    undone: _builtins.int
+    """Admissions undone by staff."""
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerdictCount]:
+        """Scans that did not admit, by verdict (ALREADY_USED, FORGED, ...); verdicts without scans
+        are left out.
+        """
+
+    def __init__(
+        self,
+        *,
+        showtime_id: _builtins.str = ...,
+        tickets: _builtins.int = ...,
+        admitted: _builtins.int = ...,
+        not_admitted: _builtins.int = ...,
+        ended: _builtins.bool = ...,
+        refused: _abc.Iterable[Global___VerdictCount] | None = ...,
+        undone: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admitted", b"admitted", "ended", b"ended", "not_admitted", b"not_admitted", "refused", b"refused", "showtime_id", b"showtime_id", "tickets", b"tickets", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShowtimeAdmissions: _TypeAlias = ShowtimeAdmissions  # noqa: Y015
 
 @_typing.final
 class MovieSales(_message.Message):
@@ -158,6 +236,25 @@ class GetShowtimeOccupancyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetShowtimeOccupancyRequest: _TypeAlias = GetShowtimeOccupancyRequest  # noqa: Y015
+
+@_typing.final
+class GetShowtimeAdmissionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOWTIME_ID_FIELD_NUMBER: _builtins.int
+    showtime_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        showtime_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["showtime_id", b"showtime_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShowtimeAdmissionsRequest: _TypeAlias = GetShowtimeAdmissionsRequest  # noqa: Y015
 
 @_typing.final
 class ListTopMoviesRequest(_message.Message):

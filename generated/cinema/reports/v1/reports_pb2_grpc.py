@@ -43,6 +43,11 @@ class ReportsServiceStub:
                 request_serializer=cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeOccupancyRequest.SerializeToString,
                 response_deserializer=cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeOccupancy.FromString,
                 _registered_method=True)
+        self.GetShowtimeAdmissions = channel.unary_unary(
+                '/cinema.reports.v1.ReportsService/GetShowtimeAdmissions',
+                request_serializer=cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeAdmissionsRequest.SerializeToString,
+                response_deserializer=cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeAdmissions.FromString,
+                _registered_method=True)
         self.ListTopMovies = channel.unary_unary(
                 '/cinema.reports.v1.ReportsService/ListTopMovies',
                 request_serializer=cinema_dot_reports_dot_v1_dot_reports__pb2.ListTopMoviesRequest.SerializeToString,
@@ -69,6 +74,14 @@ class ReportsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShowtimeAdmissions(self, request, context):
+        """Admission at the door of a showtime: tickets admitted, not (yet) admitted, and scans
+        refused by verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTopMovies(self, request, context):
         """The movies of a cinema that sold the most tickets (or revenue) over a range of days.
         """
@@ -90,6 +103,11 @@ def add_ReportsServiceServicer_to_server(servicer, server):
                     servicer.GetShowtimeOccupancy,
                     request_deserializer=cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeOccupancyRequest.FromString,
                     response_serializer=cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeOccupancy.SerializeToString,
+            ),
+            'GetShowtimeAdmissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShowtimeAdmissions,
+                    request_deserializer=cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeAdmissionsRequest.FromString,
+                    response_serializer=cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeAdmissions.SerializeToString,
             ),
             'ListTopMovies': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTopMovies,
@@ -133,6 +151,33 @@ class ReportsService:
             '/cinema.reports.v1.ReportsService/GetShowtimeOccupancy',
             cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeOccupancyRequest.SerializeToString,
             cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeOccupancy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShowtimeAdmissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.reports.v1.ReportsService/GetShowtimeAdmissions',
+            cinema_dot_reports_dot_v1_dot_reports__pb2.GetShowtimeAdmissionsRequest.SerializeToString,
+            cinema_dot_reports_dot_v1_dot_reports__pb2.ShowtimeAdmissions.FromString,
             options,
             channel_credentials,
             insecure,

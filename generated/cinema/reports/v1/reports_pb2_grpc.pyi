@@ -39,6 +39,10 @@ class ReportsServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ReportsServiceAsyncStub: ...
     GetShowtimeOccupancy: _grpc.UnaryUnaryMultiCallable[_reports_pb2.GetShowtimeOccupancyRequest, _reports_pb2.ShowtimeOccupancy]
     """How full a showtime is: sold, held, free and out-of-service seats."""
+    GetShowtimeAdmissions: _grpc.UnaryUnaryMultiCallable[_reports_pb2.GetShowtimeAdmissionsRequest, _reports_pb2.ShowtimeAdmissions]
+    """Admission at the door of a showtime: tickets admitted, not (yet) admitted, and scans
+    refused by verdict.
+    """
     ListTopMovies: _grpc.UnaryUnaryMultiCallable[_reports_pb2.ListTopMoviesRequest, _reports_pb2.ListTopMoviesResponse]
     """The movies of a cinema that sold the most tickets (or revenue) over a range of days."""
     GetRevenueByDay: _grpc.UnaryUnaryMultiCallable[_reports_pb2.GetRevenueByDayRequest, _reports_pb2.GetRevenueByDayResponse]
@@ -55,6 +59,10 @@ class ReportsServiceAsyncStub(ReportsServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetShowtimeOccupancy: _aio.UnaryUnaryMultiCallable[_reports_pb2.GetShowtimeOccupancyRequest, _reports_pb2.ShowtimeOccupancy]  # type: ignore[assignment]
     """How full a showtime is: sold, held, free and out-of-service seats."""
+    GetShowtimeAdmissions: _aio.UnaryUnaryMultiCallable[_reports_pb2.GetShowtimeAdmissionsRequest, _reports_pb2.ShowtimeAdmissions]  # type: ignore[assignment]
+    """Admission at the door of a showtime: tickets admitted, not (yet) admitted, and scans
+    refused by verdict.
+    """
     ListTopMovies: _aio.UnaryUnaryMultiCallable[_reports_pb2.ListTopMoviesRequest, _reports_pb2.ListTopMoviesResponse]  # type: ignore[assignment]
     """The movies of a cinema that sold the most tickets (or revenue) over a range of days."""
     GetRevenueByDay: _aio.UnaryUnaryMultiCallable[_reports_pb2.GetRevenueByDayRequest, _reports_pb2.GetRevenueByDayResponse]  # type: ignore[assignment]
@@ -74,6 +82,16 @@ class ReportsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reports_pb2.ShowtimeOccupancy, _abc.Awaitable[_reports_pb2.ShowtimeOccupancy]]:
         """How full a showtime is: sold, held, free and out-of-service seats."""
+
+    @_abc_1.abstractmethod
+    def GetShowtimeAdmissions(
+        self,
+        request: _reports_pb2.GetShowtimeAdmissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reports_pb2.ShowtimeAdmissions, _abc.Awaitable[_reports_pb2.ShowtimeAdmissions]]:
+        """Admission at the door of a showtime: tickets admitted, not (yet) admitted, and scans
+        refused by verdict.
+        """
 
     @_abc_1.abstractmethod
     def ListTopMovies(

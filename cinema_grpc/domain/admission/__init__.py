@@ -1,0 +1,1 @@
+"""Admission at the door: signed ticket codes, passes, scans and check-in."""

@@ -1,0 +1,431 @@
+"""Admission at the door over a real channel and PostgreSQL: passes, offline verification,
+check-in once per ticket (also under 50 concurrent scans across two replicas), every refusal
+with its own verdict, staff undo, offline uploads with duplicates, and the reports."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import grpc
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+
+from cinema.admission.v1 import admission_pb2 as apb
+from cinema.admission.v1.admission_pb2_grpc import AdmissionServiceStub
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.identity.v1 import identity_pb2 as ipb
+from cinema.identity.v1.identity_pb2_grpc import IdentityServiceStub
+from cinema.reports.v1 import reports_pb2 as rpb
+from cinema.reports.v1.reports_pb2_grpc import ReportsServiceStub
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.settings import Settings
+from tests.auth_client import PASSWORD, register, with_token
+from tests.booking_data import Customer, Sale, hold, open_sale
+from tests.conftest import RunningServer
+from tests.rpc_errors import call_fails
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass
+class Door:
+    """A signed-in scanner account at a door."""
+
+    admission: AdmissionServiceStub
+    user_id: str
+    token: str
+
+
+def sell(who: Customer, clerk: Customer, sale: Sale, *labels: str) -> bpb.Booking:
+    held = hold(who, sale, *labels)
+    return clerk.booking.SellHoldAtCounter(
+        bpb.SellHoldAtCounterRequest(hold_id=held.id, payment=bpb.COUNTER_PAYMENT_CASH, request_id=str(uuid.uuid4()))
+    )
+
+
+def admission_of(who: Customer, channel: grpc.Channel) -> AdmissionServiceStub:
+    return AdmissionServiceStub(with_token(channel, who.token))
+
+
+def a_pass(who: Customer, channel: grpc.Channel, ticket_id: str) -> apb.TicketPass:
+    return admission_of(who, channel).GetTicketPass(apb.GetTicketPassRequest(ticket_id=ticket_id))
+
+
+def check_in(door: Door, sale: Sale, code: str, door_id: str = "left", **extra: str) -> apb.Scan:
+    return door.admission.CheckInTicket(
+        apb.CheckInTicketRequest(showtime_id=sale.showtime.id, code=code, door_id=door_id, **extra)
+    )
+
+
+@pytest.fixture
+def door(channel: grpc.Channel, admin_channel: grpc.Channel, db: Db) -> Door:
+    """A scanner account, made the way an admin makes one: GrantRole(ROLE_SCANNER)."""
+    user = register(channel)
+    IdentityServiceStub(admin_channel).GrantRole(ipb.GrantRoleRequest(user_id=user.id, role=ipb.ROLE_SCANNER))
+    token = IdentityServiceStub(channel).Login(ipb.LoginRequest(email=user.email, password=PASSWORD)).access_token
+    return Door(AdmissionServiceStub(with_token(channel, token)), user.id, token)
+
+
+@pytest.fixture
+def soon(screening: ScreeningServiceStub) -> Sale:
+    """A showtime starting within the hour: its doors are open."""
+    return open_sale(screening, hours_ahead=1, cinema_name="Soon")
+
+
+def scanner_config(door: Door, sale: Sale, moment: datetime) -> apb.ScannerConfig:
+    """The configuration of the cinema's local day of ``moment``."""
+    day = moment.astimezone(ZoneInfo("Europe/Berlin")).date()
+    return door.admission.GetScannerConfig(
+        apb.GetScannerConfigRequest(
+            cinema_id=sale.showtime.cinema_id, date=date_pb2.Date(year=day.year, month=day.month, day=day.day)
+        )
+    )
+
+
+def scans(db: Db) -> list[tuple[object, ...]]:
+    return db.execute("SELECT verdict, door_id, device_id FROM admission.scans ORDER BY recorded_at, id").fetchall()
+
+
+def verify_offline(config: apb.ScannerConfig, code: str) -> tuple[str, str, str, int]:
+    """What a scanner does without the server: the layout of docs/operations.md, checked with
+    the public keys of the configuration. Returns (ticket id, showtime id, seat, issue)."""
+    raw = base64.b32decode(code + "=" * (-len(code) % 8))
+    payload, signature = raw[:-64], raw[-64:]
+    key = next(k for k in config.keys if k.key_id == payload[1:5].hex())
+    Ed25519PublicKey.from_public_bytes(key.public_key).verify(signature, b"cinema-ticket-code:" + payload)
+    issue, length = int.from_bytes(payload[37:39], "big"), payload[39]
+    return (
+        str(uuid.UUID(bytes=payload[5:21])),
+        str(uuid.UUID(bytes=payload[21:37])),
+        payload[40 : 40 + length].decode(),
+        issue,
+    )
+
+
+def test_a_pass_verifies_offline_and_admits_once_then_says_when_and_where_it_was_used(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    booking = sell(ana, clerk, soon, "F5")
+    ticket = booking.tickets[0]
+    ticket_pass = a_pass(ana, channel, ticket.id)
+    assert ticket_pass.qr_png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert ticket_pass.movie_title and ticket_pass.cinema_name == "Soon"
+    assert (ticket_pass.hall_name, ticket_pass.row_label, ticket_pass.seat_number) == ("Main", "F", 5)
+    assert ticket_pass.price == ticket.seat.price and ticket_pass.issue == 1
+    start = ticket_pass.start_time.ToDatetime(tzinfo=UTC).astimezone(ZoneInfo(ticket_pass.time_zone))
+    assert ticket_pass.local_start_time == start.strftime("%Y-%m-%d %H:%M")
+    # Staff see any pass; another customer does not learn the ticket exists.
+    assert a_pass(clerk, channel, ticket.id).code == ticket_pass.code
+
+    config = scanner_config(door, soon, start)
+    assert [s.showtime_id for s in config.showtimes] == [soon.showtime.id]
+    assert verify_offline(config, ticket_pass.code) == (ticket.id, soon.showtime.id, "F5", 1)
+    assert [k.current for k in config.keys if k.key_id == ticket_pass.key_id] == [True]
+
+    first = check_in(door, soon, ticket_pass.code, "left")
+    assert (first.verdict, first.ticket_id, first.seat_label) == (apb.SCAN_VERDICT_ADMITTED, ticket.id, "F5")
+    again = check_in(door, soon, ticket_pass.code.lower(), "right")
+    assert again.verdict == apb.SCAN_VERDICT_ALREADY_USED
+    assert again.first_admission.door_id == "left"
+    assert again.first_admission.admit_time == first.scan_time
+    assert again.first_admission.scanner_id == door.user_id
+    assert scans(db) == [("ADMITTED", "left", "online"), ("ALREADY_USED", "right", "online")]
+    # Once used at the door, a pass is not re-issued.
+    refused = call_fails(
+        admission_of(ana, channel).ReissueTicketPass, apb.ReissueTicketPassRequest(ticket_id=ticket.id)
+    )
+    assert refused.reason == "TICKET_ALREADY_ADMITTED"
+
+
+def test_another_customer_cannot_see_a_pass(
+    ana: Customer, ben: Customer, clerk: Customer, soon: Sale, channel: grpc.Channel
+) -> None:
+    ticket = sell(ana, clerk, soon, "F5").tickets[0]
+    failed = call_fails(admission_of(ben, channel).GetTicketPass, apb.GetTicketPassRequest(ticket_id=ticket.id))
+    assert failed.reason == "TICKET_NOT_FOUND"
+
+
+def test_each_refusal_has_its_own_verdict_and_every_scan_is_recorded(
+    ana: Customer,
+    clerk: Customer,
+    soon: Sale,
+    screening: ScreeningServiceStub,
+    door: Door,
+    channel: grpc.Channel,
+    db: Db,
+) -> None:
+    later = open_sale(screening, hours_ahead=30, cinema_name="Later")
+    soon_tickets = [t.id for t in sell(ana, clerk, soon, "F1", "F2", "F3").tickets]
+    later_ticket = sell(ana, clerk, later, "F1").tickets[0].id
+    codes = {t: a_pass(ana, channel, t).code for t in [*soon_tickets, later_ticket]}
+
+    # Forged: garbage, and a genuine code with one character changed.
+    code = codes[soon_tickets[0]]
+    altered = code[:20] + ("A" if code[20] != "A" else "B") + code[21:]
+    assert check_in(door, soon, "HELLO").verdict == apb.SCAN_VERDICT_FORGED
+    assert check_in(door, soon, altered).verdict == apb.SCAN_VERDICT_FORGED
+    # A ticket of another showtime, at this door; and at its own door long before it starts.
+    assert check_in(door, soon, codes[later_ticket]).verdict == apb.SCAN_VERDICT_WRONG_SHOWTIME
+    assert check_in(door, later, codes[later_ticket]).verdict == apb.SCAN_VERDICT_TOO_EARLY
+    # Re-issued: the old code is superseded, the new one admits.
+    reissued = admission_of(ana, channel).ReissueTicketPass(
+        apb.ReissueTicketPassRequest(ticket_id=soon_tickets[1], reason="screenshot shared")
+    )
+    assert reissued.issue == 2 and reissued.code != codes[soon_tickets[1]]
+    assert check_in(door, soon, codes[soon_tickets[1]]).verdict == apb.SCAN_VERDICT_SUPERSEDED
+    assert check_in(door, soon, reissued.code).verdict == apb.SCAN_VERDICT_ADMITTED
+    # Cancelled (refunded): neither a pass nor entry.
+    third = sell(ana, clerk, soon, "E1").tickets[0].id
+    codes[third] = a_pass(ana, channel, third).code
+    booking_id = db.execute("SELECT booking_id FROM booking.seat_claims WHERE id = %s", (third,)).fetchone()
+    assert booking_id is not None
+    clerk.booking.ForceCancelBooking(bpb.ForceCancelBookingRequest(booking_id=str(booking_id[0]), reason="refund"))
+    failed = call_fails(admission_of(ana, channel).GetTicketPass, apb.GetTicketPassRequest(ticket_id=third))
+    assert failed.reason == "TICKET_NOT_VALID"
+    assert check_in(door, soon, codes[third]).verdict == apb.SCAN_VERDICT_CANCELLED
+    # The configuration tells offline scanners which codes stopped admitting.
+    config = scanner_config(door, soon, datetime.now(UTC) + timedelta(minutes=30))
+    assert {(r.ticket_id, r.valid_issue) for r in config.revoked_tickets} == {(soon_tickets[1], 2), (third, 0)}
+    # Ended: the showtime is over.
+    db.execute(
+        "UPDATE screening.showtimes SET starts_at = now() - interval '3 hours', ends_at = now() - interval '1 hour',"
+        " busy_until = now() - interval '30 minutes' WHERE id = %s",
+        (soon.showtime.id,),
+    )
+    assert check_in(door, soon, codes[soon_tickets[0]]).verdict == apb.SCAN_VERDICT_ENDED
+
+    assert [row[0] for row in scans(db)] == [
+        "FORGED",
+        "FORGED",
+        "WRONG_SHOWTIME",
+        "TOO_EARLY",
+        "SUPERSEDED",
+        "ADMITTED",
+        "CANCELLED",
+        "ENDED",
+    ]
+    report = ReportsServiceStub(with_token(channel, clerk.token))
+    admissions = report.GetShowtimeAdmissions(rpb.GetShowtimeAdmissionsRequest(showtime_id=soon.showtime.id))
+    assert (admissions.tickets, admissions.admitted, admissions.not_admitted, admissions.ended) == (3, 1, 2, True)
+    assert {(c.verdict, c.scans) for c in admissions.refused} == {
+        (apb.SCAN_VERDICT_FORGED, 2),
+        (apb.SCAN_VERDICT_WRONG_SHOWTIME, 1),
+        (apb.SCAN_VERDICT_SUPERSEDED, 1),
+        (apb.SCAN_VERDICT_CANCELLED, 1),
+        (apb.SCAN_VERDICT_ENDED, 1),
+    }
+
+
+def test_staff_undo_an_admission_with_a_reason_and_the_ticket_admits_again(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    ticket = sell(ana, clerk, soon, "C3").tickets[0]
+    code = a_pass(ana, channel, ticket.id).code
+    assert check_in(door, soon, code).verdict == apb.SCAN_VERDICT_ADMITTED
+    # A scanner may not undo; staff may, and must say why.
+    refused = call_fails(door.admission.UndoAdmission, apb.UndoAdmissionRequest(ticket_id=ticket.id, reason="x"))
+    assert refused.code is grpc.StatusCode.PERMISSION_DENIED
+    staff = admission_of(clerk, channel)
+    missing = call_fails(staff.UndoAdmission, apb.UndoAdmissionRequest(ticket_id=ticket.id))
+    assert missing.fields == {"reason": "REQUIRED"}
+    undone = staff.UndoAdmission(apb.UndoAdmissionRequest(ticket_id=ticket.id, reason="scanned the wrong phone"))
+    assert (undone.undone_by, undone.undo_reason, undone.door_id) == (clerk.user.id, "scanned the wrong phone", "left")
+    assert undone.HasField("undo_time")
+    assert check_in(door, soon, code, "right").verdict == apb.SCAN_VERDICT_ADMITTED
+    gone = call_fails(staff.UndoAdmission, apb.UndoAdmissionRequest(ticket_id=str(uuid.uuid4()), reason="x"))
+    assert gone.reason == "ADMISSION_NOT_FOUND"
+    # The undone admission is kept, and the database refuses to rewrite it.
+    assert db.execute(
+        "SELECT count(*), count(undone_at) FROM admission.admissions WHERE ticket_id = %s", (ticket.id,)
+    ).fetchone() == (2, 1)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("UPDATE admission.admissions SET undo_reason = 'nothing happened'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.execute("DELETE FROM admission.scans")
+
+
+def test_a_retried_check_in_gets_the_first_answer_not_already_used(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    ticket = sell(ana, clerk, soon, "D4").tickets[0]
+    code = a_pass(ana, channel, ticket.id).code
+    first = check_in(door, soon, code, device_id="gate-1", client_scan_id="s-1")
+    retry = check_in(door, soon, code, device_id="gate-1", client_scan_id="s-1")
+    assert first == retry and first.verdict == apb.SCAN_VERDICT_ADMITTED
+    assert len(scans(db)) == 1
+
+
+def test_check_in_refuses_malformed_requests_by_field_and_records_nothing(soon: Sale, door: Door, db: Db) -> None:
+    failed = call_fails(
+        door.admission.CheckInTicket,
+        apb.CheckInTicketRequest(showtime_id=soon.showtime.id, code="", door_id="x" * 65, client_scan_id="\x07"),
+    )
+    assert failed.fields == {"code": "REQUIRED", "door_id": "TOO_LONG", "client_scan_id": "INVALID_CHARACTERS"}
+    unknown = call_fails(
+        door.admission.CheckInTicket,
+        apb.CheckInTicketRequest(showtime_id=str(uuid.uuid4()), code="ABC", door_id="left"),
+    )
+    assert unknown.reason == "SHOWTIME_NOT_FOUND"
+    assert scans(db) == []
+
+
+def _at(moment: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def test_offline_scans_upload_idempotently_and_tickets_used_twice_are_reported_as_duplicates(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    one, two, three = (t.id for t in sell(ana, clerk, soon, "B1", "B2", "B3").tickets)
+    code = {t: a_pass(ana, channel, t).code for t in (one, two, three)}
+    now = datetime.now(UTC)
+
+    def offline(client_scan_id: str, ticket: str, minutes_ago: int, door_id: str = "left") -> apb.OfflineScan:
+        return apb.OfflineScan(
+            client_scan_id=client_scan_id,
+            showtime_id=soon.showtime.id,
+            code=code[ticket],
+            door_id=door_id,
+            scan_time=_at(now - timedelta(minutes=minutes_ago)),
+        )
+
+    batch_a = apb.UploadScansRequest(
+        device_id="tablet-a",
+        scans=[offline("a1", one, 10), offline("a2", two, 9), offline("a3", one, 8)],
+    )
+    uploaded = door.admission.UploadScans(batch_a)
+    assert [s.verdict for s in uploaded.scans] == [
+        apb.SCAN_VERDICT_ADMITTED,
+        apb.SCAN_VERDICT_ADMITTED,
+        apb.SCAN_VERDICT_ALREADY_USED,
+    ]
+    assert (uploaded.admitted, uploaded.duplicates) == (2, 1)
+    assert all(s.offline for s in uploaded.scans)
+    assert uploaded.scans[0].scan_time == batch_a.scans[0].scan_time  # judged and admitted at its own time
+
+    # Another device let ticket two in as well while offline: reported against tablet A's admission.
+    batch_b = apb.UploadScansRequest(
+        device_id="tablet-b", scans=[offline("a1", two, 5, "right"), offline("b2", three, 4, "right")]
+    )
+    other = door.admission.UploadScans(batch_b)
+    assert [s.verdict for s in other.scans] == [apb.SCAN_VERDICT_ALREADY_USED, apb.SCAN_VERDICT_ADMITTED]
+    assert other.duplicates == 1
+    assert (other.scans[0].first_admission.device_id, other.scans[0].first_admission.door_id) == ("tablet-a", "left")
+
+    # Uploading the same batch again (the answer was lost) changes nothing and answers the same.
+    assert door.admission.UploadScans(batch_a) == uploaded
+    assert len(scans(db)) == 5
+    assert db.execute("SELECT count(*) FROM admission.admissions").fetchone() == (3,)
+
+
+def test_an_upload_with_a_bad_scan_is_refused_whole_naming_the_scan(soon: Sale, door: Door, db: Db) -> None:
+    now = datetime.now(UTC)
+    good = apb.OfflineScan(
+        client_scan_id="g", showtime_id=soon.showtime.id, code="ABC", door_id="left", scan_time=_at(now)
+    )
+    future = apb.OfflineScan(
+        client_scan_id="f",
+        showtime_id=soon.showtime.id,
+        code="ABC",
+        door_id="left",
+        scan_time=_at(now + timedelta(hours=1)),
+    )
+    failed = call_fails(door.admission.UploadScans, apb.UploadScansRequest(device_id="t", scans=[good, future, good]))
+    assert failed.fields == {"scans[1].scan_time": "OUT_OF_RANGE", "scans[2].client_scan_id": "DUPLICATE"}
+    too_many = call_fails(door.admission.UploadScans, apb.UploadScansRequest(device_id="t", scans=[good] * 501))
+    assert too_many.fields["scans"] == "TOO_MANY"
+    assert scans(db) == []
+
+
+def test_customers_cannot_scan_and_scanners_cannot_sell(
+    ana: Customer, door: Door, soon: Sale, channel: grpc.Channel, db: Db
+) -> None:
+    denied = call_fails(
+        admission_of(ana, channel).CheckInTicket,
+        apb.CheckInTicketRequest(showtime_id=soon.showtime.id, code="ABC", door_id="left"),
+    )
+    assert denied.code is grpc.StatusCode.PERMISSION_DENIED
+    assert denied.metadata.get("required_role") == "SCANNER"
+    # The scanner role reaches the door RPCs only: no counter sales, no reports.
+    as_scanner = with_token(channel, door.token)
+    sell_denied = call_fails(
+        BookingServiceStub(as_scanner).SellHoldAtCounter,
+        bpb.SellHoldAtCounterRequest(hold_id=str(uuid.uuid4()), payment=bpb.COUNTER_PAYMENT_CASH),
+    )
+    report_denied = call_fails(
+        ReportsServiceStub(as_scanner).GetShowtimeAdmissions,
+        rpb.GetShowtimeAdmissionsRequest(showtime_id=soon.showtime.id),
+    )
+    assert sell_denied.code is report_denied.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.fixture
+def second_replica(server_settings: Settings) -> Iterator[RunningServer]:
+    """Another server on the same database, as a second replica behind a load balancer."""
+    running = RunningServer(server_settings)
+    yield running
+    running.stop()
+
+
+def test_fifty_scans_of_one_code_at_once_across_two_replicas_admit_exactly_once(
+    ana: Customer,
+    clerk: Customer,
+    soon: Sale,
+    door: Door,
+    channel: grpc.Channel,
+    second_replica: RunningServer,
+    db: Db,
+) -> None:
+    ticket = sell(ana, clerk, soon, "A5").tickets[0]
+    code = a_pass(ana, channel, ticket.id).code
+    with grpc.insecure_channel(f"127.0.0.1:{second_replica.port}") as other:
+        stubs = [AdmissionServiceStub(with_token(ch, door.token)) for ch in (channel, other)]
+        start = threading.Barrier(50)
+
+        def scan(i: int) -> apb.Scan:
+            request = apb.CheckInTicketRequest(
+                showtime_id=soon.showtime.id, code=code, door_id=f"door-{i % 2}", device_id=f"gate-{i}"
+            )
+            start.wait(30)
+            return stubs[i % 2].CheckInTicket(request, timeout=60)
+
+        with ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(scan, range(50)))
+    verdicts = [r.verdict for r in results]
+    assert verdicts.count(apb.SCAN_VERDICT_ADMITTED) == 1
+    assert verdicts.count(apb.SCAN_VERDICT_ALREADY_USED) == 49
+    winner = next(r for r in results if r.verdict == apb.SCAN_VERDICT_ADMITTED)
+    assert {r.first_admission.scan_id for r in results if r.verdict == apb.SCAN_VERDICT_ALREADY_USED} == {winner.id}
+    assert db.execute("SELECT count(*) FROM admission.admissions").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM admission.scans").fetchone() == (50,)
+
+
+def test_occupancy_counts_admitted_tickets_and_no_shows_once_the_showtime_ended(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    tickets = sell(ana, clerk, soon, "F7", "F8", "F9").tickets
+    check_in(door, soon, a_pass(ana, channel, tickets[0].id).code)
+    reports = ReportsServiceStub(with_token(channel, clerk.token))
+    request = rpb.GetShowtimeOccupancyRequest(showtime_id=soon.showtime.id)
+    during = reports.GetShowtimeOccupancy(request)
+    assert (during.sold, during.admitted, during.no_shows) == (3, 1, 0)
+    db.execute(
+        "UPDATE screening.showtimes SET starts_at = now() - interval '3 hours', ends_at = now() - interval '1 hour',"
+        " busy_until = now() - interval '30 minutes' WHERE id = %s",
+        (soon.showtime.id,),
+    )
+    after = reports.GetShowtimeOccupancy(request)
+    assert (after.sold, after.admitted, after.no_shows) == (3, 1, 2)
