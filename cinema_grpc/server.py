@@ -36,7 +36,7 @@ from cinema_grpc.adapters.ticket_codes import Ed25519TicketCodec
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
-from cinema_grpc.domain.payment.use_cases import handle_webhook, reconcile
+from cinema_grpc.domain.payment.use_cases import SyncGuard, handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
@@ -152,7 +152,15 @@ class CinemaServer:
             threads=settings.stripe_threads,
         )
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(uow, clock, self.gateway, settings.payment_rules(), settings.booking_rules()), self.grpc
+            PaymentServicer(
+                uow,
+                clock,
+                self.gateway,
+                settings.payment_rules(),
+                settings.booking_rules(),
+                SyncGuard(settings.sync_payment_per_minute, timedelta(seconds=settings.sync_payment_cache_seconds)),
+            ),
+            self.grpc,
         )
         reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), self.grpc)
         ticket_key = settings.ticket_signing_key.get_secret_value() if settings.ticket_signing_key else None

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     stripe_retry_max_seconds: float = Field(default=3600.0, gt=0, le=86400)
     # A refund that failed this many times in a row is given up (FAILED) for staff to settle.
     refund_max_attempts: int = Field(default=8, ge=1, le=100)
+    # SyncPayment calls one caller may make per minute (refilled evenly; more: RESOURCE_EXHAUSTED
+    # / SYNC_RATE_LIMITED with RetryInfo), and how long one Stripe retrieve of a payment is reused.
+    sync_payment_per_minute: int = Field(default=30, ge=1, le=10_000)
+    sync_payment_cache_seconds: float = Field(default=3.0, ge=0, le=300)
     # Prometheus metrics at http://HOST:PORT/metrics. Port 0: any free one (the log says which).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)

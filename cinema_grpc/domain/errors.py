@@ -485,6 +485,24 @@ class StreamLimitReached(LimitExceeded):
         return self._retry_after
 
 
+class RateLimited(LimitExceeded):
+    """The caller calls this too often; RetryInfo says when the next call is allowed."""
+
+    def __init__(self, message: str, limit: str, retry_after_seconds: float) -> None:
+        super().__init__(
+            message, metadata={"limit": limit, "retry_after_seconds": f"{max(retry_after_seconds, 0.001):.3g}"}
+        )
+        self._retry_after = max(retry_after_seconds, 0.001)
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
+
+
+class SyncRateLimited(RateLimited):
+    reason = "SYNC_RATE_LIMITED"
+
+
 class TooManySeats(LimitExceeded):
     reason = "TOO_MANY_SEATS"
 

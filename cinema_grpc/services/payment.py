@@ -68,12 +68,14 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         gateway: PaymentGateway,
         rules: uc.PaymentRules,
         booking_rules: BookingRules,
+        sync_guard: uc.SyncGuard,
     ) -> None:
         self._uow = unit_of_work
         self._clock = clock
         self._gateway = gateway
         self._rules = rules
         self._booking_rules = booking_rules
+        self._sync_guard = sync_guard
 
     def _message(self, payment: Payment) -> pb.Payment:
         # The client secret lets its holder confirm a card payment: only for the customer.
@@ -108,7 +110,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def SyncPayment(self, request: pb.SyncPaymentRequest, context: Context) -> pb.Payment:
         payment_id = require_id("payment_id", request.payment_id)
         payment = await uc.sync_payment(
-            self._uow, self._gateway, self._clock, self._rules, current_caller(), payment_id
+            self._uow, self._gateway, self._clock, self._rules, self._sync_guard, current_caller(), payment_id
         )
         return self._message(payment)
 

@@ -37,6 +37,7 @@ from tests.stripe_proxy import FaultyStripe
 
 Db = psycopg.Connection[tuple[object, ...]]
 MAX_REFUND_ATTEMPTS = 3
+SYNC_PER_MINUTE, SYNC_CACHE_SECONDS = 8, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,13 @@ def proxy(local_stripe: LocalStripe) -> Iterator[FaultyStripe]:
 def behind_proxy(server_settings: Settings, proxy: FaultyStripe, server: RunningServer) -> Iterator[RunningServer]:
     """A second server on the same database whose Stripe calls go through the proxy."""
     settings = server_settings.model_copy(
-        update={"stripe_api_base": proxy.url, "stripe_timeout_seconds": 1.0, "refund_max_attempts": MAX_REFUND_ATTEMPTS}
+        update={
+            "stripe_api_base": proxy.url,
+            "stripe_timeout_seconds": 1.0,
+            "refund_max_attempts": MAX_REFUND_ATTEMPTS,
+            "sync_payment_per_minute": SYNC_PER_MINUTE,
+            "sync_payment_cache_seconds": SYNC_CACHE_SECONDS,
+        }
     )
     running = RunningServer(settings)
     yield running
@@ -400,3 +407,52 @@ def test_a_payment_stripe_cannot_answer_for_does_not_starve_the_reconciliation_q
         behind_proxy.run(one_at_a_time())
         after = ben_pays.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id))
         assert after.state == ppb.PAYMENT_STATE_SUCCESS and after.booking_id
+
+
+def intent_reads(proxy: FaultyStripe, intent_id: str) -> int:
+    return sum(1 for method, path, _ in proxy.requests if (method, path) == ("GET", f"/v1/payment_intents/{intent_id}"))
+
+
+@pytest.mark.usefixtures("no_webhooks")
+def test_sync_payment_asks_stripe_about_a_payment_at_most_once_per_cache_period(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, sale: Sale, local_stripe: LocalStripe
+) -> None:
+    channel, stub = stub_on(behind_proxy, ana)
+    with channel:
+        payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ana, sale, "D4").id))
+        started = time.monotonic()
+        for _ in range(5):
+            assert (
+                stub.SyncPayment(ppb.SyncPaymentRequest(payment_id=payment.id)).state == ppb.PAYMENT_STATE_INITIALIZED
+            )
+        assert intent_reads(proxy, payment.intent_id) == 1
+        assert confirm_card(local_stripe, payment.intent_id) == "succeeded"
+        if time.monotonic() - started < SYNC_CACHE_SECONDS:
+            # Within the period the last retrieve still answers.
+            assert (
+                stub.SyncPayment(ppb.SyncPaymentRequest(payment_id=payment.id)).state == ppb.PAYMENT_STATE_INITIALIZED
+            )
+            assert intent_reads(proxy, payment.intent_id) == 1
+        time.sleep(max(0.0, started + SYNC_CACHE_SECONDS - time.monotonic()) + 0.05)
+        paid = stub.SyncPayment(ppb.SyncPaymentRequest(payment_id=payment.id))
+        assert paid.state == ppb.PAYMENT_STATE_SUCCESS and paid.booking_id
+        assert intent_reads(proxy, payment.intent_id) == 2
+
+
+def test_sync_payment_is_rate_limited_per_caller_with_retry_info(
+    behind_proxy: RunningServer, ana: Customer, ben: Customer, sale: Sale
+) -> None:
+    channel, ana_pays = stub_on(behind_proxy, ana)
+    other, ben_pays = stub_on(behind_proxy, ben)
+    with channel, other:
+        payment = ben_pays.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ben, sale, "D5").id))
+        for _ in range(SYNC_PER_MINUTE):
+            ben_pays.SyncPayment(ppb.SyncPaymentRequest(payment_id=payment.id))
+        refused = call_fails(ben_pays.SyncPayment, ppb.SyncPaymentRequest(payment_id=payment.id))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SYNC_RATE_LIMITED")
+        assert refused.metadata["limit"] == f"{SYNC_PER_MINUTE} per minute"
+        # One call's worth of the minute's budget comes back every 60/8 = 7.5 s.
+        assert refused.retry_delay_seconds is not None and 6 < refused.retry_delay_seconds <= 60 / SYNC_PER_MINUTE
+        # Another caller has a budget of their own (and a payment that is not theirs stays hidden).
+        hidden = call_fails(ana_pays.SyncPayment, ppb.SyncPaymentRequest(payment_id=payment.id))
+        assert hidden.reason == "PAYMENT_NOT_FOUND"

@@ -31,6 +31,7 @@ from cinema_grpc.domain.errors import (
     PaymentNotRefundable,
     PaymentProviderUnavailable,
     PaymentRefused,
+    SyncRateLimited,
     Violations,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
@@ -49,6 +50,7 @@ from cinema_grpc.domain.payment.model import (
     verify_chain,
 )
 from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
+from cinema_grpc.domain.rate_limits import RecentMoments, TokenBuckets
 from cinema_grpc.domain.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -341,19 +343,44 @@ async def _reload(unit_of_work: UnitOfWorkFactory, payment_id: uuid.UUID) -> Pay
     return payment
 
 
+class SyncGuard:
+    """Keeps SyncPayment from becoming a Stripe proxy: each caller has a budget of calls
+    (``per_minute``, refilled evenly), and Stripe is asked about one payment at most once per
+    ``reuse_for`` (later calls within it answer with what that retrieve settled)."""
+
+    def __init__(self, per_minute: int, reuse_for: timedelta) -> None:
+        self.calls = TokenBuckets(per_minute, timedelta(minutes=1))
+        self.retrieved = RecentMoments(reuse_for)
+
+
 async def sync_payment(
     unit_of_work: UnitOfWorkFactory,
     gateway: PaymentGateway,
     clock: Clock,
     rules: PaymentRules,
+    guard: SyncGuard,
     caller: Caller,
     payment_id: uuid.UUID,
 ) -> Payment:
+    now = clock.now()
+    wait = guard.calls.take(caller.owner_key(), now)
+    if wait:
+        raise SyncRateLimited(
+            f"at most {guard.calls.capacity} SyncPayment calls a minute; the webhook settles the payment anyway",
+            f"{guard.calls.capacity} per minute",
+            wait,
+        )
     async with unit_of_work() as uow:
         payment = await _own_payment(uow, caller, payment_id)
-    if not payment.intent_id or payment.settled:
+    if not payment.intent_id or payment.settled or guard.retrieved.fresh(payment.id, now):
         return payment
-    intent = await gateway.retrieve_intent(payment.intent_id)
+    # Marked before asking, so callers arriving meanwhile do not ask Stripe as well.
+    guard.retrieved.mark(payment.id, now)
+    try:
+        intent = await gateway.retrieve_intent(payment.intent_id)
+    except DomainError:
+        guard.retrieved.forget(payment.id)
+        raise
     return await settle(unit_of_work, gateway, clock, rules, payment.id, intent, STRIPE)
 
 
