@@ -28,6 +28,7 @@ from cinema_grpc.server import serve
 from cinema_grpc.settings import ConfigurationError, Settings
 from cinema_grpc.storage.database import database_url, migrate, open_database
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+from cinema_grpc.workers import serve_workers
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -35,6 +36,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         settings.grpc_port = args.port
     if args.host is not None:
         settings.grpc_host = args.host
+    if args.workers > 1:
+        try:
+            return serve_workers(settings, args.workers)
+        except ConfigurationError as exc:
+            print(f"cinema-grpc: refusing to start: {exc}", file=sys.stderr)
+            return 2
     gateway = None
     try:
         if args.gateway:
@@ -60,6 +67,16 @@ def _gateway_build(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"gateway built: {binary}")
     return 0
+
+
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: a number from 1 to 64") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"invalid worker count {count}: a number from 1 to 64")
+    return count
 
 
 def _port(value: str) -> int:
@@ -200,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--gateway-port", type=_port, metavar="PORT", help="gateway listen port (default 8080; needs --gateway)"
     )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT), for machines with free cores (default 1)",
+    )
     serve_cmd.set_defaults(run=_serve)
     commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)
     seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")
@@ -247,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and not args.gateway and (args.gateway_host or args.gateway_port is not None):
         parser.error("--gateway-host and --gateway-port need --gateway")
+    if args.command == "serve" and args.gateway and args.workers > 1:
+        parser.error("--gateway runs with one worker; with --workers, run the gateway in front of the port apart")
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -80,11 +80,13 @@ SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 class CinemaServer:
     """The gRPC server with health and reflection, and the resources it must release."""
 
-    def __init__(self, settings: Settings, database: Database, clock: Clock) -> None:
+    def __init__(self, settings: Settings, database: Database, clock: Clock, *, shared_ports: bool = False) -> None:
         if settings.stripe_secret_key is None or settings.stripe_webhook_secret is None:
             raise ValueError("a Stripe secret key and webhook secret are needed (serve starts a local one)")
         self.settings = settings
         self.database = database
+        # One of several worker processes on the same ports (serve --workers).
+        self.shared_ports = shared_ports
         self.clock = clock
         hub = LocalHub(settings.watcher_buffer, settings.stream_max_seconds)
         # Seat events cross processes and replicas through Redis when it is configured, else
@@ -257,7 +259,9 @@ class CinemaServer:
             None,
         )
         self.scheduler.start()
-        self.webhook_port = await self.webhooks.start(settings.webhook_host, settings.webhook_port)
+        self.webhook_port = await self.webhooks.start(
+            settings.webhook_host, settings.webhook_port, reuse_port=self.shared_ports
+        )
         self.metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
         await self.grpc.start()
         for name in ("", *SERVICE_NAMES):
@@ -306,17 +310,20 @@ class CinemaServer:
         log.info("stopped")
 
 
-def create_server(settings: Settings, database: Database, clock: Clock | None = None) -> tuple[CinemaServer, int]:
+def create_server(
+    settings: Settings, database: Database, clock: Clock | None = None, *, shared_ports: bool = False
+) -> tuple[CinemaServer, int]:
     """Builds the server and binds its port (port 0 picks a free one); call ``start`` to serve."""
-    server = CinemaServer(settings, database, clock or SystemClock())
+    server = CinemaServer(settings, database, clock or SystemClock(), shared_ports=shared_ports)
     return server, server.port
 
 
-async def serve(settings: Settings, gateway: GatewayConfig | None = None) -> None:
+async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, worker: int | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully.
 
     With ``gateway``, the REST/JSON gateway runs too: started once the gRPC server serves,
     stopped before it; if the gateway dies, the server shuts down and GatewayError is raised.
+    With ``worker``, this is one of the processes of ``serve --workers``, sharing its ports.
     """
     settings.check_production()
     local_stripe = None
@@ -338,7 +345,7 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None) -> Non
         )
     database = await asyncio.to_thread(open_database, settings)
     try:
-        server, _ = create_server(settings, database)
+        server, _ = create_server(settings, database, shared_ports=worker is not None)
         await server.start()
         if local_stripe is not None:
             await asyncio.to_thread(local_stripe.deliver_webhooks_to, server.webhook_url)

@@ -46,9 +46,10 @@ class WebhookListener:
         self._runner = web.AppRunner(webhook_app(handle), access_log=None)
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listens on host:port; with ``reuse_port``, other worker processes listen on it too."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
