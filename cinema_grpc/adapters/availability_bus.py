@@ -13,6 +13,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -164,9 +165,14 @@ class InProcessBus:
 
 
 def encode(event: SeatEvent) -> str:
-    return json.dumps(
-        {"s": str(event.showtime_id), "v": event.version, "c": [[str(c.seat_id), c.state.value] for c in event.changes]}
-    )
+    data = {
+        "s": str(event.showtime_id),
+        "v": event.version,
+        "c": [[str(c.seat_id), c.state.value] for c in event.changes],
+    }
+    if event.recorded_at is not None:
+        data["t"] = event.recorded_at.isoformat()
+    return json.dumps(data)
 
 
 class Outbox:
@@ -218,6 +224,7 @@ def decode(raw: str | bytes) -> SeatEvent:
         uuid.UUID(data["s"]),
         int(data["v"]),
         tuple(SeatChange(uuid.UUID(s), SeatState(state)) for s, state in data["c"]),
+        datetime.fromisoformat(data["t"]) if "t" in data else None,
     )
 
 

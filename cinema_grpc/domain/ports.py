@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -19,24 +19,15 @@ from cinema_grpc.domain.admission.model import (
     ScannerShowtime,
     TicketFacts,
 )
-from cinema_grpc.domain.booking.model import (
-    ActiveClaim,
-    Booking,
-    BookingState,
-    Hold,
-    HoldContext,
-    HoldState,
-    RefundState,
-    SeatChange,
-    SeatEvent,
-)
+from cinema_grpc.domain.booking.inventory import NewHold, SeatInventory
+from cinema_grpc.domain.booking.model import ActiveClaim, Booking, Hold, SeatEvent
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
 from cinema_grpc.domain.identity.throttle import SignInRecord
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
-from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, SeatKind, Showtime
+from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
 
 if TYPE_CHECKING:  # reports import this module for the UnitOfWork type
     from cinema_grpc.domain.reports import DayRevenue, MovieSales, Occupancy, Ranking
@@ -274,93 +265,61 @@ class BookingFilter:
 
 
 class BookingRepository(Protocol):
-    """Holds, bookings, their seat claims and the availability versions of showtimes."""
+    """Reads of holds, bookings, seat claims and availability versions. Seat decisions go
+    through the showtime's inventory (``InventoryRepository``)."""
 
-    async def lock_showtime(self, showtime_id: uuid.UUID) -> None:
-        """Serialises seat decisions of one showtime until the transaction ends; other
-        showtimes never wait. Raises Contention when the lock cannot be had in time."""
-        ...
+    async def get_hold(self, hold_id: uuid.UUID) -> Hold | None: ...
 
-    async def try_lock_showtimes(self, showtime_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
-        """``lock_showtime`` for those of these showtimes whose lock is free now, without waiting
-        for the others (so a busy showtime never keeps the free ones locked); returns them."""
+    async def get_booking(self, booking_id: uuid.UUID) -> Booking | None: ...
+
+    async def list_bookings(self, booking_filter: BookingFilter, page: PageRequest) -> Page[Booking]: ...
+
+    async def mark_refunded(self, booking_id: uuid.UUID) -> None:
+        """A cancelled booking's money went back (its seats are not concerned)."""
         ...
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
-
-    async def expire_due(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatEvent]:
-        """Marks the active holds of these showtimes (each locked) that are past their expiry
-        EXPIRED and frees their seats, each showtime's freed seats recorded as its next
-        availability version; returns those events."""
-        ...
 
     async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
         """Seats sold, or held by a hold that has not expired."""
         ...
 
-    async def hold_context(
-        self,
-        customer_id: uuid.UUID,
-        showtime_id: uuid.UUID,
-        now: datetime,
-        *,
-        seat_ids: Collection[uuid.UUID] | None,
-        rows_of: SeatKind,
-    ) -> HoldContext:
-        """Before a new hold, takes in this order: the customer's lock (serialising the
-        customer's new holds, so the active-hold limit holds across showtimes), the showtime's
-        (as ``lock_showtime``), and a share of the hall's layout lock (no layout change until the
-        transaction ends). Then, with all of them held, expires the showtime's due holds and
-        reads in one snapshot what the hold is decided on: the showtime, the customer's active
-        holds, and the hall's current seats with these ids plus every seat in the rows of those
-        of kind ``rows_of`` (``None``: every seat of the hall), with which of them are taken.
-        Raises Contention when a lock cannot be had in time."""
-        ...
-
-    async def add_hold(self, hold: Hold, changes: Sequence[SeatChange]) -> SeatEvent:
-        """Stores the hold and one claim per seat, and records ``changes`` as the showtime's next
-        availability version. Raises SeatAlreadyTaken if the database finds a seat claimed (the
-        unique index on active claims)."""
-        ...
-
-    async def get_hold(self, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold | None: ...
-
-    async def end_hold(self, hold: Hold, state: HoldState, now: datetime) -> None:
-        """Ends an active hold (RELEASED or EXPIRED) and frees its seats."""
-        ...
-
-    async def extend_hold(self, hold: Hold) -> None: ...
-
-    async def convert_hold(self, hold: Hold, booking: Booking) -> None:
-        """Stores the booking; the hold's claims become its tickets."""
-        ...
-
-    async def get_booking(self, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking | None: ...
-
-    async def list_bookings(self, booking_filter: BookingFilter, page: PageRequest) -> Page[Booking]: ...
-
-    async def cancel_booking(self, booking: Booking, state: BookingState, refund: RefundState) -> None:
-        """Stores the cancellation; the tickets stop being valid and their seats are free."""
-        ...
-
-    async def end_showtime_sales(self, showtime_id: uuid.UUID, now: datetime, reason: str) -> list[SeatChange]:
-        """For a cancelled showtime: releases its holds, cancels its bookings for refund."""
-        ...
-
-    async def next_version(self, showtime_id: uuid.UUID, changes: list[SeatChange]) -> SeatEvent:
-        """Records the changes as the showtime's next availability version."""
-        ...
-
     async def current_version(self, showtime_id: uuid.UUID) -> int: ...
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
-        """The events after ``version`` in order, or None when some were already pruned."""
+        """The events after ``version`` in order, read in one snapshot with the current version,
+        or None when some were already pruned (or ``version`` is ahead of the current one)."""
         ...
 
     async def prune_events(self, older_than: datetime) -> int: ...
 
-    async def set_payment_deadline(self, hold: Hold, deadline: datetime | None) -> None:
-        """Keeps the hold (and its seats) at least until ``deadline``; None lets it expire as usual."""
+
+class InventoryRepository(Protocol):
+    """Seat inventories of showtimes, loaded locked. The unit of work persists the inventories
+    it loaded (their writes, and their seat changes as each showtime's next availability
+    version) when it commits, and publishes those events after the commit."""
+
+    async def get_locked(
+        self,
+        showtime_id: uuid.UUID,
+        now: datetime,
+        *,
+        holds: Collection[uuid.UUID] = (),
+        bookings: Collection[uuid.UUID] = (),
+        new_hold: NewHold | None = None,
+        all_sales: bool = False,
+    ) -> SeatInventory:
+        """Takes every lock the change needs, once, in the one order used everywhere: the
+        customer's (``new_hold`` only), the showtime's seat lock, a share of the hall's layout
+        lock (``new_hold`` only). Then, in one snapshot taken with all of them held, loads the
+        showtime, these holds and bookings of it (``all_sales``: its active holds and confirmed
+        bookings), and for ``new_hold`` what the hold is decided on plus the showtime's lapsed
+        holds. Raises Contention when a lock cannot be had in time."""
+        ...
+
+    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
+        """Those of these showtimes whose seat lock is free now, locked without waiting for the
+        others (a busy showtime never keeps the free ones locked), each with its lapsed holds."""
         ...
 
 
@@ -506,6 +465,7 @@ class UnitOfWork(Protocol):
     sessions: SessionRepository
     login_throttle: LoginThrottle
     booking: BookingRepository
+    inventories: InventoryRepository
     payments: PaymentRepository
     audit: AuditTrail
     reports: ReportsRepository
@@ -521,13 +481,10 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None:
-        """Commits, then publishes the announced events (never before the data is durable)."""
+        """Persists the loaded inventories' changes, commits, then publishes their seat events
+        (never before the data is durable)."""
         ...
 
     async def snapshot(self) -> None:
         """Makes this transaction one read-only, repeatable-read snapshot (call it first)."""
-        ...
-
-    def announce(self, event: SeatEvent) -> None:
-        """Queues an availability event to publish once this unit of work commits."""
         ...

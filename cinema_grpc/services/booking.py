@@ -79,6 +79,7 @@ def hold_message(hold: Hold, rules: BookingRules, clock: Clock) -> pb.Hold:
         create_time=timestamp(hold.created_at),
         ended_by=str(hold.ended_by) if hold.ended_by else "",
         end_reason=hold.end_reason,
+        seat_map_version=hold.seat_map_version,
     )
 
 
@@ -126,11 +127,14 @@ def seat_map_message(seat_map: SeatMap) -> pb.SeatMap:
 
 
 def seat_changes_message(event: SeatEvent) -> pb.SeatChanges:
-    return pb.SeatChanges(
+    message = pb.SeatChanges(
         showtime_id=str(event.showtime_id),
         version=event.version,
         changes=[pb.SeatChange(seat_id=str(c.seat_id), state=_SEAT_STATES[c.state]) for c in event.changes],
     )
+    if event.recorded_at is not None:
+        message.change_time.CopyFrom(timestamp(event.recorded_at))
+    return message
 
 
 class _StreamMessages:

@@ -12,7 +12,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cinema_grpc.domain.booking.model import SeatEvent
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
 from cinema_grpc.domain.ports import (
     AdmissionRepository,
@@ -21,6 +20,7 @@ from cinema_grpc.domain.ports import (
     BookingRepository,
     CinemaRepository,
     HallRepository,
+    InventoryRepository,
     LoginThrottle,
     MovieRepository,
     PaymentRepository,
@@ -33,6 +33,7 @@ from cinema_grpc.domain.ports import (
 from cinema_grpc.storage.admission_repository import SqlAdmissionRepository
 from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
+from cinema_grpc.storage.inventory_repository import SqlInventoryRepository
 from cinema_grpc.storage.payment_repository import SqlAuditTrail, SqlPaymentRepository
 from cinema_grpc.storage.reports_repository import SqlReportsRepository
 from cinema_grpc.storage.screening_repositories import (
@@ -66,10 +67,8 @@ class SqlUnitOfWork:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: AvailabilityBus | None = None) -> None:
         self._sessions = sessions
         self._bus = bus
-        self._announced: list[SeatEvent] = []
 
     async def __aenter__(self) -> Self:
-        self._announced = []
         self.session = self._sessions()
         self.cinemas: CinemaRepository = SqlCinemaRepository(self.session)
         self.halls: HallRepository = SqlHallRepository(self.session)
@@ -80,6 +79,8 @@ class SqlUnitOfWork:
         self.sessions: SessionRepository = SqlSessionRepository(self.session)
         self.login_throttle: LoginThrottle = SqlLoginThrottle(self.session)
         self.booking: BookingRepository = SqlBookingRepository(self.session)
+        self._inventories = SqlInventoryRepository(self.session)
+        self.inventories: InventoryRepository = self._inventories
         self.payments: PaymentRepository = SqlPaymentRepository(self.session)
         self.audit: AuditTrail = SqlAuditTrail(self.session)
         self.reports: ReportsRepository = SqlReportsRepository(self.session)
@@ -106,13 +107,10 @@ class SqlUnitOfWork:
             raise Contention("the server is busy; retry shortly") from exc
 
     async def commit(self) -> None:
+        events = await self._inventories.flush()
         await self.session.commit()
-        announced, self._announced = self._announced, []
-        if announced and self._bus is not None:
-            await self._bus.publish(announced)
+        if events and self._bus is not None:
+            await self._bus.publish(events)
 
     async def snapshot(self) -> None:
         await self.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-
-    def announce(self, event: SeatEvent) -> None:
-        self._announced.append(event)

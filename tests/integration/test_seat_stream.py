@@ -4,6 +4,7 @@ GetSeatMap; resuming from a version; expiry announced; slow watchers start over.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -205,3 +206,22 @@ def test_watching_an_unknown_or_malformed_showtime_fails_clearly(channel: grpc.C
         with pytest.raises(grpc.RpcError) as caught:
             next(call)
         assert (failure(caught.value).code, failure(caught.value).reason) == (code, reason)
+
+
+def test_a_hold_answer_names_its_version_and_each_change_carries_its_time(
+    watch: object, ana: Customer, sale: Sale
+) -> None:
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    version = reader.next().snapshot.version
+    before = time.time()
+    held = hold(ana, sale, "C1")
+    released = ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    again = ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    after = time.time()
+    assert (held.seat_map_version, released.seat_map_version) == (version + 1, version + 2)
+    assert again.seat_map_version == 0  # already released: this answer changed no seat
+    assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).seat_map_version == 0
+    for expected in (held.seat_map_version, released.seat_map_version):
+        changes = reader.next().changes
+        assert changes.version == expected
+        assert before - 1 <= changes.change_time.seconds <= after + 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.money import Money
-from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime
+from cinema_grpc.domain.screening.model import Seat, SeatKind
 
 
 class HoldState(enum.StrEnum):
@@ -97,6 +97,9 @@ class Hold:
     # A staff member who ended it on the customer's behalf, and why.
     ended_by: uuid.UUID | None = None
     end_reason: str = ""
+    # The availability version in which the answer that returns this hold announced a change
+    # of its seats (0: that answer changed none).
+    seat_map_version: int = 0
 
     @property
     def total(self) -> Money:
@@ -159,6 +162,8 @@ class SeatEvent:
     showtime_id: uuid.UUID
     version: int
     changes: tuple[SeatChange, ...]
+    # When the version was recorded (the time of the transaction that made it).
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -182,17 +187,6 @@ class ActiveClaim:
     state: SeatState  # HELD or SOLD
     holder_id: uuid.UUID
     hold_id: uuid.UUID
-
-
-@dataclass(frozen=True)
-class HoldContext:
-    """What a new hold is decided on, read in one snapshot under the hold's locks."""
-
-    showtime: Showtime | None  # None: there is no such showtime
-    active_holds: int  # the customer's holds that are active now
-    seats: tuple[Seat, ...]  # the hall's current seats that were asked for, in layout order
-    taken: frozenset[uuid.UUID]  # which of those seats are sold, or held by a hold that has not expired
-    freed: tuple[SeatChange, ...]  # seats of the showtime's holds that expired and were released just now
 
 
 def seat_states(seats: Sequence[Seat], claims: Collection[ActiveClaim]) -> tuple[SeatStatus, ...]:

@@ -1,90 +1,44 @@
-"""Booking use cases. Every seat decision runs under the showtime's lock, in one transaction,
-and announces the seats it changed once that transaction has committed."""
+"""Booking use cases. Every seat decision is a method of the showtime's seat inventory, loaded
+locked by the unit of work, which persists it and announces the seats it changed once the
+transaction has committed."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.access import ANONYMOUS, Caller, PermissionDenied
+from cinema_grpc.domain.booking.inventory import NewHold, SeatInventory, check_sellable
 from cinema_grpc.domain.booking.model import (
     Booking,
     BookingRules,
     BookingState,
-    ClaimedSeat,
     CounterPayment,
     Hold,
-    HoldContext,
-    HoldState,
-    RefundState,
     SaleChannel,
-    SeatChange,
     SeatEvent,
     SeatMap,
-    SeatState,
-    Ticket,
-    best_available,
     seat_states,
-    total,
-    with_companions,
 )
 from cinema_grpc.domain.errors import (
     BookingNotFound,
     CancellationClosed,
-    HoldExtensionLimit,
     HoldNotActive,
     HoldNotFound,
-    NoAdjacentSeats,
-    SeatAlreadyTaken,
-    ShowtimeAlreadyStarted,
-    ShowtimeCancelled,
     ShowtimeNotFound,
-    ShowtimePriceMissing,
-    TooManyActiveHolds,
     TooManySeats,
     Violations,
     invalid,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.pagination import Page, PageRequest
-from cinema_grpc.domain.payment.model import check_card_amount
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork, WatcherLagging
-from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, ShowtimeState
+from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.domain.text import clean_text
-
-
-def _check_sellable(showtime: Showtime | None, showtime_id: uuid.UUID, now: datetime) -> Showtime:
-    if showtime is None:
-        raise ShowtimeNotFound(showtime_id)
-    if showtime.state is ShowtimeState.CANCELLED:
-        raise ShowtimeCancelled(f"showtime {showtime_id} is cancelled", subject=f"showtimes/{showtime_id}")
-    if showtime.has_started(now):
-        raise ShowtimeAlreadyStarted(f"showtime {showtime_id} has started", subject=f"showtimes/{showtime_id}")
-    return showtime
-
-
-async def _sellable(uow: UnitOfWork, showtime_id: uuid.UUID, now: datetime) -> Showtime:
-    return _check_sellable(await uow.showtimes.get(showtime_id), showtime_id, now)
-
-
-async def record_changes(uow: UnitOfWork, showtime_id: uuid.UUID, changes: list[SeatChange]) -> None:
-    if changes:
-        uow.announce(await uow.booking.next_version(showtime_id, changes))
-
-
-def _claimed(showtime: Showtime, seats: Sequence[Seat]) -> tuple[ClaimedSeat, ...]:
-    # Prices are copied from the showtime now: later price changes do not touch this claim.
-    unpriced = sorted({s.kind for s in seats} - set(showtime.prices))
-    if unpriced:
-        raise ShowtimePriceMissing(
-            f"showtime {showtime.id} has no price for seat kind {', '.join(unpriced)}",
-            subject=f"showtimes/{showtime.id}",
-        )
-    return tuple(ClaimedSeat(s.id, s.row_label, s.number, s.kind, showtime.prices[s.kind]) for s in seats)
 
 
 @dataclass(frozen=True)
@@ -116,83 +70,31 @@ async def hold_seats(
         if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
             return await own_hold(uow, caller, earlier)
         now = clock.now()
-        # Under the customer's lock, then the showtime's, then the hall's (shared, so a layout
-        # change cannot retire the seats being claimed), one read: the showtime with its prices,
-        # the customer's active holds, the seats asked for (all of the hall for the best
-        # available; the requested ones and the rows of requested wheelchair spaces, for their
-        # companion seats, otherwise) and which of them are taken. The showtime's holds that are
-        # due expire in the same statement.
-        context = await uow.booking.hold_context(
-            caller.user_id,
-            cmd.showtime_id,
-            now,
-            seat_ids=cmd.seat_ids if isinstance(cmd, HoldSeats) else None,
-            rows_of=SeatKind.WHEELCHAIR,
-        )
-        showtime = _check_sellable(context.showtime, cmd.showtime_id, now)
-        if context.active_holds >= rules.max_active_holds:
-            raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
-        seats = _best_seats(context, cmd) if isinstance(cmd, HoldBestAvailable) else _requested_seats(context, cmd)
-        if len(seats) > rules.max_seats_per_hold:
-            raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
-        claimed = _claimed(showtime, seats)
-        # A hold is paid by card or at the counter: refused at once if no card payment could take it.
-        check_card_amount(total(claimed), f"showtimes/{showtime.id}")
-        hold = Hold(
-            uuid.uuid4(),
-            showtime.id,
-            caller.user_id,
-            claimed,
-            HoldState.ACTIVE,
-            now + rules.hold_ttl,
-            0,
-            now,
-        )
-        changes = [*context.freed, *(SeatChange(s.id, SeatState.HELD) for s in seats)]
-        uow.announce(await uow.booking.add_hold(hold, changes))
+        # Holding a seat reads only the seats asked for (and the rows of requested wheelchair
+        # spaces, for their companion seats); the best available needs the whole hall.
+        new_hold = NewHold(caller.user_id, cmd.seat_ids if isinstance(cmd, HoldSeats) else None)
+        inventory = await uow.inventories.get_locked(cmd.showtime_id, now, new_hold=new_hold)
+        if isinstance(cmd, HoldSeats):
+            hold = inventory.hold_seats(cmd.seat_ids, rules, now)
+        else:
+            hold = inventory.hold_best_available(cmd.count, cmd.kind, rules, now)
         await remember_result(uow, scope, cmd.request, hold.id)
         await uow.commit()
-    return hold
+    return replace(hold, seat_map_version=inventory.version)
 
 
-def _best_seats(context: HoldContext, cmd: HoldBestAvailable) -> list[Seat]:
-    block = best_available(context.seats, context.taken, cmd.count, cmd.kind)
-    if block is None:
-        raise NoAdjacentSeats(
-            f"no {cmd.count} adjacent free {cmd.kind.lower()} seats", subject=f"showtimes/{cmd.showtime_id}"
-        )
-    return block
-
-
-def _requested_seats(context: HoldContext, cmd: HoldSeats) -> list[Seat]:
-    # Only the requested seats were read (and the rows of requested wheelchair spaces, for their
-    # companion seats): holding a seat must not cost a read of the whole hall.
-    by_id = {seat.id: seat for seat in context.seats}
-    violations = Violations()
-    for i, seat_id in enumerate(cmd.seat_ids):
-        seat = by_id.get(seat_id)
-        if seat is None:
-            violations.add(
-                f"seat_ids[{i}]", "SEAT_NOT_IN_HALL", f"seat {seat_id} is not a seat of this showtime's hall"
-            )
-        elif not seat.in_service:
-            violations.add(f"seat_ids[{i}]", "SEAT_OUT_OF_SERVICE", f"seat {seat.label} is out of service")
-    violations.raise_if_any()
-    requested = [by_id[seat_id] for seat_id in cmd.seat_ids]
-    wheelchair_rows = {s.row_label for s in requested if s.kind is SeatKind.WHEELCHAIR}
-    row_seats = [s for s in context.seats if s.row_label in wheelchair_rows]
-    clash = {str(s.id): s.label for s in requested if s.id in context.taken}
-    if clash:
-        raise SeatAlreadyTaken(clash)
-    return with_companions(requested, row_seats, context.taken)
-
-
-async def own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, *, for_update: bool = False) -> Hold:
-    hold = await uow.booking.get_hold(hold_id, for_update=for_update)
+async def own_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID) -> Hold:
+    hold = await uow.booking.get_hold(hold_id)
     # Another customer's hold does not exist as far as this caller can tell.
     if hold is None or not caller.may_see(hold.customer_id):
         raise HoldNotFound(hold_id)
     return hold
+
+
+async def locked_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID, now: datetime) -> SeatInventory:
+    """The inventory of the caller's hold's showtime, locked, with the hold loaded."""
+    hold = await own_hold(uow, caller, hold_id)
+    return await uow.inventories.get_locked(hold.showtime_id, now, holds=[hold_id])
 
 
 async def get_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID) -> Hold:
@@ -202,16 +104,9 @@ async def get_hold(uow: UnitOfWork, caller: Caller, hold_id: uuid.UUID) -> Hold:
 
 async def extend_hold(uow: UnitOfWork, clock: Clock, rules: BookingRules, caller: Caller, hold_id: uuid.UUID) -> Hold:
     async with uow:
-        hold = await own_hold(uow, caller, hold_id)
-        await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
-        if not hold.active(now):
-            raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
-        if hold.extensions_used >= rules.max_extensions:
-            raise HoldExtensionLimit(f"a hold can be extended {rules.max_extensions} times")
-        hold = replace(hold, expires_at=now + rules.hold_ttl, extensions_used=hold.extensions_used + 1)
-        await uow.booking.extend_hold(hold)
+        inventory = await locked_hold(uow, caller, hold_id, now)
+        hold = inventory.extend(hold_id, rules, now)
         await uow.commit()
     return hold
 
@@ -232,20 +127,11 @@ async def _release(
     uow: UnitOfWork, clock: Clock, caller: Caller, hold_id: uuid.UUID, *, override_reason: str = ""
 ) -> Hold:
     async with uow:
-        hold = await own_hold(uow, caller, hold_id)
-        await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
-        if hold.state is HoldState.RELEASED:
-            return hold
-        if hold.state is not HoldState.ACTIVE:
-            raise HoldNotActive(f"the hold is {hold.state.lower()}", subject=f"holds/{hold.id}")
-        if override_reason:
-            hold = replace(hold, ended_by=caller.user_id, end_reason=override_reason)
-        await uow.booking.end_hold(hold, HoldState.RELEASED, now)
-        await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
+        inventory = await locked_hold(uow, caller, hold_id, now)
+        hold = inventory.release(hold_id, now, by=caller.user_id, reason=override_reason)
         await uow.commit()
-    return replace(hold, state=HoldState.RELEASED)
+    return replace(hold, seat_map_version=inventory.version)
 
 
 @dataclass(frozen=True)
@@ -260,43 +146,21 @@ async def sell_hold_at_counter(uow: UnitOfWork, clock: Clock, caller: Caller, cm
     async with uow:
         if (earlier := await earlier_result(uow, "SellHoldAtCounter", cmd.request)) is not None:
             return await _own_booking(uow, caller, earlier)
-        hold = await own_hold(uow, caller, cmd.hold_id)
-        await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await own_hold(uow, caller, cmd.hold_id, for_update=True)
         now = clock.now()
+        inventory = await locked_hold(uow, caller, cmd.hold_id, now)
+        hold = inventory.hold_of(cmd.hold_id)
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
-        await _sellable(uow, hold.showtime_id, now)
-        booking = await book_hold(uow, hold, SaleChannel.COUNTER, cmd.payment, now)
+        check_sellable(inventory.showtime, hold.showtime_id, now)
+        booking = inventory.sell(hold.id, SaleChannel.COUNTER, cmd.payment, now)
         await remember_result(uow, "SellHoldAtCounter", cmd.request, booking.id)
         await uow.commit()
+    # Read back for its ticket ids (the claim ids).
     return await get_booking(uow, caller, booking.id)
 
 
-async def book_hold(
-    uow: UnitOfWork, hold: Hold, channel: SaleChannel, counter_payment: CounterPayment | None, now: datetime
-) -> Booking:
-    """Inside the caller's transaction (showtime locked, hold active): the hold's seats become
-    the tickets of a new booking. Read the booking back for its ticket ids (the claim ids)."""
-    booking = Booking(
-        uuid.uuid4(),
-        hold.showtime_id,
-        hold.customer_id,
-        hold.id,
-        tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
-        BookingState.CONFIRMED,
-        channel,
-        counter_payment,
-        RefundState.NONE,
-        now,
-    )
-    await uow.booking.convert_hold(hold, booking)
-    await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.SOLD) for s in hold.seats])
-    return booking
-
-
-async def _own_booking(uow: UnitOfWork, caller: Caller, booking_id: uuid.UUID, *, for_update: bool = False) -> Booking:
-    booking = await uow.booking.get_booking(booking_id, for_update=for_update)
+async def _own_booking(uow: UnitOfWork, caller: Caller, booking_id: uuid.UUID) -> Booking:
+    booking = await uow.booking.get_booking(booking_id)
     if booking is None or not caller.may_see(booking.customer_id):
         raise BookingNotFound(booking_id)
     return booking
@@ -334,49 +198,37 @@ async def cancel_booking(
     violations.raise_if_any()
     async with uow:
         booking = await _own_booking(uow, caller, booking_id)
-        await uow.booking.lock_showtime(booking.showtime_id)
-        booking = await _own_booking(uow, caller, booking_id, for_update=True)
-        if booking.state is BookingState.CANCELLED:
-            return booking
-        cancelled = await cancel_in(uow, rules, caller, booking, reason, clock.now(), force=force)
+        now = clock.now()
+        inventory = await uow.inventories.get_locked(booking.showtime_id, now, bookings=[booking_id])
+        cancelled = cancel_in(inventory, rules, caller, booking_id, reason, now, force=force)
         await uow.commit()
     return cancelled
 
 
-async def cancel_in(
-    uow: UnitOfWork, rules: BookingRules, caller: Caller, booking: Booking, reason: str, now: datetime, *, force: bool
+def cancel_in(
+    inventory: SeatInventory,
+    rules: BookingRules,
+    caller: Caller,
+    booking_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+    *,
+    force: bool,
 ) -> Booking:
-    """Inside the caller's transaction (showtime locked, booking locked and not cancelled):
-    cancels the booking for refund and frees its seats. Customers may until the cut-off before
-    the showtime, staff until it starts; ``force`` skips the check."""
-    showtime = await uow.showtimes.get(booking.showtime_id)
-    assert showtime is not None
-    closes = showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
+    """Cancels the booking (loaded in the inventory) for refund and frees its seats; a cancelled
+    booking stays as it is. Customers may until the cut-off before the showtime, staff until it
+    starts; ``force`` skips the check."""
+    booking = inventory.booking_of(booking_id)
+    if booking.state is BookingState.CANCELLED:
+        return booking
+    assert inventory.showtime is not None
+    closes = inventory.showtime.starts_at - (timedelta(0) if caller.is_staff else rules.customer_cancel_cutoff)
     if now >= closes and not force:
         raise CancellationClosed(
             f"bookings of this showtime could be cancelled until {closes.isoformat()}", subject=f"bookings/{booking.id}"
         )
-    cancelled = replace(
-        booking,
-        cancelled_by=caller.user_id,
-        state=BookingState.CANCELLED,
-        refund_state=RefundState.PENDING,
-        cancelled_at=now,
-        cancel_reason=reason or ("cancelled by staff" if caller.is_staff else "cancelled by the customer"),
-        tickets=tuple(replace(t, valid=False) for t in booking.tickets),
-    )
-    await uow.booking.cancel_booking(cancelled, BookingState.CANCELLED, RefundState.PENDING)
-    await record_changes(
-        uow, booking.showtime_id, [SeatChange(t.seat.seat_id, SeatState.FREE) for t in booking.tickets]
-    )
-    return cancelled
-
-
-async def end_sales_of_cancelled_showtime(uow: UnitOfWork, showtime: Showtime, now: datetime) -> None:
-    """Inside the cancellation's transaction: holds released, bookings cancelled for refund."""
-    await uow.booking.lock_showtime(showtime.id)
-    changes = await uow.booking.end_showtime_sales(showtime.id, now, f"showtime cancelled: {showtime.cancel_reason}")
-    await record_changes(uow, showtime.id, changes)
+    reason = reason or ("cancelled by staff" if caller.is_staff else "cancelled by the customer")
+    return inventory.cancel(booking_id, now, by=caller.user_id, reason=reason)
 
 
 async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: uuid.UUID) -> SeatMap:
@@ -523,7 +375,7 @@ async def release_expired_holds(
     Takes ``batch`` showtimes with expired holds per transaction, ``parallel`` transactions at a
     time on disjoint showtimes. Each locks those of its showtimes that are not busy (a showtime
     whose lock is taken is left to a later run; its expired holds count as free already),
-    expires their due holds in one statement and records one availability version per showtime.
+    expires their due holds and records one availability version per showtime.
     """
     freed = 0
     while True:
@@ -549,11 +401,11 @@ async def _expire_showtimes(
 ) -> tuple[int, int]:
     """Returns the seats freed and the showtimes that could be locked."""
     async with unit_of_work() as uow:
-        locked = await uow.booking.try_lock_showtimes(showtimes)
-        if not locked:
+        now = clock.now()
+        inventories = await uow.inventories.try_lock_lapsed(showtimes, now)
+        if not inventories:
             return 0, 0
-        events = await uow.booking.expire_due(locked, clock.now())
-        for event in events:
-            uow.announce(event)
+        for inventory in inventories:
+            inventory.expire(now)
         await uow.commit()
-    return sum(len(event.changes) for event in events), len(locked)
+    return sum(len(inventory.changes) for inventory in inventories), len(inventories)

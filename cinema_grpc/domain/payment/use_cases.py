@@ -11,18 +11,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.access import Caller, PermissionDenied
-from cinema_grpc.domain.booking.model import (
-    BookingRules,
-    BookingState,
-    HoldState,
-    SaleChannel,
-    SeatChange,
-    SeatState,
-)
-from cinema_grpc.domain.booking.model import (
-    RefundState as BookingRefundState,
-)
-from cinema_grpc.domain.booking.use_cases import book_hold, cancel_in, own_hold, record_changes
+from cinema_grpc.domain.booking.inventory import SeatInventory
+from cinema_grpc.domain.booking.model import BookingRules, HoldState, SaleChannel
+from cinema_grpc.domain.booking.use_cases import cancel_in, locked_hold
 from cinema_grpc.domain.errors import (
     DomainError,
     HoldNotActive,
@@ -121,10 +112,9 @@ async def _start(
     async with unit_of_work() as uow:
         if (earlier := await earlier_result(uow, scope, request)) is not None:
             return await _own_payment(uow, caller, earlier), False
-        hold = await own_hold(uow, caller, hold_id)
-        await uow.booking.lock_showtime(hold.showtime_id)
-        hold = await own_hold(uow, caller, hold_id, for_update=True)
         now = clock.now()
+        inventory = await locked_hold(uow, caller, hold_id, now)
+        hold = inventory.hold_of(hold_id)
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
         amount = hold.total
@@ -150,7 +140,7 @@ async def _start(
         )
         await uow.payments.add(payment)
         # The seats stay held while the money is in flight, up to a hard limit.
-        await uow.booking.set_payment_deadline(hold, now + rules.payment_deadline)
+        inventory.keep_for_payment(hold.id, now + rules.payment_deadline, now)
         await _audit(
             uow,
             payment,
@@ -248,24 +238,23 @@ async def _fail(unit_of_work: UnitOfWorkFactory, clock: Clock, payment_id: uuid.
         payment = await uow.payments.get(payment_id)
         if payment is None:
             return
-        await uow.booking.lock_showtime(payment.showtime_id)
+        now = clock.now()
+        inventory = await uow.inventories.get_locked(payment.showtime_id, now, holds=[payment.hold_id])
         payment = await uow.payments.get(payment_id, for_update=True)
         if payment is None or payment.state is not PaymentState.INITIALIZED:
             return
-        await _mark_failed(uow, payment, reason, actor, clock.now())
+        await _mark_failed(uow, inventory, payment, reason, actor, now)
         await uow.commit()
 
 
-async def _mark_failed(uow: UnitOfWork, payment: Payment, reason: str, actor: str, now: datetime) -> Payment:
+async def _mark_failed(
+    uow: UnitOfWork, inventory: SeatInventory, payment: Payment, reason: str, actor: str, now: datetime
+) -> Payment:
     failed = payment.moved(PaymentState.FAILED, now, failure_reason=reason[:200])
     await uow.payments.update(failed)
-    hold = await uow.booking.get_hold(payment.hold_id, for_update=True)
-    if hold is not None and hold.state is HoldState.ACTIVE:
-        # The customer may try again until the hold's own expiry (or, if that has passed, the
-        # seats are free again now).
-        await uow.booking.set_payment_deadline(hold, None)
-        if hold.expires_at <= now:
-            await record_changes(uow, hold.showtime_id, [SeatChange(s.seat_id, SeatState.FREE) for s in hold.seats])
+    # The customer may try again until the hold's own expiry (or, if that has passed, the seats
+    # are free again now).
+    inventory.stop_keeping_for_payment(payment.hold_id, now)
     await _audit(uow, failed, "failed", actor, now, note=reason)
     return failed
 
@@ -282,14 +271,14 @@ async def settle_in(
     refunded. Failed: the payment fails and the hold expires as usual. Stale or repeated news
     (an older event arriving late) changes nothing.
     """
-    await uow.booking.lock_showtime(payment.showtime_id)
+    now = clock.now()
+    inventory = await uow.inventories.get_locked(payment.showtime_id, now, holds=[payment.hold_id])
     current = await uow.payments.get(payment.id, for_update=True)
     assert current is not None
-    now = clock.now()
     if intent.succeeded and current.state in (PaymentState.INITIALIZED, PaymentState.FAILED):
-        hold = await uow.booking.get_hold(current.hold_id, for_update=True)
+        hold = inventory.find_hold(current.hold_id)
         if hold is not None and hold.state is HoldState.ACTIVE:
-            booking = await book_hold(uow, hold, SaleChannel.ONLINE, None, now)
+            booking = inventory.sell(hold.id, SaleChannel.ONLINE, None, now)
             paid = current.moved(PaymentState.SUCCESS, now, booking_id=booking.id, intent_id=intent.intent_id)
             await uow.payments.update(paid)
             await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note=f"booking {booking.id}")
@@ -301,7 +290,7 @@ async def settle_in(
         refund = await _request_refund(uow, paid, paid.amount, why, SYSTEM, now, kind="auto_refund_requested")
         return paid, refund
     if intent.failed and current.state is PaymentState.INITIALIZED:
-        return await _mark_failed(uow, current, intent.failure_reason or intent.status, actor, now), None
+        return await _mark_failed(uow, inventory, current, intent.failure_reason or intent.status, actor, now), None
     return current, None
 
 
@@ -456,9 +445,11 @@ async def refund_payment(
                 raise PaymentNotFound(earlier)
             return await _own_payment(uow, caller, done.payment_id)
         payment = await _own_payment(uow, caller, payment_id)
-        await uow.booking.lock_showtime(payment.showtime_id)
-        payment = await _own_payment(uow, caller, payment_id, for_update=True)
         now = clock.now()
+        inventory = await uow.inventories.get_locked(
+            payment.showtime_id, now, bookings=[payment.booking_id] if payment.booking_id else []
+        )
+        payment = await _own_payment(uow, caller, payment_id, for_update=True)
         if payment.state not in (PaymentState.SUCCESS, PaymentState.PARTIALLY_REFUNDED):
             raise PaymentNotRefundable(
                 f"a {payment.state.lower()} payment cannot be refunded", subject=f"payments/{payment.id}"
@@ -471,7 +462,8 @@ async def refund_payment(
                 subject=f"payments/{payment.id}",
             )
         if payment.booking_id is not None and wanted.amount_minor == left:
-            await _cancel_booking_for_refund(uow, caller, booking_rules, payment.booking_id, reason, now)
+            # Staff may refund (and so cancel) a booking even once its showtime has started.
+            cancel_in(inventory, booking_rules, caller, payment.booking_id, reason, now, force=caller.is_staff)
         refund = await _request_refund(uow, payment, wanted, reason or "refund", _actor(caller), now)
         await remember_result(uow, "RefundPayment", request, refund.id)
         await uow.commit()
@@ -480,16 +472,6 @@ async def refund_payment(
         return await _reload(unit_of_work, payment_id)
     except DomainError:
         return replace(payment, refund_pending_minor=payment.refund_pending_minor + wanted.amount_minor)
-
-
-async def _cancel_booking_for_refund(
-    uow: UnitOfWork, caller: Caller, rules: BookingRules, booking_id: uuid.UUID, reason: str, now: datetime
-) -> None:
-    booking = await uow.booking.get_booking(booking_id, for_update=True)
-    if booking is None or booking.state is BookingState.CANCELLED:
-        return
-    # Staff may refund (and so cancel) a booking even once its showtime has started.
-    await cancel_in(uow, rules, caller, booking, reason, now, force=caller.is_staff)
 
 
 async def carry_out_refund(
@@ -534,9 +516,7 @@ async def carry_out_refund(
         paying = paying.moved(state, now, refunded=refunded)
         await uow.payments.update(paying)
         if paying.booking_id is not None and state is PaymentState.REFUNDED:
-            booking = await uow.booking.get_booking(paying.booking_id, for_update=True)
-            if booking is not None and booking.state is BookingState.CANCELLED:
-                await uow.booking.cancel_booking(booking, BookingState.CANCELLED, BookingRefundState.REFUNDED)
+            await uow.booking.mark_refunded(paying.booking_id)
         kind = "auto_refunded" if refund.actor == SYSTEM else "refunded"
         await _audit(
             uow, paying, kind, STRIPE, now, stripe_id=stripe_refund_id, amount=refund.amount, note=refund.reason
@@ -658,7 +638,8 @@ async def _refund_cancelled_booking(unit_of_work: UnitOfWorkFactory, clock: Cloc
         payment = await uow.payments.get(payment_id)
         if payment is None:
             return False
-        await uow.booking.lock_showtime(payment.showtime_id)
+        # Under the showtime's lock, as a refund requested by a person takes it.
+        await uow.inventories.get_locked(payment.showtime_id, clock.now())
         payment = await uow.payments.get(payment_id, for_update=True)
         left = payment.refundable.amount_minor - payment.refund_pending_minor if payment else 0
         if payment is None or payment.state not in (PaymentState.SUCCESS, PaymentState.PARTIALLY_REFUNDED) or left <= 0:

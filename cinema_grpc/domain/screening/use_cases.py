@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TypeVar
 
-from cinema_grpc.domain.booking.use_cases import end_sales_of_cancelled_showtime
 from cinema_grpc.domain.errors import (
     CinemaNotFound,
     HallHasClaims,
@@ -386,19 +385,21 @@ async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID,
     reason = clean_text(violations, "reason", reason, max_length=500)
     violations.raise_if_any()
     async with uow:
+        now = clock.now()
         # The seats' lock before the row lock, as every seat decision takes them.
-        await uow.booking.lock_showtime(showtime_id)
+        inventory = await uow.inventories.get_locked(showtime_id, now, all_sales=True)
         showtime = await _showtime(uow, showtime_id, for_update=True)
         if showtime.state is ShowtimeState.CANCELLED:
             return showtime
-        if showtime.has_started(clock.now()):
+        if showtime.has_started(now):
             raise ShowtimeAlreadyStarted(
                 f"showtime {showtime.id} started at {showtime.starts_at.isoformat()}",
                 subject=f"showtimes/{showtime.id}",
             )
         showtime = showtime.cancelled(reason)
         await uow.showtimes.update_state(showtime)
-        await end_sales_of_cancelled_showtime(uow, showtime, clock.now())
+        # Its holds are released, its bookings cancelled for refund.
+        inventory.end_sales(f"showtime cancelled: {showtime.cancel_reason}", now)
         await uow.commit()
     return showtime
 

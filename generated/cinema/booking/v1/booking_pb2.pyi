@@ -198,6 +198,7 @@ class Hold(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ENDED_BY_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
+    SEAT_MAP_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     showtime_id: _builtins.str
     customer_id: _builtins.str
@@ -208,6 +209,12 @@ class Hold(_message.Message):
     ended_by: _builtins.str
     """Who ended the hold when it was not its customer (a staff override), and why."""
     end_reason: _builtins.str
+    seat_map_version: _builtins.int
+    """The seat map version in which this call's change of the hold's seats was announced on
+    WatchSeatAvailability (HoldSeats, HoldBestAvailable: the seats became held; ReleaseHold,
+    ForceReleaseHold: they became free). 0 when the answer changed no seat: GetHold, ExtendHold,
+    a retry answered with the first call's hold, or a release of a hold already released.
+    """
     @_builtins.property
     def seats(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimedSeat]: ...
     @_builtins.property
@@ -230,10 +237,11 @@ class Hold(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         ended_by: _builtins.str = ...,
         end_reason: _builtins.str = ...,
+        seat_map_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "end_reason", b"end_reason", "ended_by", b"ended_by", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "end_reason", b"end_reason", "ended_by", b"ended_by", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "seat_map_version", b"seat_map_version", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,20 +449,28 @@ class SeatChanges(_message.Message):
     SHOWTIME_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
     showtime_id: _builtins.str
     version: _builtins.int
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeatChange]: ...
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the server recorded this version (the time of the transaction that changed the
+        seats), so a client can measure how late a change reaches it.
+        """
+
     def __init__(
         self,
         *,
         showtime_id: _builtins.str = ...,
         version: _builtins.int = ...,
         changes: _abc.Iterable[Global___SeatChange] | None = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "showtime_id", b"showtime_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "changes", b"changes", "showtime_id", b"showtime_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

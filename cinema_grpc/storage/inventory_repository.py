@@ -1,0 +1,562 @@
+"""Seat inventories in PostgreSQL: loaded under their locks in one round trip, persisted in one.
+
+Plain SQL sent through the connection (no ORM entities, no statement building): the locks and
+the read go out together, the read in a statement of its own so that its snapshot is taken with
+every lock held; the writes of a unit of work go out together when it commits, one statement per
+kind of change, each for every inventory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cinema_grpc.domain.booking.inventory import (
+    BookingCancelled,
+    HoldAdded,
+    HoldEnded,
+    HoldKept,
+    HoldOffer,
+    HoldSold,
+    NewHold,
+    SeatInventory,
+    one_version,
+)
+from cinema_grpc.domain.booking.model import (
+    Booking,
+    BookingState,
+    ClaimedSeat,
+    CounterPayment,
+    Hold,
+    HoldState,
+    RefundState,
+    SaleChannel,
+    SeatChange,
+    SeatEvent,
+    Ticket,
+)
+from cinema_grpc.domain.errors import SeatAlreadyTaken
+from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.screening.model import BusyPeriod, Seat, SeatKind, Showtime, ShowtimeState
+from cinema_grpc.storage.locks import LockNamespace, advisory_key
+
+# The showtime's seat lock. Transaction-scoped: released at commit or rollback, never leaked.
+# The connection's lock_timeout bounds the wait (Contention, i.e. ABORTED with retry advice).
+_LOCK_SHOWTIME = "SELECT pg_advisory_xact_lock(%(showtime_key)s)"
+
+# For a new hold: the customer's lock, then the showtime's, then the hall row FOR SHARE (a layout
+# change takes it FOR UPDATE). The hall lock is in a subquery of the locks' row, so it is taken
+# after them.
+_LOCK_FOR_HOLD = """
+SELECT (SELECT h.id FROM screening.halls AS h JOIN screening.showtimes AS s ON s.hall_id = h.id
+        WHERE s.id = %(showtime_id)s FOR SHARE OF h)
+FROM (SELECT pg_advisory_xact_lock(%(customer_key)s) AS customer,
+             pg_advisory_xact_lock(%(showtime_key)s) AS showtime OFFSET 0) AS locks
+"""
+
+# Try-locks never wait, so their order does not matter and two sweepers cannot deadlock.
+_TRY_LOCK_SHOWTIMES = """
+SELECT showtime_id FROM unnest(%(showtime_ids)s::uuid[], %(keys)s::bigint[]) AS t(showtime_id, key)
+WHERE pg_try_advisory_xact_lock(key)
+"""
+
+# A hold as a JSON array, its seats with their frozen prices in layout order.
+_HOLD_JSON = """
+json_build_array(hold.id, hold.customer_id, hold.state, hold.expires_at, hold.extensions_used, hold.created_at,
+                 hold.payment_deadline, hold.ended_by, hold.end_reason,
+                 (SELECT json_agg(json_build_array(claim.seat_id, seat.row_label, seat.number, seat.kind,
+                                                   claim.amount_minor, claim.currency)
+                                  ORDER BY seat.row_index, seat.grid_column)
+                  FROM booking.seat_claims AS claim JOIN screening.seats AS seat ON seat.id = claim.seat_id
+                  WHERE claim.hold_id = hold.id))
+"""
+
+_BOOKING_JSON = """
+json_build_array(booking.id, booking.customer_id, booking.hold_id, booking.state, booking.channel,
+                 booking.counter_payment, booking.refund_state, booking.created_at, booking.cancelled_at,
+                 booking.cancel_reason, booking.cancelled_by,
+                 (SELECT json_agg(json_build_array(claim.seat_id, seat.row_label, seat.number, seat.kind,
+                                                   claim.amount_minor, claim.currency, claim.id, claim.status)
+                                  ORDER BY seat.row_index, seat.grid_column)
+                  FROM booking.seat_claims AS claim JOIN screening.seats AS seat ON seat.id = claim.seat_id
+                  WHERE claim.booking_id = booking.id))
+"""
+
+_SHOWTIME_COLUMNS = """
+showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
+showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
+(SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
+ FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
+"""
+
+# The showtime with the holds and bookings a change needs.
+_LOAD = f"""
+SELECT {_SHOWTIME_COLUMNS},
+       (SELECT json_agg({_HOLD_JSON}) FROM booking.holds AS hold
+        WHERE hold.showtime_id = showtime.id
+          AND (hold.id = ANY(%(hold_ids)s::uuid[]) OR (%(all_sales)s AND hold.state = 'ACTIVE'))),
+       (SELECT json_agg({_BOOKING_JSON}) FROM booking.bookings AS booking
+        WHERE booking.showtime_id = showtime.id
+          AND (booking.id = ANY(%(booking_ids)s::uuid[]) OR (%(all_sales)s AND booking.state = 'CONFIRMED')))
+FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
+"""
+
+# Everything a new hold is decided on, in one snapshot: the showtime with its prices, the
+# customer's active holds, the seats asked for (all of the hall for the best available; the
+# requested ones and the rows of requested wheelchair spaces, for their companion seats) and
+# which of them are taken, and the showtime's lapsed holds (expired with the decision).
+_LOAD_FOR_HOLD = f"""
+WITH showtime AS (
+    SELECT * FROM screening.showtimes WHERE id = %(showtime_id)s
+), asked AS (
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE seat.id = ANY(%(seat_ids)s::uuid[]) AND seat.retired_at IS NULL
+), wanted AS (
+    SELECT * FROM asked
+    UNION
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE seat.retired_at IS NULL
+      AND seat.row_label = ANY(ARRAY(SELECT asked.row_label FROM asked WHERE asked.kind = 'WHEELCHAIR'))
+    UNION
+    SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
+    WHERE %(all_seats)s AND seat.retired_at IS NULL
+)
+SELECT {_SHOWTIME_COLUMNS},
+       (SELECT json_agg({_HOLD_JSON}) FROM booking.holds AS hold
+        WHERE hold.showtime_id = %(showtime_id)s AND hold.state = 'ACTIVE'
+          AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s),
+       (SELECT count(*) FROM booking.holds AS hold
+        WHERE hold.customer_id = %(customer_id)s AND hold.state = 'ACTIVE'
+          AND greatest(hold.expires_at, hold.payment_deadline) > %(now)s),
+       (SELECT json_agg(json_build_array(wanted.id, wanted.row_label, wanted.number, wanted.grid_column,
+                                         wanted.kind, wanted.in_service, wanted.out_of_service_reason)
+                        ORDER BY wanted.row_index, wanted.grid_column)
+        FROM wanted),
+       (SELECT array_agg(claim.seat_id) FROM wanted JOIN booking.seat_claims AS claim
+            ON claim.showtime_id = %(showtime_id)s AND claim.seat_id = wanted.id
+        WHERE claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s))
+FROM showtime
+"""
+
+# The lapsed holds of the showtimes asked about (the sweeper keeps those it could lock).
+_LOAD_LAPSED = f"""
+SELECT hold.showtime_id, json_agg({_HOLD_JSON})
+FROM booking.holds AS hold
+WHERE hold.showtime_id = ANY(%(showtime_ids)s::uuid[]) AND hold.state = 'ACTIVE'
+  AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s
+GROUP BY hold.showtime_id
+"""
+
+# ---------------------------------------------------------------- writes, in this order
+
+_END_HOLDS = """
+WITH ended AS (
+    UPDATE booking.holds AS hold
+    SET state = ended.state, ended_at = ended.at, ended_by = ended.by, end_reason = ended.reason
+    FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(ats)s::timestamptz[], %(bys)s::uuid[], %(reasons)s::text[])
+        AS ended (id, state, at, by, reason)
+    WHERE hold.id = ended.id AND hold.state = 'ACTIVE'
+    RETURNING hold.id
+)
+UPDATE booking.seat_claims SET status = 'RELEASED'
+WHERE hold_id IN (SELECT id FROM ended) AND status = 'HELD'
+"""
+
+# Claims carry the moment their seat is free again, so "is it taken?" reads one table.
+_KEEP_HOLDS = """
+WITH kept AS (
+    UPDATE booking.holds AS hold
+    SET expires_at = kept.expires_at, extensions_used = kept.extensions_used, payment_deadline = kept.deadline
+    FROM unnest(%(ids)s::uuid[], %(expires)s::timestamptz[], %(extensions)s::int[], %(deadlines)s::timestamptz[],
+                %(untils)s::timestamptz[])
+        AS kept (id, expires_at, extensions_used, deadline, until)
+    WHERE hold.id = kept.id
+    RETURNING hold.id, kept.until
+)
+UPDATE booking.seat_claims AS claim SET expires_at = kept.until
+FROM kept WHERE claim.hold_id = kept.id AND claim.status = 'HELD'
+"""
+
+# The unique index on active claims still refuses a double claim (seat_claims_active_key).
+_ADD_HOLD = """
+WITH hold AS (
+    INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, extensions_used, created_at)
+    VALUES (%(hold_id)s, %(showtime_id)s, %(customer_id)s, 'ACTIVE', %(expires_at)s, 0, %(created_at)s)
+)
+INSERT INTO booking.seat_claims
+    (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
+SELECT claim.id, %(hold_id)s, %(showtime_id)s, claim.seat_id, 'HELD', claim.amount_minor, claim.currency,
+       %(expires_at)s, %(created_at)s
+FROM unnest(%(claim_ids)s::uuid[], %(seat_ids)s::uuid[], %(amounts)s::bigint[], %(currencies)s::text[])
+    AS claim (id, seat_id, amount_minor, currency)
+"""
+
+_SELL_HOLD = """
+WITH booking AS (
+    INSERT INTO booking.bookings (id, showtime_id, customer_id, hold_id, state, channel, counter_payment,
+                                  refund_state, created_at, ticket_count, total_minor, currency)
+    VALUES (%(booking_id)s, %(showtime_id)s, %(customer_id)s, %(hold_id)s, 'CONFIRMED', %(channel)s,
+            %(counter_payment)s, 'NONE', %(created_at)s, %(ticket_count)s, %(total_minor)s, %(currency)s)
+), hold AS (
+    UPDATE booking.holds SET state = 'CONVERTED', ended_at = %(created_at)s
+    WHERE id = %(hold_id)s AND state = 'ACTIVE'
+)
+UPDATE booking.seat_claims SET status = 'SOLD', booking_id = %(booking_id)s, expires_at = NULL
+WHERE hold_id = %(hold_id)s AND status = 'HELD'
+"""
+
+_CANCEL_BOOKINGS = """
+WITH cancelled AS (
+    UPDATE booking.bookings AS booking
+    SET state = 'CANCELLED', refund_state = 'PENDING', cancelled_at = cancelled.at,
+        cancel_reason = cancelled.reason, cancelled_by = cancelled.by
+    FROM unnest(%(ids)s::uuid[], %(ats)s::timestamptz[], %(reasons)s::text[], %(bys)s::uuid[])
+        AS cancelled (id, at, reason, by)
+    WHERE booking.id = cancelled.id AND booking.state = 'CONFIRMED'
+    RETURNING booking.id
+)
+UPDATE booking.seat_claims SET status = 'CANCELLED'
+WHERE booking_id IN (SELECT id FROM cancelled) AND status = 'SOLD'
+"""
+
+# The next availability version of each showtime and its event, in one statement.
+_NEXT_VERSIONS = """
+WITH changed AS (
+    SELECT * FROM unnest(%(showtime_ids)s::uuid[], %(changes)s::jsonb[]) AS changed (showtime_id, changes)
+), version AS (
+    INSERT INTO booking.showtime_versions AS current (showtime_id, version)
+    SELECT showtime_id, 1 FROM changed
+    ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
+    RETURNING showtime_id, version
+)
+INSERT INTO booking.seat_events (showtime_id, version, changes)
+SELECT version.showtime_id, version.version, changed.changes FROM version JOIN changed USING (showtime_id)
+RETURNING showtime_id, version, created_at
+"""
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return uuid.UUID(value) if value is not None else None
+
+
+def _claimed(seat_id: str, row_label: str, number: int, kind: str, amount: int, currency: str) -> ClaimedSeat:
+    return ClaimedSeat(uuid.UUID(seat_id), row_label, number, SeatKind(kind), Money(amount, currency))
+
+
+def _hold(showtime_id: uuid.UUID, item: list[Any]) -> Hold:
+    (hold_id, customer_id, state, expires_at, extensions, created_at, deadline, ended_by, end_reason, seats) = item
+    return Hold(
+        uuid.UUID(hold_id),
+        showtime_id,
+        uuid.UUID(customer_id),
+        tuple(_claimed(*seat) for seat in seats or ()),
+        HoldState(state),
+        datetime.fromisoformat(expires_at),
+        int(extensions),
+        datetime.fromisoformat(created_at),
+        _time(deadline),
+        _uuid(ended_by),
+        end_reason,
+    )
+
+
+def _booking(showtime_id: uuid.UUID, item: list[Any]) -> Booking:
+    (
+        booking_id,
+        customer_id,
+        hold_id,
+        state,
+        channel,
+        counter_payment,
+        refund_state,
+        created_at,
+        cancelled_at,
+        cancel_reason,
+        cancelled_by,
+        tickets,
+    ) = item
+    return Booking(
+        uuid.UUID(booking_id),
+        showtime_id,
+        uuid.UUID(customer_id),
+        uuid.UUID(hold_id),
+        tuple(
+            Ticket(uuid.UUID(claim_id), _claimed(*seat), status == "SOLD") for *seat, claim_id, status in tickets or ()
+        ),
+        BookingState(state),
+        SaleChannel(channel),
+        CounterPayment(counter_payment) if counter_payment else None,
+        RefundState(refund_state),
+        datetime.fromisoformat(created_at),
+        _time(cancelled_at),
+        cancel_reason,
+        _uuid(cancelled_by),
+    )
+
+
+def _showtime(showtime_id: uuid.UUID, columns: Sequence[Any]) -> Showtime:
+    (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at, prices) = columns
+    return Showtime(
+        showtime_id,
+        cinema_id,
+        hall_id,
+        movie_id,
+        BusyPeriod(starts_at, ends_at, busy_until),
+        {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
+        ShowtimeState(state),
+        cancel_reason,
+        created_at,
+    )
+
+
+def _changes_json(changes: Sequence[SeatChange]) -> str:
+    return json.dumps([[str(change.seat_id), change.state.value] for change in changes])
+
+
+class SqlInventoryRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._seen: list[SeatInventory] = []
+
+    async def _pipeline(self, *statements: tuple[str, dict[str, Any]]) -> list[Any]:
+        """Sends the statements together (one round trip, BEGIN included when the transaction
+        starts with them) and returns the rows of the last. They still run one after another,
+        each with its own snapshot. Errors are wrapped as SQLAlchemy would wrap them (lock
+        timeouts become Contention in the unit of work), and SQLAlchemy's statement hooks see
+        each statement."""
+        connection = await self._session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        sync = connection.sync_connection
+        assert isinstance(driver, psycopg.AsyncConnection) and sync is not None
+        sql, params = statements[-1]
+        try:
+            async with driver.pipeline():
+                cursors = []
+                for sql, params in statements:
+                    sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
+                    cursors.append(await driver.execute(sql, params))
+            last = cursors[-1]
+            return await last.fetchall() if last.description is not None else []
+        except psycopg.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True) from exc
+
+    def _loaded(self, inventory: SeatInventory) -> SeatInventory:
+        self._seen.append(inventory)
+        return inventory
+
+    async def get_locked(
+        self,
+        showtime_id: uuid.UUID,
+        now: datetime,
+        *,
+        holds: Collection[uuid.UUID] = (),
+        bookings: Collection[uuid.UUID] = (),
+        new_hold: NewHold | None = None,
+        all_sales: bool = False,
+    ) -> SeatInventory:
+        showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id))
+        if new_hold is not None:
+            return self._loaded(await self._load_for_hold(showtime_id, showtime_key, now, new_hold))
+        rows = await self._pipeline(
+            (_LOCK_SHOWTIME, {"showtime_key": showtime_key}),
+            (
+                _LOAD,
+                {
+                    "showtime_id": showtime_id,
+                    "hold_ids": list(holds),
+                    "booking_ids": list(bookings),
+                    "all_sales": all_sales,
+                },
+            ),
+        )
+        if not rows:
+            return self._loaded(SeatInventory(showtime_id, None))
+        row = rows[0]
+        return self._loaded(
+            SeatInventory(
+                showtime_id,
+                _showtime(showtime_id, row[:10]),
+                holds=[_hold(showtime_id, item) for item in row[10] or ()],
+                bookings=[_booking(showtime_id, item) for item in row[11] or ()],
+            )
+        )
+
+    async def _load_for_hold(
+        self, showtime_id: uuid.UUID, showtime_key: int, now: datetime, new_hold: NewHold
+    ) -> SeatInventory:
+        locks = {
+            "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(new_hold.customer_id)),
+            "showtime_key": showtime_key,
+            "showtime_id": showtime_id,
+        }
+        read = {
+            "showtime_id": showtime_id,
+            "customer_id": new_hold.customer_id,
+            "now": now,
+            "all_seats": new_hold.seat_ids is None,
+            "seat_ids": list(new_hold.seat_ids or ()),
+        }
+        rows = await self._pipeline((_LOCK_FOR_HOLD, locks), (_LOAD_FOR_HOLD, read))
+        if not rows:
+            return SeatInventory(showtime_id, None, offer=HoldOffer(new_hold.customer_id, 0, (), frozenset()))
+        row = rows[0]
+        showtime = _showtime(showtime_id, row[:10])
+        lapsed, active_holds, seats, taken = row[10:]
+        offer = HoldOffer(
+            new_hold.customer_id,
+            int(active_holds),
+            tuple(
+                Seat(uuid.UUID(seat_id), showtime.hall_id, label, number, column, SeatKind(kind), in_service, reason)
+                for seat_id, label, number, column, kind, in_service, reason in seats or ()
+            ),
+            frozenset(taken or ()),
+        )
+        return SeatInventory(
+            showtime_id, showtime, holds=[_hold(showtime_id, item) for item in lapsed or ()], offer=offer
+        )
+
+    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
+        ids = list(showtime_ids)
+        keys = [advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)) for showtime_id in ids]
+        connection = await self._session.connection()
+        locked = [
+            row[0] for row in await connection.exec_driver_sql(_TRY_LOCK_SHOWTIMES, {"showtime_ids": ids, "keys": keys})
+        ]
+        if not locked:
+            return []
+        # Read once the locks are held, so the snapshot shows what their last holders committed.
+        rows = await connection.exec_driver_sql(_LOAD_LAPSED, {"showtime_ids": locked, "now": now})
+        lapsed: dict[uuid.UUID, list[Any]] = dict(rows.all())  # type: ignore[arg-type]
+        return [
+            self._loaded(
+                SeatInventory(
+                    showtime_id, None, holds=[_hold(showtime_id, item) for item in lapsed.get(showtime_id, ())]
+                )
+            )
+            for showtime_id in locked
+        ]
+
+    async def flush(self) -> list[SeatEvent]:
+        """Writes what the loaded inventories changed, and their seat changes as each showtime's
+        next version, in one round trip; returns those events. Raises SeatAlreadyTaken when the
+        database finds a seat claimed twice (the unique index on active claims)."""
+        inventories, self._seen = self._seen, []
+        writes = [write for inventory in inventories for write in inventory.writes]
+        statements: list[tuple[str, dict[str, Any]]] = []
+        ended = [w for w in writes if isinstance(w, HoldEnded)]
+        if ended:
+            statements.append(
+                (
+                    _END_HOLDS,
+                    {
+                        "ids": [w.hold.id for w in ended],
+                        "states": [w.hold.state.value for w in ended],
+                        "ats": [w.at for w in ended],
+                        "bys": [w.hold.ended_by for w in ended],
+                        "reasons": [w.hold.end_reason for w in ended],
+                    },
+                )
+            )
+        kept = [w.hold for w in writes if isinstance(w, HoldKept)]
+        if kept:
+            statements.append(
+                (
+                    _KEEP_HOLDS,
+                    {
+                        "ids": [h.id for h in kept],
+                        "expires": [h.expires_at for h in kept],
+                        "extensions": [h.extensions_used for h in kept],
+                        "deadlines": [h.payment_deadline for h in kept],
+                        "untils": [h.kept_until for h in kept],
+                    },
+                )
+            )
+        added = [w.hold for w in writes if isinstance(w, HoldAdded)]
+        for hold in added:
+            statements.append(
+                (
+                    _ADD_HOLD,
+                    {
+                        "hold_id": hold.id,
+                        "showtime_id": hold.showtime_id,
+                        "customer_id": hold.customer_id,
+                        "expires_at": hold.expires_at,
+                        "created_at": hold.created_at,
+                        "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                        "seat_ids": [seat.seat_id for seat in hold.seats],
+                        "amounts": [seat.price.amount_minor for seat in hold.seats],
+                        "currencies": [seat.price.currency for seat in hold.seats],
+                    },
+                )
+            )
+        for sold in (w for w in writes if isinstance(w, HoldSold)):
+            booking = sold.booking
+            statements.append(
+                (
+                    _SELL_HOLD,
+                    {
+                        "booking_id": booking.id,
+                        "showtime_id": booking.showtime_id,
+                        "customer_id": booking.customer_id,
+                        "hold_id": sold.hold.id,
+                        "channel": booking.channel.value,
+                        "counter_payment": booking.counter_payment.value if booking.counter_payment else None,
+                        "created_at": booking.created_at,
+                        "ticket_count": len(booking.tickets),
+                        "total_minor": booking.total.amount_minor,
+                        "currency": booking.total.currency,
+                    },
+                )
+            )
+        cancelled = [w.booking for w in writes if isinstance(w, BookingCancelled)]
+        if cancelled:
+            statements.append(
+                (
+                    _CANCEL_BOOKINGS,
+                    {
+                        "ids": [b.id for b in cancelled],
+                        "ats": [b.cancelled_at for b in cancelled],
+                        "reasons": [b.cancel_reason for b in cancelled],
+                        "bys": [b.cancelled_by for b in cancelled],
+                    },
+                )
+            )
+        changed = {
+            inventory.showtime_id: one_version(inventory.changes) for inventory in inventories if inventory.changes
+        }
+        if changed:
+            statements.append(
+                (
+                    _NEXT_VERSIONS,
+                    {"showtime_ids": list(changed), "changes": [_changes_json(c) for c in changed.values()]},
+                )
+            )
+        if not statements:
+            return []
+        try:
+            rows = await self._pipeline(*statements)
+        except IntegrityError as exc:
+            # The unique index on active claims caught a double claim the lock should have
+            # prevented: refuse it like any taken seat. The transaction rolls back whole.
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "seat_claims_active_key":
+                raise SeatAlreadyTaken({str(s.seat_id): s.label for h in added for s in h.seats}) from exc
+            raise
+        recorded = {showtime_id: (int(version), at) for showtime_id, version, at in rows} if changed else {}
+        for inventory in inventories:
+            if inventory.showtime_id in recorded:
+                inventory.version = recorded[inventory.showtime_id][0]
+        return [
+            SeatEvent(showtime_id, *recorded[showtime_id][:1], changes, recorded[showtime_id][1])
+            for showtime_id, changes in changed.items()
+        ]

@@ -1,0 +1,186 @@
+"""The seat inventory aggregate: every method that changes a seat announces it, derived from the
+aggregate itself (a new method without a scenario here fails the suite)."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cinema_grpc.domain.booking.inventory import HoldOffer, SeatInventory, one_version
+from cinema_grpc.domain.booking.model import (
+    Booking,
+    BookingRules,
+    BookingState,
+    ClaimedSeat,
+    Hold,
+    HoldState,
+    RefundState,
+    SaleChannel,
+    SeatChange,
+    SeatState,
+    Ticket,
+)
+from cinema_grpc.domain.errors import HoldNotActive, SeatAlreadyTaken
+from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.screening.model import (
+    BusyPeriod,
+    RowSpec,
+    Seat,
+    SeatKind,
+    SeatLayout,
+    Showtime,
+    ShowtimeState,
+    generate_seats,
+)
+
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+RULES = BookingRules()
+HALL = uuid.uuid4()
+SEATS = generate_seats(
+    HALL, SeatLayout((RowSpec("A", 6), RowSpec("B", 4, overrides={1: SeatKind.WHEELCHAIR, 2: SeatKind.COMPANION})))
+)
+SHOWTIME = Showtime(
+    uuid.uuid4(),
+    uuid.uuid4(),
+    HALL,
+    uuid.uuid4(),
+    BusyPeriod.for_screening(NOW + timedelta(days=1), timedelta(hours=2)),
+    {kind: Money(900, "EUR") for kind in SeatKind},
+    ShowtimeState.SCHEDULED,
+    "",
+    NOW,
+)
+ANA, BEN = uuid.uuid4(), uuid.uuid4()
+
+
+def seat(label: str) -> Seat:
+    return next(s for s in SEATS if s.label == label)
+
+
+def claimed(*labels: str) -> tuple[ClaimedSeat, ...]:
+    return tuple(
+        ClaimedSeat(seat(x).id, seat(x).row_label, seat(x).number, seat(x).kind, Money(900, "EUR")) for x in labels
+    )
+
+
+def a_hold(*labels: str, expires_in: timedelta = timedelta(minutes=5), deadline: datetime | None = None) -> Hold:
+    return Hold(uuid.uuid4(), SHOWTIME.id, ANA, claimed(*labels), HoldState.ACTIVE, NOW + expires_in, 0, NOW, deadline)
+
+
+def a_booking(*labels: str) -> Booking:
+    return Booking(
+        uuid.uuid4(),
+        SHOWTIME.id,
+        BEN,
+        uuid.uuid4(),
+        tuple(Ticket(uuid.uuid4(), s, True) for s in claimed(*labels)),
+        BookingState.CONFIRMED,
+        SaleChannel.COUNTER,
+        None,
+        RefundState.NONE,
+        NOW,
+    )
+
+
+def for_new_hold(*holds: Hold, taken: tuple[str, ...] = ()) -> SeatInventory:
+    offer = HoldOffer(BEN, 0, SEATS, frozenset(seat(x).id for x in taken))
+    return SeatInventory(SHOWTIME.id, SHOWTIME, holds=holds, offer=offer)
+
+
+HELD = a_hold("A1", "A2")
+LAPSED = a_hold("A5", expires_in=-timedelta(minutes=1))
+PAYING = a_hold("A3", expires_in=-timedelta(minutes=1), deadline=NOW + timedelta(minutes=20))
+SOLD = a_booking("A6")
+
+# One scenario per method that changes seats or the holds and bookings behind them.
+SCENARIOS: dict[str, Callable[[], tuple[SeatInventory, Callable[[SeatInventory], object]]]] = {
+    "hold_seats": lambda: (for_new_hold(LAPSED), lambda inv: inv.hold_seats([seat("B1").id], RULES, NOW)),
+    "hold_best_available": lambda: (
+        for_new_hold(LAPSED, taken=("A1",)),
+        lambda inv: inv.hold_best_available(2, SeatKind.STANDARD, RULES, NOW),
+    ),
+    "expire": lambda: (SeatInventory(SHOWTIME.id, None, holds=[LAPSED, HELD]), lambda inv: inv.expire(NOW)),
+    "extend": lambda: (SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD]), lambda inv: inv.extend(HELD.id, RULES, NOW)),
+    "release": lambda: (SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD]), lambda inv: inv.release(HELD.id, NOW)),
+    "keep_for_payment": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD]),
+        lambda inv: inv.keep_for_payment(HELD.id, NOW + timedelta(minutes=30), NOW),
+    ),
+    "stop_keeping_for_payment": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, holds=[PAYING]),
+        lambda inv: inv.stop_keeping_for_payment(PAYING.id, NOW),
+    ),
+    "sell": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD]),
+        lambda inv: inv.sell(HELD.id, SaleChannel.ONLINE, None, NOW),
+    ),
+    "cancel": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, bookings=[SOLD]),
+        lambda inv: inv.cancel(SOLD.id, NOW, by=None, reason="changed plans"),
+    ),
+    "end_sales": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD, PAYING], bookings=[SOLD]),
+        lambda inv: inv.end_sales("projector broke", NOW),
+    ),
+}
+READS = {"find_hold", "hold_of", "booking_of", "seat_states", "holds", "bookings"}
+
+
+def test_every_method_that_changes_the_inventory_has_a_scenario() -> None:
+    public = {name for name, _ in inspect.getmembers(SeatInventory) if not name.startswith("_")}
+    assert public - READS == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("method", sorted(SCENARIOS))
+def test_every_seat_state_change_is_announced_with_the_state_it_ends_in(method: str) -> None:
+    inventory, change = SCENARIOS[method]()
+    before = inventory.seat_states(NOW)
+    change(inventory)
+    after = inventory.seat_states(NOW)
+    announced = {c.seat_id: c.state for c in one_version(inventory.changes)}
+    changed = {s for s in before.keys() | after.keys() if before.get(s, SeatState.FREE) != after.get(s, SeatState.FREE)}
+    assert changed <= announced.keys(), f"{method} changed seats it did not announce"
+    assert announced == {s: after.get(s, SeatState.FREE) for s in announced}, f"{method} announced a wrong state"
+    assert inventory.writes, f"{method} recorded nothing to write"
+
+
+def test_a_new_hold_expires_lapsed_holds_first_in_the_same_version() -> None:
+    inventory = for_new_hold(LAPSED)
+    hold = inventory.hold_seats([seat("A4").id], RULES, NOW)
+    assert one_version(inventory.changes) == (
+        SeatChange(seat("A5").id, SeatState.FREE),
+        SeatChange(seat("A4").id, SeatState.HELD),
+    )
+    assert inventory.hold_of(LAPSED.id).state is HoldState.EXPIRED
+    assert hold.expires_at == NOW + RULES.hold_ttl
+
+
+def test_a_wheelchair_space_is_held_with_its_companion_seat() -> None:
+    hold = for_new_hold().hold_seats([seat("B1").id], RULES, NOW)
+    assert [s.label for s in hold.seats] == ["B1", "B2"]
+
+
+def test_a_taken_seat_refuses_the_whole_hold_and_changes_nothing() -> None:
+    inventory = for_new_hold(LAPSED, taken=("A2",))
+    with pytest.raises(SeatAlreadyTaken):
+        inventory.hold_seats([seat("A1").id, seat("A2").id], RULES, NOW)
+    assert inventory.changes == [] and inventory.writes == []
+
+
+def test_releasing_twice_is_one_release() -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD])
+    inventory.release(HELD.id, NOW)
+    inventory.release(HELD.id, NOW)
+    assert len(inventory.writes) == 1
+    with pytest.raises(HoldNotActive):
+        inventory.extend(HELD.id, RULES, NOW)
+
+
+def test_one_version_keeps_each_seat_once_with_its_last_state() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    changes = [SeatChange(a, SeatState.FREE), SeatChange(b, SeatState.HELD), SeatChange(a, SeatState.HELD)]
+    assert one_version(changes) == (SeatChange(a, SeatState.HELD), SeatChange(b, SeatState.HELD))
