@@ -1,9 +1,10 @@
 """A box-office (POS) terminal on the generated stubs: sign in as staff, pick one of today's
 showtimes, watch its seat map live, hold the best seats, sell them at the counter, print the
-tickets.
+tickets and their passes (the signed code a door scanner reads; the QR images go to
+--pass-dir when given).
 
     python examples/pos_terminal.py --server 127.0.0.1:50051 --email clerk@example.com \
-        --password-stdin --cinema-id <id> --seats 2 < password.txt
+        --password-stdin --cinema-id <id> --seats 2 [--pass-dir passes/] < password.txt
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from google.type import date_pb2
 
+from cinema.admission.v1 import admission_pb2 as apb
+from cinema.admission.v1.admission_pb2_grpc import AdmissionServiceStub
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.common.v1 import money_pb2
@@ -78,6 +82,22 @@ def watch(stub: BookingServiceStub, showtime_id: str, ready: threading.Event, ch
     return call  # type: ignore[return-value]
 
 
+def print_pass(ticket_pass: apb.TicketPass, args: argparse.Namespace) -> None:
+    """The pass as a receipt printer would print it; the QR image as a PNG file."""
+    doors = ticket_pass.doors_open_time.ToDatetime(tzinfo=UTC)
+    say(
+        f"PASS {ticket_pass.cinema_name} | {ticket_pass.movie_title} | {ticket_pass.local_start_time}"
+        f" ({ticket_pass.time_zone}) | {ticket_pass.hall_name} | row {ticket_pass.row_label}"
+        f" seat {ticket_pass.seat_number} | {amount(ticket_pass.price)} | doors open {doors:%H:%M} UTC"
+    )
+    say(f"  code {ticket_pass.code} (key {ticket_pass.key_id}, issue {ticket_pass.issue})")
+    if args.pass_dir is not None:
+        args.pass_dir.mkdir(parents=True, exist_ok=True)
+        image = args.pass_dir / f"{ticket_pass.ticket_id}.png"
+        image.write_bytes(ticket_pass.qr_png)
+        say(f"  qr {image}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="127.0.0.1:50051")
@@ -85,6 +105,7 @@ def main() -> int:
     parser.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
     parser.add_argument("--cinema-id", required=True)
     parser.add_argument("--seats", type=int, default=2)
+    parser.add_argument("--pass-dir", type=Path, help="write each pass's QR code there as <ticket id>.png")
     args = parser.parse_args()
     password = sys.stdin.readline().rstrip("\n")
 
@@ -131,6 +152,9 @@ def main() -> int:
         for ticket in sold.tickets:
             say(f"TICKET {ticket.id}  seat {ticket.seat.row_label}{ticket.seat.number}  {amount(ticket.seat.price)}")
         say(f"total {amount(sold.total)}, booking {sold.id}")
+        admission = AdmissionServiceStub(channel)
+        for ticket in sold.tickets:
+            print_pass(admission.GetTicketPass(apb.GetTicketPassRequest(ticket_id=ticket.id), metadata=auth), args)
         deadline = time.monotonic() + 10
         while len(changes) < 2 and time.monotonic() < deadline:  # the hold and the sale, seen live
             time.sleep(0.05)

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
+from pydantic import SecretStr
 
 from cinema.admission.v1 import admission_pb2 as apb
 from cinema.admission.v1.admission_pb2_grpc import AdmissionServiceStub
@@ -29,6 +30,7 @@ from cinema.identity.v1.identity_pb2_grpc import IdentityServiceStub
 from cinema.reports.v1 import reports_pb2 as rpb
 from cinema.reports.v1.reports_pb2_grpc import ReportsServiceStub
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.adapters.ticket_codes import new_private_key
 from cinema_grpc.settings import Settings
 from tests.auth_client import PASSWORD, register, with_token
 from tests.booking_data import Customer, Sale, hold, open_sale
@@ -429,3 +431,37 @@ def test_occupancy_counts_admitted_tickets_and_no_shows_once_the_showtime_ended(
     )
     after = reports.GetShowtimeOccupancy(request)
     assert (after.sold, after.admitted, after.no_shows) == (3, 1, 2)
+
+
+def test_after_a_key_rotation_passes_issued_before_still_admit_and_new_passes_use_the_new_key(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, server_settings: Settings
+) -> None:
+    before, after = (t.id for t in sell(ana, clerk, soon, "E5", "E6").tickets)
+    old_pass = a_pass(ana, channel, before)
+    old_key = base64.b64encode(
+        next(k.public_key for k in scanner_config(door, soon, datetime.now(UTC)).keys if k.current)
+    ).decode()
+    rotated = RunningServer(
+        server_settings.model_copy(
+            update={
+                "ticket_signing_key": SecretStr(new_private_key()),
+                "ticket_retired_public_keys": old_key,
+            }
+        )
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{rotated.port}") as replaced:
+            scanner = Door(AdmissionServiceStub(with_token(replaced, door.token)), door.user_id, door.token)
+            config = scanner_config(scanner, soon, datetime.now(UTC))
+            assert {k.key_id: k.current for k in config.keys} == {
+                old_pass.key_id: False,
+                next(k.key_id for k in config.keys if k.current): True,
+            }
+            new_pass = AdmissionServiceStub(with_token(replaced, ana.token)).GetTicketPass(
+                apb.GetTicketPassRequest(ticket_id=after)
+            )
+            assert new_pass.key_id != old_pass.key_id
+            assert check_in(scanner, soon, old_pass.code).verdict == apb.SCAN_VERDICT_ADMITTED
+            assert check_in(scanner, soon, new_pass.code).verdict == apb.SCAN_VERDICT_ADMITTED
+    finally:
+        rotated.stop()
