@@ -24,6 +24,7 @@ import structlog
 from pydantic import SecretStr
 
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
+from cinema_grpc.adapters.ticket_codes import signing_key_text
 from cinema_grpc.adapters.tokens import signing_key
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, database_url, migrate
@@ -78,6 +79,8 @@ class Workers:
         updates: dict[str, object] = {"database_url": SecretStr(url.render_as_string(hide_password=False))}
         if settings.token_signing_key is None:
             signing_key(None, settings.data_dir)  # created once here, read by every worker
+        if settings.ticket_signing_key is None:
+            signing_key_text(None, settings.data_dir)  # likewise the key of ticket codes
         if settings.grpc_port == 0:
             updates["grpc_port"] = _free_port(settings.grpc_host)
         if settings.webhook_port == 0:

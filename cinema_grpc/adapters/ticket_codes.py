@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import os
 import struct
+import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,14 +68,22 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 
 
 def signing_key_text(configured: str | None, data_dir: Path) -> str:
-    """The configured key, or one generated once and kept (0600) in the data dir."""
+    """The configured key, or one generated once and kept (0600) in the data dir. Processes
+    starting together agree on one: the file appears whole (a link of a finished temporary
+    file), and a process that finds it there already reads that one."""
     if configured:
         return configured
     path = data_dir / KEY_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(new_private_key())
+        descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{KEY_FILE}.")  # mode 0600
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(new_private_key())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
     return path.read_text().strip()
 
 

@@ -7,6 +7,7 @@ import base64
 import os
 import stat
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,10 @@ def test_without_a_configured_key_one_is_generated_once_in_the_data_dir_readable
 def test_a_malformed_signing_key_setting_is_refused_at_start(bad: str) -> None:
     with pytest.raises(ValueError, match="ticket signing key"):
         load_private_key(bad)
+
+
+def test_processes_starting_together_agree_on_one_generated_key(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: signing_key_text(None, tmp_path), range(16)))
+    assert len(keys) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ticket-signing-key"]  # no temporary files left
