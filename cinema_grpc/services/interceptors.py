@@ -14,6 +14,7 @@ import structlog
 from grpc.aio import AbortError
 
 from cinema_grpc.domain.errors import DomainError, MalformedMessage, ServerTimeout
+from cinema_grpc.log_config import write_json_line
 from cinema_grpc.services.access import AccessControl, ClientAddresses
 from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.convert import Context, refuse_nul_characters
@@ -70,13 +71,14 @@ class _Call:
         elapsed = time.perf_counter() - self.started
         RPC_REQUESTS.labels(self.method, self.code.name, self.reason).inc()
         RPC_DURATION.labels(self.method).observe(elapsed)
-        log.info(
-            "rpc",
-            user_id=str(self.user_id) if self.user_id else None,
-            code=self.code.name,
-            reason=self.reason or None,
-            duration_ms=round(elapsed * 1000, 2),
-        )
+        fields = {
+            "user_id": str(self.user_id) if self.user_id else None,
+            "code": self.code.name,
+            "reason": self.reason or None,
+            "duration_ms": round(elapsed * 1000, 2),
+        }
+        if not write_json_line("cinema_grpc.rpc", "rpc", fields):
+            log.info("rpc", **fields)
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
 

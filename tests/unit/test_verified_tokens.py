@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from cinema_grpc.adapters import tokens
 from cinema_grpc.adapters.tokens import LEEWAY_SECONDS, JwtTokenCodec
 from cinema_grpc.domain.access import Role
 from cinema_grpc.domain.errors import TokenExpired, TokenInvalid
@@ -45,7 +44,7 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(token)
         return real(token, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tokens.jwt, "decode", counting)
+    monkeypatch.setattr(jwt, "decode", counting)
     return seen
 
 
