@@ -313,7 +313,7 @@ NOTIFY_CHANNEL = "cinema_seat_events"
 # NOTIFY payloads must stay under 8000 bytes; an entry is a showtime id and a version.
 _PAYLOAD_BYTES = 7000
 _EVENTS_AFTER = """
-SELECT e.showtime_id, e.version, e.changes
+SELECT e.showtime_id, e.version, e.changes, e.created_at
 FROM unnest(%s::uuid[], %s::bigint[]) AS w (showtime_id, after)
 JOIN booking.seat_events e ON e.showtime_id = w.showtime_id AND e.version > w.after
 ORDER BY e.showtime_id, e.version
@@ -479,8 +479,9 @@ class PostgresBus:
                 showtime_id,
                 int(version),
                 tuple(SeatChange(uuid.UUID(seat), SeatState(state)) for seat, state in changes),
+                recorded_at,
             )
-            for showtime_id, version, changes in rows
+            for showtime_id, version, changes, recorded_at in rows
             if int(version) > self._delivered.get(showtime_id, 0)
         ]
         if events:
