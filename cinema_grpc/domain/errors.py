@@ -583,3 +583,9 @@ class TicketAlreadyAdmitted(PreconditionFailed):
 class AdmissionNotFound(NotFound):
     reason = "ADMISSION_NOT_FOUND"
     resource_type = "admission"
+
+
+class TicketReissueLimit(LimitExceeded):
+    """A ticket's pass was re-issued as often as allowed; staff can still help at the door."""
+
+    reason = "TICKET_REISSUE_LIMIT"

@@ -22,6 +22,7 @@ from cinema_grpc.domain.errors import Violations
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import Context, money, parse_id, parse_time, require_id, timestamp
+from cinema_grpc.services.metrics import DOOR_SCANS
 
 VERDICTS = {
     ScanVerdict.ADMITTED: pb.SCAN_VERDICT_ADMITTED,
@@ -69,6 +70,12 @@ def scan_message(scan: Scan) -> pb.Scan:
     if scan.first_admission is not None:
         message.first_admission.CopyFrom(admission_message(scan.first_admission))
     return message
+
+
+def _count(scans: list[Scan]) -> None:
+    # A retry answered from the record counts again: the counter is of answers given.
+    for scan in scans:
+        DOOR_SCANS.labels(scan.verdict.value, str(scan.offline).lower()).inc()
 
 
 class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
@@ -167,6 +174,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         result = await uc.check_in(
             self._uow(), self._codec, current_caller(), scan, request.device_id, self._clock.now(), self._rules
         )
+        _count([result])
         return scan_message(result)
 
     async def UploadScans(self, request: pb.UploadScansRequest, context: Context) -> pb.UploadScansResponse:
@@ -182,6 +190,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         result = await uc.upload_scans(
             self._uow(), self._codec, current_caller(), request.device_id, scans, self._clock.now(), self._rules
         )
+        _count(result.scans)
         return pb.UploadScansResponse(
             scans=[scan_message(s) for s in result.scans], admitted=result.admitted, duplicates=result.duplicates
         )

@@ -47,6 +47,13 @@ SWEEPER_RUNS = Counter(
 RECONCILER_RUNS = Counter(
     "cinema_reconciler_runs", "Runs of the payment reconciliation by outcome", ["outcome"], registry=REGISTRY
 )
+DOOR_SCANS = Counter(
+    "cinema_door_scans",
+    "Scans recorded at the doors by verdict (ADMITTED, ALREADY_USED, FORGED, ...) and whether they were "
+    "made offline and uploaded; a rise of FORGED or offline ALREADY_USED (tickets used twice) is worth a look",
+    ["verdict", "offline"],
+    registry=REGISTRY,
+)
 STREAM_WATCHERS = Gauge("cinema_stream_watchers", "Open seat availability streams on this replica", registry=REGISTRY)
 TEST_PAYMENT_MODE = Gauge(
     "cinema_test_payment_mode",

@@ -31,6 +31,7 @@ from cinema.reports.v1 import reports_pb2 as rpb
 from cinema.reports.v1.reports_pb2_grpc import ReportsServiceStub
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.ticket_codes import new_private_key
+from cinema_grpc.services.metrics import REGISTRY
 from cinema_grpc.settings import Settings
 from tests.auth_client import PASSWORD, register, with_token
 from tests.booking_data import Customer, Sale, hold, open_sale
@@ -93,6 +94,10 @@ def scanner_config(door: Door, sale: Sale, moment: datetime) -> apb.ScannerConfi
             cinema_id=sale.showtime.cinema_id, date=date_pb2.Date(year=day.year, month=day.month, day=day.day)
         )
     )
+
+
+def scans_counted(verdict: str) -> float:
+    return REGISTRY.get_sample_value("cinema_door_scans_total", {"verdict": verdict, "offline": "false"}) or 0.0
 
 
 def scans(db: Db) -> list[tuple[object, ...]]:
@@ -257,6 +262,18 @@ def test_staff_undo_an_admission_with_a_reason_and_the_ticket_admits_again(
         db.execute("DELETE FROM admission.scans")
 
 
+def test_a_pass_is_reissued_a_limited_number_of_times(
+    ana: Customer, clerk: Customer, soon: Sale, channel: grpc.Channel
+) -> None:
+    ticket = sell(ana, clerk, soon, "D7").tickets[0]
+    stub = admission_of(ana, channel)
+    issues = [stub.ReissueTicketPass(apb.ReissueTicketPassRequest(ticket_id=ticket.id)).issue for _ in range(10)]
+    assert issues == list(range(2, 12))
+    refused = call_fails(stub.ReissueTicketPass, apb.ReissueTicketPassRequest(ticket_id=ticket.id))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TICKET_REISSUE_LIMIT")
+    assert a_pass(ana, channel, ticket.id).issue == 11
+
+
 def test_a_retried_check_in_gets_the_first_answer_not_already_used(
     ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
 ) -> None:
@@ -393,6 +410,7 @@ def test_fifty_scans_of_one_code_at_once_across_two_replicas_admit_exactly_once(
 ) -> None:
     ticket = sell(ana, clerk, soon, "A5").tickets[0]
     code = a_pass(ana, channel, ticket.id).code
+    counted_before = {verdict: scans_counted(verdict) for verdict in ("ADMITTED", "ALREADY_USED")}
     with grpc.insecure_channel(f"127.0.0.1:{second_replica.port}") as other:
         stubs = [AdmissionServiceStub(with_token(ch, door.token)) for ch in (channel, other)]
         start = threading.Barrier(50)
@@ -413,6 +431,9 @@ def test_fifty_scans_of_one_code_at_once_across_two_replicas_admit_exactly_once(
     assert {r.first_admission.scan_id for r in results if r.verdict == apb.SCAN_VERDICT_ALREADY_USED} == {winner.id}
     assert db.execute("SELECT count(*) FROM admission.admissions").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM admission.scans").fetchone() == (50,)
+    # Both replicas run in this process and count into one registry.
+    assert scans_counted("ADMITTED") - counted_before["ADMITTED"] == 1
+    assert scans_counted("ALREADY_USED") - counted_before["ALREADY_USED"] == 49
 
 
 def test_occupancy_counts_admitted_tickets_and_no_shows_once_the_showtime_ended(

@@ -31,6 +31,8 @@ class AdmissionRules:
     upload_max_age: timedelta = timedelta(days=7)
     clock_leeway: timedelta = timedelta(minutes=5)
     max_batch: int = 500
+    # How often one ticket's pass may be re-issued.
+    max_reissues: int = 10
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from cinema_grpc.domain.errors import (
     TicketAlreadyAdmitted,
     TicketNotFound,
     TicketNotValid,
+    TicketReissueLimit,
     Violations,
     invalid,
 )
@@ -245,6 +246,10 @@ async def reissue_pass(
         ticket = await _owned_ticket(uow, caller, ticket_id)
         if await uow.admission.active_admission(ticket_id) is not None:
             raise TicketAlreadyAdmitted("the ticket was admitted already", subject=f"tickets/{ticket_id}")
+        if ticket.issue > rules.max_reissues:
+            raise TicketReissueLimit(
+                f"a pass is re-issued at most {rules.max_reissues} times", metadata={"ticket_id": str(ticket_id)}
+            )
         ticket = replace(ticket, issue=ticket.issue + 1)
         await uow.admission.set_issue(ticket_id, ticket.issue, now, caller.user_id, why)
         await uow.commit()
