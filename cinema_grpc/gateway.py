@@ -8,11 +8,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import structlog
+
+from cinema_grpc.settings import Settings
 
 log = structlog.get_logger("cinema_grpc.gateway")
 
@@ -100,6 +103,13 @@ class GatewayConfig:
     openapi_dir: Path | None = OPENAPI_DIR
 
 
+def gateway_tls(settings: Settings) -> tuple[Path, Path] | None:
+    """The gateway's HTTPS certificate and key, if configured."""
+    if settings.gateway_tls_cert_file is None or settings.gateway_tls_key_file is None:
+        return None
+    return settings.gateway_tls_cert_file, settings.gateway_tls_key_file
+
+
 def grpc_target(grpc_host: str, grpc_port: int) -> str:
     """The address the gateway dials to reach a gRPC server listening on ``grpc_host``."""
     return _join(_dial_host(grpc_host), grpc_port)
@@ -132,10 +142,12 @@ class GatewayProcess:
         self._process: subprocess.Popen[str] | None = None
         self.http_host = ""
         self.http_port = 0
+        self._tls = False
 
     @property
     def url(self) -> str:
-        return f"http://{_join(_dial_host(self.http_host), self.http_port)}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{_join(_dial_host(self.http_host), self.http_port)}"
 
     @property
     def running(self) -> bool:
@@ -148,13 +160,20 @@ class GatewayProcess:
         http_port: int = 8080,
         openapi_dir: Path | None = OPENAPI_DIR,
         *,
+        grpc_ca: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+        flags: Sequence[str] = (),
         timeout: float = 15,
         proxy_key: str | None = None,
     ) -> None:
         """Starts the gateway and returns once its HTTP port accepts connections.
 
         ``http_port`` 0 picks a free port. ``proxy_key`` (the gRPC server's) is sent with every
-        call so the server believes the client address the gateway forwards. Raises
+        call so the server believes the client address the gateway forwards. ``grpc_ca``: dial
+        the gRPC server over TLS, trusting the certificates of this PEM file (the server's own
+        certificate will do), for the host of ``grpc_address``. ``tls``: (certificate, key) to
+        serve HTTPS with. ``flags``: more of the binary's flags (its limits, e.g.
+        ``-read-timeout 10s``). Raises
         GatewayError if the port is taken or the process exits or does not listen within
         ``timeout`` seconds.
         """
@@ -169,6 +188,12 @@ class GatewayProcess:
         elif _accepts(http_host, http_port):
             raise GatewayError(f"{_join(http_host, http_port)} is already in use")
         command = [str(self.binary), "-grpc", grpc_address, "-http", _join(http_host, http_port), "-stdin-lifeline"]
+        if grpc_ca is not None:
+            command += ["-grpc-ca", str(grpc_ca)]
+        if tls is not None:
+            command += ["-tls-cert", str(tls[0]), "-tls-key", str(tls[1])]
+        command += flags
+        self._tls = tls is not None
         if openapi_dir is not None:
             if not openapi_dir.is_dir():
                 raise GatewayError(f"OpenAPI directory {openapi_dir} does not exist")

@@ -38,7 +38,7 @@ from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
 from cinema_grpc.domain.payment.use_cases import SyncGuard, handle_webhook, reconcile
 from cinema_grpc.domain.ports import Clock, UnitOfWork
-from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, grpc_target
+from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, gateway_tls, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
 from cinema_grpc.services.access import AccessControl, ClientAddresses, declared_policies
 from cinema_grpc.services.admission import AdmissionServicer
@@ -63,6 +63,7 @@ from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import Database, libpq_url, open_database, try_session_lock
 from cinema_grpc.storage.locks import LockNamespace
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
+from cinema_grpc.tls import is_loopback, server_credentials
 
 log = structlog.get_logger("cinema_grpc.server")
 
@@ -185,7 +186,13 @@ class CinemaServer:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
-        self.port = self.grpc.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.port = self.grpc.add_secure_port(
+                address, server_credentials(settings.tls_cert_file, settings.tls_key_file)
+            )
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         self.database_health = DatabaseHealth(database.url, self.health, SERVICE_NAMES)
         STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
         TEST_PAYMENT_MODE.set(1 if settings.test_payments else 0)
@@ -278,7 +285,14 @@ class CinemaServer:
             webhook_url=self.webhook_url,
             stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
             test_payment_mode=settings.test_payments,
+            tls=settings.tls_cert_file is not None,
         )
+        if settings.tls_cert_file is None and not is_loopback(settings.grpc_host):
+            log.warning(
+                "plaintext gRPC on a non-loopback address: set CINEMA_TLS_CERT_FILE and CINEMA_TLS_KEY_FILE "
+                "unless a balancer on a private network terminates TLS",
+                host=settings.grpc_host,
+            )
         if settings.test_payments:
             log.warning(
                 "TEST PAYMENT MODE: payments are not real money, test cards pay for tickets "
@@ -370,6 +384,8 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, wor
                     gateway.http_port,
                     gateway.openapi_dir,
                     proxy_key=server.gateway_proxy_key,
+                    grpc_ca=settings.tls_cert_file,
+                    tls=gateway_tls(settings),
                 )
             )
         except BaseException:

@@ -7,7 +7,7 @@ import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.admission.model import AdmissionRules
@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".cinema-data")
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # TLS for the gRPC port: PEM certificate (chain) and unencrypted PEM private key, both or
+    # neither. Unset: plaintext, meant for loopback development or behind a balancer that
+    # terminates TLS on a private network.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # TLS for the REST gateway's port (serve --gateway), both or neither. Unset: plain HTTP.
+    gateway_tls_cert_file: Path | None = None
+    gateway_tls_key_file: Path | None = None
     # Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)
@@ -169,11 +177,25 @@ class Settings(BaseSettings):
         "ticket_signing_key",
         "stripe_secret_key",
         "stripe_webhook_secret",
+        "tls_cert_file",
+        "tls_key_file",
+        "gateway_tls_cert_file",
+        "gateway_tls_key_file",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_files_in_pairs(self) -> Settings:
+        for cert, key, name in (
+            (self.tls_cert_file, self.tls_key_file, "CINEMA_TLS"),
+            (self.gateway_tls_cert_file, self.gateway_tls_key_file, "CINEMA_GATEWAY_TLS"),
+        ):
+            if (cert is None) != (key is None):
+                raise ValueError(f"{name}_CERT_FILE and {name}_KEY_FILE go together: set both or neither")
+        return self
 
     @property
     def test_payments(self) -> bool:

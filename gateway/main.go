@@ -6,6 +6,16 @@
 //
 //	gateway -http 127.0.0.1:8080 -grpc 127.0.0.1:50051 -openapi generated/openapi
 //
+// TLS: -tls-cert/-tls-key serve HTTPS (HTTP/1.1) to partners; -grpc-ca dials the gRPC server
+// over TLS, trusting the certificates in that PEM file, for the name -grpc-server-name (default:
+// the host of -grpc). Without them both sides are plaintext, for loopback development.
+//
+// Limits: a request's headers must arrive within -read-header-timeout and its body within
+// -read-timeout (else 408 and the connection is closed); a body over -max-body-bytes gets 413;
+// one write to a client may block at most -write-timeout (a client that stops reading is cut
+// off; a watch stream that has nothing to send is not); an idle keep-alive connection is closed
+// after -idle-timeout. Both refusals use the JSON error envelope below.
+//
 // JSON uses the proto field names (snake_case) and emits zero values. Errors are
 // {"error", "message", "code", "details"} with the google.rpc details of the gRPC status.
 // GET /openapi/... serves the generated Swagger 2.0 documents. SIGTERM/SIGINT: stop accepting,
@@ -15,8 +25,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"io/ioutil"
 	"log"
@@ -34,6 +48,7 @@ import (
 	"github.com/golang/protobuf/proto"
 	"github.com/grpc-ecosystem/grpc-gateway/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
 	// Registers the google.rpc.* detail types (ErrorInfo, BadRequest, ...) so error details (Any)
@@ -49,10 +64,14 @@ type service struct {
 	register func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error
 }
 
-const (
-	requestIDHeader = "X-Request-Id"
-	maxBodyBytes    = 1 << 20 // no request of the API comes near it
-)
+const requestIDHeader = "X-Request-Id"
+
+// limits are what one HTTP client may take of the gateway (see the package comment).
+type limits struct {
+	bodyTimeout  time.Duration
+	writeTimeout time.Duration
+	maxBodyBytes int64
+}
 
 func main() {
 	httpAddr := flag.String("http", "127.0.0.1:8080", "listen address for REST/JSON")
@@ -65,10 +84,34 @@ func main() {
 	stdinLifeline := flag.Bool("stdin-lifeline", false,
 		"shut down when stdin reaches end of file: a parent process that holds the pipe (cinema-grpc serve) "+
 			"cannot leave the gateway running behind it")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate (chain) to serve HTTPS with; needs -tls-key")
+	tlsKey := flag.String("tls-key", "", "PEM private key of -tls-cert")
+	grpcCA := flag.String("grpc-ca", "", "PEM certificates to trust: dial the gRPC server over TLS (plaintext if empty)")
+	grpcServerName := flag.String("grpc-server-name", "", "name the gRPC server's certificate must have (default: the host of -grpc)")
+	readHeaderTimeout := flag.Duration("read-header-timeout", 10*time.Second, "longest wait for a request's headers")
+	readTimeout := flag.Duration("read-timeout", 30*time.Second, "longest wait for a request's body, from its start (then 408)")
+	writeTimeout := flag.Duration("write-timeout", 30*time.Second, "longest one write to a client may block")
+	idleTimeout := flag.Duration("idle-timeout", 120*time.Second, "an idle keep-alive connection is closed after this")
+	maxBody := flag.Int64("max-body-bytes", 1<<20, "largest request body (larger: 413); no request of the API comes near 1 MiB")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		log.Fatalf("unexpected arguments: %v", flag.Args())
 	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		log.Fatalf("-tls-cert and -tls-key go together")
+	}
+	for name, d := range map[string]time.Duration{
+		"read-header-timeout": *readHeaderTimeout, "read-timeout": *readTimeout,
+		"write-timeout": *writeTimeout, "idle-timeout": *idleTimeout,
+	} {
+		if d <= 0 {
+			log.Fatalf("-%s must be positive", name)
+		}
+	}
+	if *maxBody <= 0 {
+		log.Fatalf("-max-body-bytes must be positive")
+	}
+	limit := limits{bodyTimeout: *readTimeout, writeTimeout: *writeTimeout, maxBodyBytes: *maxBody}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -95,6 +138,13 @@ func main() {
 		runtime.DefaultHTTPError(ctx, mux, m, w, r, err)
 	}
 	opts := []grpc.DialOption{grpc.WithInsecure()}
+	if *grpcCA != "" {
+		creds, err := upstreamCredentials(*grpcCA, *grpcServerName, *grpcAddr)
+		if err != nil {
+			log.Fatalf("-grpc-ca: %v", err)
+		}
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	}
 	for _, s := range services {
 		if err := s.register(ctx, gw, *grpcAddr, opts); err != nil {
 			log.Fatalf("registering %s: %v", s.name, err)
@@ -127,14 +177,44 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	server := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// No server-wide ReadTimeout or WriteTimeout: they would also end the watch streams, which
+	// live for an hour. limit.wrap applies both to each request instead.
+	server := &http.Server{
+		Handler:           limit.wrap(handler),
+		ReadHeaderTimeout: *readHeaderTimeout,
+		IdleTimeout:       *idleTimeout,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+		// HTTP/1.1 only: the limits set deadlines on the connection, which HTTP/2 would share
+		// among requests.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	scheme := "http"
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			log.Fatalf("-tls-cert/-tls-key: %v", err)
+		}
+		listener = tls.NewListener(listener, &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"http/1.1"},
+		})
+		scheme = "https"
+	}
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(listener) }()
 	names := make([]string, 0, len(services))
 	for _, s := range services {
 		names = append(names, s.name)
 	}
-	log.Printf("gateway listening on %s -> gRPC %s (%s)", listener.Addr(), *grpcAddr, strings.Join(names, ", "))
+	upstream := "plaintext"
+	if *grpcCA != "" {
+		upstream = "TLS"
+	}
+	log.Printf("gateway listening on %s://%s -> gRPC %s over %s (%s)", scheme, listener.Addr(), *grpcAddr, upstream,
+		strings.Join(names, ", "))
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
@@ -208,10 +288,10 @@ func canonicalFieldMasks(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		body, err := ioutil.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+		body, err := ioutil.ReadAll(r.Body)
 		r.Body.Close()
 		if err != nil {
-			http.Error(w, "request body unreadable or larger than 1 MiB", http.StatusRequestEntityTooLarge)
+			refuseBody(w, err)
 			return
 		}
 		r.Body = ioutil.NopCloser(bytes.NewReader(rewriteFieldMasks(body)))
@@ -291,4 +371,131 @@ func (s *streamStopper) wrap(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// upstreamCredentials trusts the PEM certificates in caFile for the gRPC server's name.
+func upstreamCredentials(caFile, serverName, grpcAddr string) (credentials.TransportCredentials, error) {
+	pem, err := ioutil.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(grpcAddr)
+		if err != nil {
+			return nil, fmt.Errorf("-grpc %s: %v", grpcAddr, err)
+		}
+		serverName = host
+	}
+	return credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}), nil
+}
+
+type connKey struct{}
+
+// wrap enforces the body size, body time and write time limits on one request.
+func (l limits) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _ := r.Context().Value(connKey{}).(net.Conn)
+		if r.ContentLength > l.maxBodyBytes {
+			refuseBody(w, &http.MaxBytesError{Limit: l.maxBodyBytes})
+			return
+		}
+		if conn != nil {
+			w = &deadlineWriter{ResponseWriter: w, conn: conn, timeout: l.writeTimeout}
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			body := http.MaxBytesReader(w, r.Body, l.maxBodyBytes)
+			if conn != nil {
+				// The read deadline covers the whole body; it is lifted once the body has been
+				// read, so a long call to the gRPC server is not cut short.
+				conn.SetReadDeadline(time.Now().Add(l.bodyTimeout))
+				body = &deadlineBody{ReadCloser: body, conn: conn}
+			}
+			r.Body = body
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the connection's read deadline once the body has been read.
+type deadlineBody struct {
+	io.ReadCloser
+	conn net.Conn
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		b.conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// deadlineWriter gives each write to the client at most its timeout, so a client that stops
+// reading is cut off, while a stream may wait as long as it likes between writes.
+type deadlineWriter struct {
+	http.ResponseWriter
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.ResponseWriter.Write(p)
+}
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *deadlineWriter) Flush() {
+	if f, ok := d.ResponseWriter.(http.Flusher); ok {
+		d.conn.SetWriteDeadline(time.Now().Add(d.timeout))
+		f.Flush()
+	}
+}
+
+// refuseBody answers a body that could not be read: 413 when it is too large, 408 (and the
+// connection is closed) when it did not arrive in time, in the gateway's JSON error envelope.
+func refuseBody(w http.ResponseWriter, err error) {
+	var tooLarge *http.MaxBytesError
+	var timeout net.Error
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, 8, "REQUEST_TOO_LARGE", // RESOURCE_EXHAUSTED
+			fmt.Sprintf("the request body is larger than %d bytes", tooLarge.Limit),
+			map[string]string{"limit_bytes": fmt.Sprint(tooLarge.Limit)})
+	case errors.As(err, &timeout) && timeout.Timeout():
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, 4, "REQUEST_BODY_TIMEOUT", // DEADLINE_EXCEEDED
+			"the request body did not arrive in time", nil)
+	default:
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, 3, "REQUEST_BODY_UNREADABLE", // INVALID_ARGUMENT
+			"the request body could not be read", nil)
+	}
+}
+
+// writeError writes grpc-gateway's error envelope with a google.rpc.ErrorInfo detail.
+func writeError(w http.ResponseWriter, status int, code int32, reason, message string, metadata map[string]string) {
+	info := map[string]interface{}{
+		"@type":  "type.googleapis.com/google.rpc.ErrorInfo",
+		"reason": reason,
+		"domain": "cinema",
+	}
+	if metadata != nil {
+		info["metadata"] = metadata
+	}
+	body, _ := json.Marshal(map[string]interface{}{
+		"error": message, "message": message, "code": code, "details": []interface{}{info},
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(body)
 }

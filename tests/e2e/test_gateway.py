@@ -8,11 +8,13 @@ import base64
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,14 @@ import requests
 
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
-from cinema_grpc.gateway import REPO_ROOT
+from cinema_grpc.gateway import REPO_ROOT, GatewayProcess
+from cinema_grpc.settings import Settings
 from tests.auth_client import PASSWORD
 from tests.booking_data import Sale, open_sale
+from tests.conftest import RunningServer
 from tests.e2e.test_command_line import embedded_server_env, free_port, wait_until_serving
 from tests.payment_data import confirm_card
+from tests.tls_files import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 Db = psycopg.Connection[tuple[object, ...]]
@@ -398,3 +403,92 @@ def test_serve_refuses_gateway_flags_without_gateway() -> None:
     assert bad_port.returncode == 2 and "invalid port 70000" in bad_port.stderr
     helped = subprocess.run([str(BIN / "cinema-grpc"), "gateway", "build", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--out DIR" in helped.stdout
+
+
+@pytest.fixture
+def strict_gateway(gateway_binary: Path, address: str) -> Iterator[GatewayProcess]:
+    """A gateway with short limits (the defaults are 30 s, 30 s, 120 s and 1 MiB)."""
+    flags = ["-read-timeout", "1s", "-write-timeout", "1s", "-idle-timeout", "1s", "-max-body-bytes", "4096"]
+    process = GatewayProcess(gateway_binary)
+    process.start(address, "127.0.0.1", 0, None, flags=flags)
+    yield process
+    process.stop()
+
+
+def _envelope(raw: bytes) -> dict[str, Any]:
+    """The JSON error body of a raw HTTP/1.1 response."""
+    body: dict[str, Any] = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+    return body
+
+
+def test_a_client_that_sends_its_body_slowly_is_cut_off(strict_gateway: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", strict_gateway.http_port), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/sessions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"email": '
+        )
+        started = time.monotonic()
+        answer = b""
+        while chunk := client.recv(65536):  # the gateway closes the connection
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 0.9 < waited < 5
+    body = _envelope(answer)
+    assert body["code"] == 4 and detail(body, "ErrorInfo")["reason"] == "REQUEST_BODY_TIMEOUT"
+
+
+def test_a_body_over_the_limit_gets_413_with_the_json_error_envelope(strict_gateway: GatewayProcess) -> None:
+    too_large = b'{"email": "' + b"a" * 5000 + b'"}'
+    declared = requests.post(f"{strict_gateway.url}/v1/sessions", data=too_large, timeout=TIMEOUT)
+    chunked = requests.post(f"{strict_gateway.url}/v1/sessions", data=iter([too_large]), timeout=TIMEOUT)
+    for refused in (declared, chunked):
+        assert refused.status_code == 413
+        assert refused.headers["Content-Type"] == "application/json"
+        body = refused.json()
+        assert body["code"] == 8  # RESOURCE_EXHAUSTED
+        info = detail(body, "ErrorInfo")
+        assert (info["reason"], info["metadata"]) == ("REQUEST_TOO_LARGE", {"limit_bytes": "4096"})
+
+
+def test_an_idle_keep_alive_connection_is_closed(strict_gateway: GatewayProcess) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", strict_gateway.http_port, timeout=10)
+    connection.request("GET", "/v1/cinemas")
+    answer = connection.getresponse()
+    assert answer.status == 200 and answer.getheader("Connection") != "close"
+    answer.read()
+    assert connection.sock is not None
+    started = time.monotonic()
+    assert connection.sock.recv(1) == b""  # closed by the gateway
+    assert time.monotonic() - started < 5
+    connection.close()
+
+
+def test_a_watch_stream_outlives_the_read_and_write_timeouts(strict_gateway: GatewayProcess, sale: Sale) -> None:
+    _, token = sign_up(Rest(strict_gateway.url))
+    ana = Rest(strict_gateway.url, token)
+    watch = f"{strict_gateway.url}/v1/showtimes/{sale.showtime.id}/seats:watch"
+    with requests.get(watch, stream=True, timeout=(TIMEOUT, TIMEOUT)) as stream:
+        lines = stream.iter_lines()
+        snapshot = json.loads(next(lines))["result"]["snapshot"]
+        time.sleep(2.5)  # longer than both timeouts, with nothing to send
+        ana.ok("POST", f"/v1/showtimes/{sale.showtime.id}/holds", {"seat_ids": sale.seats("D1")})
+        changes = json.loads(next(lines))["result"]["changes"]
+    assert int(changes["version"]) == int(snapshot["version"]) + 1
+
+
+def test_the_gateway_serves_https_and_reaches_a_tls_grpc_server(
+    gateway_binary: Path, server_settings: Settings, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    running = RunningServer(server_settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key}))
+    try:
+        with GatewayProcess(gateway_binary) as process:
+            process.start(f"127.0.0.1:{running.port}", "127.0.0.1", 0, None, grpc_ca=cert, tls=(cert, key))
+            assert process.url.startswith("https://")
+            cinemas = requests.get(f"{process.url}/v1/cinemas", verify=str(cert), timeout=TIMEOUT)
+            assert cinemas.status_code == 200 and "cinemas" in cinemas.json()
+            with pytest.raises(requests.exceptions.SSLError):
+                requests.get(f"{process.url}/v1/cinemas", timeout=TIMEOUT)  # the system does not trust it
+    finally:
+        running.stop()
