@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cinema_grpc.adapters.ticket_codes import load_public_key
 from cinema_grpc.domain.admission.model import AdmissionRules
 from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.identity.throttle import ThrottleRules
@@ -232,6 +233,16 @@ class Settings(BaseSettings):
             streams_per_address=self.max_streams_per_address,
             streams_per_caller=self.max_streams_per_caller,
         )
+
+    # Public keys, so a bad one may be shown in the error; the private key is checked when the
+    # server starts, without showing it.
+    @field_validator("ticket_retired_public_keys")
+    @classmethod
+    def _retired_ticket_keys(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                load_public_key(item)
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

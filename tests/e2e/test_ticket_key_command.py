@@ -41,7 +41,16 @@ def test_a_rotation_with_the_command_keeps_the_retired_key_for_verification(tmp_
         (old["key_id"], old["public_key"], False),
     }
     assert new["private_key"] not in json.dumps(shown)
-    # Without a configured key, the server's own key in the data dir (made once, 0600).
-    generated = ticket_key(tmp_path, "show")["keys"]
-    assert ticket_key(tmp_path, "show")["keys"] == generated and len(generated) == 1
-    assert (tmp_path / "ticket-signing-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_malformed_retired_key_is_a_configuration_error(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [str(BIN / "cinema-grpc"), "ticket-key", "show"],
+        env={**os.environ, "CINEMA_DATA_DIR": str(tmp_path), "CINEMA_TICKET_RETIRED_PUBLIC_KEYS": "not-a-key"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "bad configuration" in run.stderr and "retired ticket public key" in run.stderr
