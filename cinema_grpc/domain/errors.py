@@ -448,6 +448,12 @@ class CancellationClosed(PreconditionFailed):
     reason = "CANCELLATION_CLOSED"
 
 
+class NoCounterRefundDue(PreconditionFailed):
+    """Recording a counter refund for a booking that is not a cancelled counter sale awaiting one."""
+
+    reason = "NO_COUNTER_REFUND_DUE"
+
+
 class LimitExceeded(DomainError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from cinema.booking.v1 import booking_pb2 as pb
 from cinema.booking.v1 import booking_pb2_grpc
 from cinema_grpc.domain.booking import use_cases as uc
+from cinema_grpc.domain.booking.counter_refunds import record_counter_refund
 from cinema_grpc.domain.booking.model import (
     Booking,
     BookingRules,
@@ -263,6 +264,11 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         booking = await uc.cancel_booking(
             self._uow(), self._clock, self._rules, current_caller(), booking_id, request.reason, force=True
         )
+        return booking_message(booking)
+
+    async def RecordCounterRefund(self, request: pb.RecordCounterRefundRequest, context: Context) -> pb.Booking:
+        booking_id = require_id("booking_id", request.booking_id)
+        booking = await record_counter_refund(self._uow(), self._clock, current_caller(), booking_id, request.note)
         return booking_message(booking)
 
     async def GetSeatMap(self, request: pb.GetSeatMapRequest, context: Context) -> pb.SeatMap:

@@ -10,6 +10,8 @@ import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.payment.v1 import payment_pb2 as ppb
+from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.booking_data import Customer, Sale, hold, open_sale, states
@@ -435,6 +437,37 @@ def test_staff_force_cancel_a_booking_after_the_start_and_the_override_is_record
     )
     own = ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=booking.id))
     assert own.cancelled_by == clerk.user.id
+
+
+def test_staff_record_that_a_cancelled_cash_sale_was_paid_back_and_the_audit_trail_keeps_it(
+    ana: Customer, clerk: Customer, sale: Sale, admin_channel: grpc.Channel, db: Db
+) -> None:
+    booking = sell(ana, clerk, sale, "C7", "C8")
+    early = call_fails(clerk.booking.RecordCounterRefund, bpb.RecordCounterRefundRequest(booking_id=booking.id))
+    assert (early.code, early.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_COUNTER_REFUND_DUE")
+    clerk.booking.ForceCancelBooking(bpb.ForceCancelBookingRequest(booking_id=booking.id, reason="projector broke"))
+    by_customer = call_fails(ana.booking.RecordCounterRefund, bpb.RecordCounterRefundRequest(booking_id=booking.id))
+    assert by_customer.code is grpc.StatusCode.PERMISSION_DENIED
+    request = bpb.RecordCounterRefundRequest(booking_id=booking.id, note="cash from till 2")
+    paid = clerk.booking.RecordCounterRefund(request)
+    assert (paid.state, paid.refund_state) == (bpb.BOOKING_STATE_CANCELLED, bpb.REFUND_STATE_REFUNDED)
+    assert ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=booking.id)).refund_state == (
+        bpb.REFUND_STATE_REFUNDED
+    )
+    assert clerk.booking.RecordCounterRefund(request).refund_state == bpb.REFUND_STATE_REFUNDED
+    entries = db.execute(
+        "SELECT kind, amount_minor, currency, actor, note FROM payment.audit_log WHERE payment_id = %s",
+        (booking.id,),
+    ).fetchall()
+    assert entries == [
+        ("counter_refund_paid", 2400, "EUR", clerk.user.id, f"cash refund of booking {booking.id}: cash from till 2")
+    ]
+    verdict = PaymentServiceStub(admin_channel).VerifyAuditTrail(ppb.VerifyAuditTrailRequest())
+    assert verdict.intact
+    unknown = call_fails(
+        clerk.booking.RecordCounterRefund, bpb.RecordCounterRefundRequest(booking_id=str(uuid.uuid4()))
+    )
+    assert unknown.reason == "BOOKING_NOT_FOUND"
 
 
 def test_companion_seats_cannot_be_asked_for_on_their_own(ana: Customer, sale: Sale, db: Db) -> None:

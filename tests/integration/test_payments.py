@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.common.v1 import money_pb2
 from cinema.payment.v1 import payment_pb2 as ppb
 from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
@@ -80,6 +81,12 @@ def test_a_card_payment_confirms_the_booking_only_after_stripe_reports_the_funds
     cancelled = ana.booking.GetBooking(bpb.GetBookingRequest(booking_id=paid.booking_id))
     assert (cancelled.state, cancelled.refund_state) == (bpb.BOOKING_STATE_CANCELLED, bpb.REFUND_STATE_REFUNDED)
     assert states(ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id)), sale) == {}
+    # Card money goes back through Stripe; the box office's record is for counter sales only.
+    online = call_fails(
+        BookingServiceStub(admin_channel).RecordCounterRefund,
+        bpb.RecordCounterRefundRequest(booking_id=paid.booking_id),
+    )
+    assert (online.code, online.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_COUNTER_REFUND_DUE")
     stripe_refunds = stripe_client(local_stripe).v1.refunds.list(params={"payment_intent": payment.intent_id})
     assert [r.amount for r in stripe_refunds.data] == [2400]
 

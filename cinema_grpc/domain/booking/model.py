@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.money import Money
@@ -147,6 +147,9 @@ class Booking:
     @property
     def total(self) -> Money:
         return total(ticket.seat for ticket in self.tickets)
+
+    def with_refund(self, refund_state: RefundState) -> Booking:
+        return replace(self, refund_state=refund_state)
 
 
 @dataclass(frozen=True)

@@ -786,6 +786,29 @@ class ForceCancelBookingRequest(_message.Message):
 Global___ForceCancelBookingRequest: _TypeAlias = ForceCancelBookingRequest  # noqa: Y015
 
 @_typing.final
+class RecordCounterRefundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOOKING_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    booking_id: _builtins.str
+    note: _builtins.str
+    """How the money went back, for the audit trail (e.g. "cash from till 2"); up to 500 characters."""
+    def __init__(
+        self,
+        *,
+        booking_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["booking_id", b"booking_id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCounterRefundRequest: _TypeAlias = RecordCounterRefundRequest  # noqa: Y015
+
+@_typing.final
 class GetSeatMapRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

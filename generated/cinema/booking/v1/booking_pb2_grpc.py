@@ -96,6 +96,11 @@ class BookingServiceStub:
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.SerializeToString,
                 response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
                 _registered_method=True)
+        self.RecordCounterRefund = channel.unary_unary(
+                '/cinema.booking.v1.BookingService/RecordCounterRefund',
+                request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.RecordCounterRefundRequest.SerializeToString,
+                response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
+                _registered_method=True)
         self.GetSeatMap = channel.unary_unary(
                 '/cinema.booking.v1.BookingService/GetSeatMap',
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.GetSeatMapRequest.SerializeToString,
@@ -203,6 +208,17 @@ class BookingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCounterRefund(self, request, context):
+        """Staff: the money of a cancelled box-office sale (cash, or a card paid at the counter's own
+        terminal) was handed back to the customer. Marks the booking's refund REFUNDED and records
+        the staff member, the amount and the note in the payment audit trail (the entry carries
+        the booking id). Card payments made through Stripe are refunded through Stripe instead.
+        Repeating it for a booking already refunded changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSeatMap(self, request, context):
         """The seat map of a showtime now. Staff also see who holds or owns each seat.
         """
@@ -278,6 +294,11 @@ def add_BookingServiceServicer_to_server(servicer, server):
             'ForceCancelBooking': grpc.unary_unary_rpc_method_handler(
                     servicer.ForceCancelBooking,
                     request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.FromString,
+                    response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.SerializeToString,
+            ),
+            'RecordCounterRefund': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCounterRefund,
+                    request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.RecordCounterRefundRequest.FromString,
                     response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.SerializeToString,
             ),
             'GetSeatMap': grpc.unary_unary_rpc_method_handler(
@@ -594,6 +615,33 @@ class BookingService:
             target,
             '/cinema.booking.v1.BookingService/ForceCancelBooking',
             cinema_dot_booking_dot_v1_dot_booking__pb2.ForceCancelBookingRequest.SerializeToString,
+            cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCounterRefund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.booking.v1.BookingService/RecordCounterRefund',
+            cinema_dot_booking_dot_v1_dot_booking__pb2.RecordCounterRefundRequest.SerializeToString,
             cinema_dot_booking_dot_v1_dot_booking__pb2.Booking.FromString,
             options,
             channel_credentials,

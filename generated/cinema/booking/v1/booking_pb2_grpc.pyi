@@ -77,6 +77,13 @@ class BookingServiceStub:
     """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
     and marks it for refund. The staff member and the reason are recorded on the booking.
     """
+    RecordCounterRefund: _grpc.UnaryUnaryMultiCallable[_booking_pb2.RecordCounterRefundRequest, _booking_pb2.Booking]
+    """Staff: the money of a cancelled box-office sale (cash, or a card paid at the counter's own
+    terminal) was handed back to the customer. Marks the booking's refund REFUNDED and records
+    the staff member, the amount and the note in the payment audit trail (the entry carries
+    the booking id). Card payments made through Stripe are refunded through Stripe instead.
+    Repeating it for a booking already refunded changes nothing.
+    """
     GetSeatMap: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetSeatMapRequest, _booking_pb2.SeatMap]
     """The seat map of a showtime now. Staff also see who holds or owns each seat."""
     WatchSeatAvailability: _grpc.UnaryStreamMultiCallable[_booking_pb2.WatchSeatAvailabilityRequest, _booking_pb2.SeatAvailabilityEvent]
@@ -136,6 +143,13 @@ class BookingServiceAsyncStub(BookingServiceStub):
     ForceCancelBooking: _aio.UnaryUnaryMultiCallable[_booking_pb2.ForceCancelBookingRequest, _booking_pb2.Booking]  # type: ignore[assignment]
     """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
     and marks it for refund. The staff member and the reason are recorded on the booking.
+    """
+    RecordCounterRefund: _aio.UnaryUnaryMultiCallable[_booking_pb2.RecordCounterRefundRequest, _booking_pb2.Booking]  # type: ignore[assignment]
+    """Staff: the money of a cancelled box-office sale (cash, or a card paid at the counter's own
+    terminal) was handed back to the customer. Marks the booking's refund REFUNDED and records
+    the staff member, the amount and the note in the payment audit trail (the entry carries
+    the booking id). Card payments made through Stripe are refunded through Stripe instead.
+    Repeating it for a booking already refunded changes nothing.
     """
     GetSeatMap: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetSeatMapRequest, _booking_pb2.SeatMap]  # type: ignore[assignment]
     """The seat map of a showtime now. Staff also see who holds or owns each seat."""
@@ -259,6 +273,19 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_booking_pb2.Booking, _abc.Awaitable[_booking_pb2.Booking]]:
         """Staff override: cancels a booking whatever the cut-off, even once the showtime started,
         and marks it for refund. The staff member and the reason are recorded on the booking.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordCounterRefund(
+        self,
+        request: _booking_pb2.RecordCounterRefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.Booking, _abc.Awaitable[_booking_pb2.Booking]]:
+        """Staff: the money of a cancelled box-office sale (cash, or a card paid at the counter's own
+        terminal) was handed back to the customer. Marks the booking's refund REFUNDED and records
+        the staff member, the amount and the note in the payment audit trail (the entry carries
+        the booking id). Card payments made through Stripe are refunded through Stripe instead.
+        Repeating it for a booking already refunded changes nothing.
         """
 
     @_abc_1.abstractmethod
