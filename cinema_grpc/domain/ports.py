@@ -274,8 +274,9 @@ class BookingRepository(Protocol):
 
     async def list_bookings(self, booking_filter: BookingFilter, page: PageRequest) -> Page[Booking]: ...
 
-    async def mark_refunded(self, booking_id: uuid.UUID) -> None:
-        """A cancelled booking's money went back (its seats are not concerned)."""
+    async def mark_refunded(self, booking_id: uuid.UUID) -> bool:
+        """A cancelled booking's money went back (its seats are not concerned). False when it
+        was not a cancelled booking awaiting its refund (nothing changed)."""
         ...
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...

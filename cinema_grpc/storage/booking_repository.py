@@ -219,12 +219,19 @@ class SqlBookingRepository:
             for v, changes, at in events
         ]
 
-    async def mark_refunded(self, booking_id: uuid.UUID) -> None:
-        await self._session.execute(
+    async def mark_refunded(self, booking_id: uuid.UUID) -> bool:
+        # The row lock of the UPDATE serialises two callers: the second finds it REFUNDED.
+        changed = await self._session.scalar(
             update(BookingRow)
-            .where(BookingRow.id == booking_id, BookingRow.state == BookingState.CANCELLED.value)
+            .where(
+                BookingRow.id == booking_id,
+                BookingRow.state == BookingState.CANCELLED.value,
+                BookingRow.refund_state == RefundState.PENDING.value,
+            )
             .values(refund_state=RefundState.REFUNDED.value)
+            .returning(BookingRow.id)
         )
+        return changed is not None
 
     async def prune_events(self, older_than: datetime) -> int:
         result = await self._session.execute(delete(SeatEventRow).where(SeatEventRow.created_at < older_than))

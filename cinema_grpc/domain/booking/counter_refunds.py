@@ -26,7 +26,7 @@ async def record_counter_refund(
     note = clean_text(violations, "note", note, max_length=500, required=False)
     violations.raise_if_any()
     async with uow:
-        booking = await uow.booking.get_booking(booking_id, for_update=True)
+        booking = await uow.booking.get_booking(booking_id)
         if booking is None:
             raise BookingNotFound(booking_id)
         if booking.refund_state is RefundState.REFUNDED and booking.channel is SaleChannel.COUNTER:
@@ -37,7 +37,8 @@ async def record_counter_refund(
         if booking.state is not BookingState.CANCELLED or booking.refund_state is not RefundState.PENDING:
             raise NoCounterRefundDue("only a cancelled booking has money to hand back", subject=subject)
         refunded = booking.with_refund(RefundState.REFUNDED)
-        await uow.booking.cancel_booking(refunded, BookingState.CANCELLED, RefundState.REFUNDED)
+        if not await uow.booking.mark_refunded(booking.id):
+            return refunded  # recorded meanwhile by another call
         how = (booking.counter_payment or "counter").lower().replace("_", " ")
         await uow.audit.append(
             AuditEntry(
