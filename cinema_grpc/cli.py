@@ -186,7 +186,11 @@ def _ticket_key_new(settings: Settings, args: argparse.Namespace) -> int:
 
 def _ticket_key_show(settings: Settings, args: argparse.Namespace) -> int:
     configured = settings.ticket_signing_key.get_secret_value() if settings.ticket_signing_key else None
-    codec = Ed25519TicketCodec.from_settings(configured, settings.ticket_retired_public_keys, settings.data_dir)
+    try:
+        codec = Ed25519TicketCodec.from_settings(configured, settings.ticket_retired_public_keys, settings.data_dir)
+    except ConfigurationError as exc:
+        print(f"cinema-grpc: {exc}", file=sys.stderr)
+        return 2
     keys = [
         {"key_id": k.key_id, "public_key": base64.b64encode(k.public_key).decode(), "current": k.current}
         for k in codec.verification_keys()

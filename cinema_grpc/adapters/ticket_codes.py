@@ -24,7 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from cinema_grpc.adapters.tokens import check_private_file
 from cinema_grpc.domain.admission.model import CodeRejected, TicketCode, VerificationKey
+from cinema_grpc.settings import ConfigurationError
 
 VERSION = 1
 SIGNED_PREFIX = b"cinema-ticket-code:"
@@ -70,7 +72,8 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 def signing_key_text(configured: str | None, data_dir: Path) -> str:
     """The configured key, or one generated once and kept (0600) in the data dir. Processes
     starting together agree on one: the file appears whole (a link of a finished temporary
-    file), and a process that finds it there already reads that one."""
+    file), and a process that finds it there already reads that one. As for the token key, a
+    file someone else owns or may read or write is refused."""
     if configured:
         return configured
     path = data_dir / KEY_FILE
@@ -84,6 +87,7 @@ def signing_key_text(configured: str | None, data_dir: Path) -> str:
                 os.link(temporary, path)
         finally:
             os.unlink(temporary)
+    check_private_file(path, "the ticket signing key")
     return path.read_text().strip()
 
 
@@ -101,8 +105,12 @@ class Ed25519TicketCodec:
 
     @classmethod
     def from_settings(cls, configured: str | None, retired: str, data_dir: Path) -> Ed25519TicketCodec:
-        retired_keys = [load_public_key(item) for item in retired.split(",") if item.strip()]
-        return cls(load_private_key(signing_key_text(configured, data_dir)), retired_keys)
+        try:
+            retired_keys = [load_public_key(item) for item in retired.split(",") if item.strip()]
+            signing_key = load_private_key(signing_key_text(configured, data_dir))
+        except ValueError as exc:  # the message names what is wrong, never the key
+            raise ConfigurationError(f"ticket keys: {exc}") from exc
+        return cls(signing_key, retired_keys)
 
     @property
     def current_key_id(self) -> str:

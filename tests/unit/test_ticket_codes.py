@@ -22,6 +22,7 @@ from cinema_grpc.adapters.ticket_codes import (
     signing_key_text,
 )
 from cinema_grpc.domain.admission.model import CodeRejected, TicketCode
+from cinema_grpc.settings import ConfigurationError
 
 TICKET, SHOWTIME = uuid.uuid4(), uuid.uuid4()
 
@@ -136,9 +137,10 @@ def test_without_a_configured_key_one_is_generated_once_in_the_data_dir_readable
 
 
 @pytest.mark.parametrize("bad", ["short", base64.b64encode(b"x" * 31).decode(), "!!!"])
-def test_a_malformed_signing_key_setting_is_refused_at_start(bad: str) -> None:
-    with pytest.raises(ValueError, match="ticket signing key"):
-        load_private_key(bad)
+def test_a_malformed_signing_key_setting_is_refused_at_start_without_showing_it(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="ticket signing key") as refused:
+        Ed25519TicketCodec.from_settings(bad, "", tmp_path)
+    assert bad not in str(refused.value)
 
 
 def test_processes_starting_together_agree_on_one_generated_key(tmp_path: Path) -> None:
@@ -146,3 +148,10 @@ def test_processes_starting_together_agree_on_one_generated_key(tmp_path: Path) 
         keys = set(pool.map(lambda _: signing_key_text(None, tmp_path), range(16)))
     assert len(keys) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ticket-signing-key"]  # no temporary files left
+
+
+def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    signing_key_text(None, tmp_path)
+    (tmp_path / "ticket-signing-key").chmod(0o644)
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        signing_key_text(None, tmp_path)
