@@ -1,4 +1,4 @@
-"""The cinema-grpc command: serve, migrate, seed-demo, create-admin, audit verify, gateway build,
+"""The cinema-grpc command: serve, console, migrate, seed-demo, create-admin, audit verify, gateway build,
 ticket-key new/show."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.passwords import Argon2PasswordHasher
 from cinema_grpc.adapters.ticket_codes import Ed25519TicketCodec, new_private_key
+from cinema_grpc.console.runner import DEFAULT_HOST, DEFAULT_PORT, ConsoleConfig, run_console
 from cinema_grpc.demo import seed_demo
 from cinema_grpc.domain.errors import ValidationFailed
 from cinema_grpc.domain.identity.model import User
@@ -49,13 +50,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             host = args.gateway_host or "127.0.0.1"
             port = 8080 if args.gateway_port is None else args.gateway_port
             gateway = GatewayConfig(binary, host, port, openapi_dir_of(binary))
-        asyncio.run(serve(settings, gateway))
+        console = ConsoleConfig(args.console_host, args.console_port) if args.console else None
+        asyncio.run(serve(settings, gateway, console))
     except ConfigurationError as exc:
         print(f"cinema-grpc: refusing to start: {exc}", file=sys.stderr)
         return 2
     except GatewayError as exc:
         print(f"cinema-grpc: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _console(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(run_console(args.target, ConsoleConfig(args.host, args.port)))
     return 0
 
 
@@ -228,7 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT), for machines with free cores (default 1)",
     )
+    serve_cmd.add_argument(
+        "--console", action="store_true", help="also serve the staff web console, calling this server over gRPC"
+    )
+    serve_cmd.add_argument(
+        "--console-host", default=DEFAULT_HOST, metavar="HOST", help=f"console listen address (default {DEFAULT_HOST})"
+    )
+    serve_cmd.add_argument(
+        "--console-port",
+        type=_port,
+        default=DEFAULT_PORT,
+        metavar="PORT",
+        help=f"console port (default {DEFAULT_PORT})",
+    )
     serve_cmd.set_defaults(run=_serve)
+    console_cmd = commands.add_parser("console", help="serve the staff web console against a running gRPC server")
+    console_cmd.add_argument(
+        "--target", default="127.0.0.1:50051", metavar="HOST:PORT", help="the gRPC server (default 127.0.0.1:50051)"
+    )
+    console_cmd.add_argument("--host", default=DEFAULT_HOST, help=f"listen address (default {DEFAULT_HOST})")
+    console_cmd.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"listen port, 0 for any free one (default {DEFAULT_PORT})"
+    )
+    console_cmd.set_defaults(run=_console)
     commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)
     seed = commands.add_parser("seed-demo", help="create a demo cinema, halls, movies and a week of showtimes")
     seed.add_argument("--days", type=int, default=7, choices=range(1, 31), metavar="1..30", help="days of showtimes")
@@ -277,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--gateway-host and --gateway-port need --gateway")
     if args.command == "serve" and args.gateway and args.workers > 1:
         parser.error("--gateway runs with one worker; with --workers, run the gateway in front of the port apart")
+    if args.command == "serve" and args.console and args.workers > 1:
+        parser.error("--console runs with one worker; with --workers, run 'cinema-grpc console --target' apart")
     try:
         settings = Settings()
     except ValidationError as exc:

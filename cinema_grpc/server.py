@@ -34,6 +34,7 @@ from cinema_grpc.adapters.qr_images import qr_png
 from cinema_grpc.adapters.stripe_gateway import StripeGateway
 from cinema_grpc.adapters.ticket_codes import Ed25519TicketCodec
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
+from cinema_grpc.console.runner import ConsoleConfig, ConsoleServer
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
 from cinema_grpc.domain.payment.use_cases import SyncGuard, handle_webhook, reconcile
@@ -332,8 +333,17 @@ def create_server(
     return server, server.port
 
 
-async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, worker: int | None = None) -> None:
+async def serve(
+    settings: Settings,
+    gateway: GatewayConfig | None = None,
+    console: ConsoleConfig | None = None,
+    *,
+    worker: int | None = None,
+) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully.
+
+    With ``console``, the staff console serves HTTP in this process, calling this server over a
+    loopback gRPC channel like any other client; it stops before the server does.
 
     With ``gateway``, the REST/JSON gateway runs too: started once the gRPC server serves,
     stopped before it; if the gateway dies, the server shuts down and GatewayError is raised.
@@ -372,6 +382,16 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, wor
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    staff_console = None
+    if console is not None:
+        staff_console = ConsoleServer(grpc_target(settings.grpc_host, server.port), console)
+        try:
+            await staff_console.start()
+        except BaseException:
+            await server.stop()
+            if local_stripe is not None:
+                local_stripe.stop()
+            raise
     proxy = None
     if gateway is not None:
         proxy = GatewayProcess(gateway.binary)
@@ -389,6 +409,8 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, wor
                 )
             )
         except BaseException:
+            if staff_console is not None:
+                await staff_console.stop()
             await server.stop()
             if local_stripe is not None:
                 local_stripe.stop()
@@ -404,6 +426,8 @@ async def serve(settings: Settings, gateway: GatewayConfig | None = None, *, wor
         status = await asyncio.to_thread(proxy.stop)
         if gateway_died:
             log.error("the gateway exited: shutting down", status=status)
+    if staff_console is not None:
+        await staff_console.stop()
     await server.stop()
     if local_stripe is not None:
         local_stripe.stop()

@@ -1,0 +1,214 @@
+"""The staff console over HTTP (no browser): sign-in policy, CSRF, cookies, and gRPC refusals
+shown on the form fields they concern, against the real server through its gRPC API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import grpc
+import httpx
+import psycopg
+import pytest
+from starlette.routing import Route
+
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.console.runner import ConsoleServer
+from cinema_grpc.console.sessions import COOKIE
+from tests.conftest import RunningServer
+from tests.console_client import account, csrf_of, running_console, signed_in_client
+from tests.screening_data import grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
+
+Db = psycopg.Connection[tuple[object, ...]]
+ZONE = ZoneInfo("Europe/Berlin")  # make_cinema's time zone
+
+
+@pytest.fixture(scope="module")
+def console(server: RunningServer) -> Iterator[ConsoleServer]:
+    with running_console(server) as running:
+        yield running
+
+
+@pytest.fixture
+def staff(console: ConsoleServer, channel: grpc.Channel, db: Db) -> Iterator[httpx.Client]:
+    """A staff member signed in to the console, on an emptied database."""
+    user, password = account(channel, db, "STAFF")
+    client = signed_in_client(console.url, user.email, password)
+    yield client
+    client.close()
+
+
+def test_a_customer_is_refused_with_a_clear_message_and_gets_no_session(
+    console: ConsoleServer, channel: grpc.Channel, db: Db
+) -> None:
+    customer, password = account(channel, db)
+    with httpx.Client(base_url=console.url) as client:
+        token = csrf_of(client.get("/login").text)
+        refused = client.post("/login", data={"email": customer.email, "password": password, "csrf_token": token})
+        assert refused.status_code == 403
+        assert "Customer accounts cannot sign in here" in refused.text
+        assert client.get("/cinemas").headers["location"].startswith("/login")
+
+
+def test_a_wrong_password_shows_the_identity_services_refusal_on_the_form(
+    console: ConsoleServer, channel: grpc.Channel, db: Db
+) -> None:
+    user, _ = account(channel, db, "STAFF")
+    with httpx.Client(base_url=console.url) as client:
+        token = csrf_of(client.get("/login").text)
+        refused = client.post("/login", data={"email": user.email, "password": "not it at all", "csrf_token": token})
+        assert refused.status_code == 403
+        assert "INVALID_CREDENTIALS" in refused.text
+        assert "Traceback" not in refused.text
+
+
+def test_the_session_cookie_is_http_only_and_same_site_strict_and_sign_out_ends_it(
+    console: ConsoleServer, channel: grpc.Channel, db: Db
+) -> None:
+    user, password = account(channel, db, "STAFF")
+    with httpx.Client(base_url=console.url) as client:
+        token = csrf_of(client.get("/login").text)
+        before = client.cookies[COOKIE]
+        signed_in = client.post("/login", data={"email": user.email, "password": password, "csrf_token": token})
+        cookie = signed_in.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # plain HTTP here
+        assert client.cookies[COOKIE] != before, "signing in must issue a new session id"
+        page = client.get("/cinemas")
+        assert page.status_code == 200
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        client.post("/logout", data={"csrf_token": csrf_of(page.text)})
+        assert client.get("/cinemas").headers["location"].startswith("/login")
+
+
+def test_every_form_post_without_its_csrf_token_is_refused_and_changes_nothing(
+    console: ConsoleServer, staff: httpx.Client, screening: ScreeningServiceStub
+) -> None:
+    cinema = make_cinema(screening)
+    posts = [
+        route.path
+        for route in console.app.routes
+        if isinstance(route, Route) and route.methods is not None and "POST" in route.methods
+    ]
+    assert len(posts) >= 15
+    for path in posts:
+        url = path.replace("{cinema_id}", cinema.id)
+        for name in ("hall_id", "seat_id", "movie_id", "showtime_id", "hold_id", "booking_id", "payment_id"):
+            url = url.replace("{" + name + "}", "00000000-0000-0000-0000-000000000000")
+        data = {"name": "Sneaky", "layout": "A 5", "csrf_token": "forged"}
+        refused = staff.post(url, data=data)
+        assert refused.status_code == 403, url
+        assert "security token" in refused.text
+        assert staff.post(url, data={"name": "Sneaky", "layout": "A 5"}).status_code == 403, url
+    assert list(screening.ListHalls(spb.ListHallsRequest(cinema_id=cinema.id)).halls) == []
+
+
+def test_a_refused_layout_shows_the_servers_field_violation_on_the_layout_field_and_creates_nothing(
+    staff: httpx.Client, screening: ScreeningServiceStub
+) -> None:
+    cinema = make_cinema(screening)
+    form = staff.get(f"/cinemas/{cinema.id}/halls/new")
+    refused = staff.post(
+        f"/cinemas/{cinema.id}/halls",
+        data={"name": "Hall 9", "layout": "A 10 gap=12\nB 8", "csrf_token": csrf_of(form.text)},
+    )
+    assert refused.status_code == 400
+    assert 'id="err-layout"' in refused.text
+    assert "row 1, gap columns: columns [12] are outside 1..10" in refused.text
+    assert 'aria-invalid="true"' in refused.text
+    assert "Traceback" not in refused.text
+    assert list(screening.ListHalls(spb.ListHallsRequest(cinema_id=cinema.id)).halls) == []
+
+
+def test_an_empty_hall_name_is_shown_on_the_name_field(staff: httpx.Client, screening: ScreeningServiceStub) -> None:
+    cinema = make_cinema(screening)
+    form = staff.get(f"/cinemas/{cinema.id}/halls/new")
+    refused = staff.post(
+        f"/cinemas/{cinema.id}/halls", data={"name": "", "layout": "A 10", "csrf_token": csrf_of(form.text)}
+    )
+    assert refused.status_code == 400
+    error = refused.text.split('id="err-name"', 1)[1].split("</p>", 1)[0]
+    assert error.strip(">").strip(), "the name field carries the server's message"
+
+
+def test_the_layout_preview_draws_kinds_and_aisles(staff: httpx.Client, screening: ScreeningServiceStub) -> None:
+    cinema = make_cinema(screening)
+    token = csrf_of(staff.get(f"/cinemas/{cinema.id}/halls/new").text)
+    preview = staff.post(
+        "/layout-preview", data={"layout": "A 5 premium gap=3\nB 4 wheelchair=1"}, headers={"X-CSRF-Token": token}
+    )
+    assert preview.status_code == 200
+    assert "8 seats" in preview.text
+    assert preview.text.count('class="gap"') == 1
+    assert 'title="A4 premium"' in preview.text  # column 5 is seat 4: the aisle is not numbered
+    assert 'title="B1 wheelchair"' in preview.text
+
+
+def test_an_overlapping_showtime_shows_the_blocking_one_and_the_free_halls(
+    staff: httpx.Client, screening: ScreeningServiceStub
+) -> None:
+    cinema = make_cinema(screening)
+    busy = make_hall(screening, cinema.id, "Hall 1", grid("AB", 6))
+    make_hall(screening, cinema.id, "Hall 2", grid("AB", 8))
+    movie = make_movie(screening, 100)
+    start = tomorrow_at(16)
+    first = screening.CreateShowtime(showtime_request(busy, movie, start))
+    local = start.astimezone(ZONE)
+    page = staff.get(f"/halls/{busy.id}/schedule?week={local.date().isoformat()}")
+    assert first.id in page.text, page.text.split("<main", 1)[1]
+    refused = staff.post(
+        f"/halls/{busy.id}/showtimes",
+        data={
+            "movie_id": movie.id,
+            "day": local.date().isoformat(),
+            "start": (local + timedelta(minutes=45)).strftime("%H:%M"),
+            "price_standard": "11.50",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
+    assert refused.status_code == 409
+    assert "SHOWTIME_OVERLAP" in refused.text
+    assert f'href="/showtimes/{first.id}"' in refused.text
+    assert "Schedule in Hall 2 (16 seats) instead" in refused.text
+    assert "This hall is busy then" in refused.text.split('id="err-start_time"', 1)[1]
+    assert len(screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=busy.id)).showtimes) == 1
+
+
+def test_a_price_with_too_many_decimals_is_shown_on_its_field_and_nothing_is_scheduled(
+    staff: httpx.Client, screening: ScreeningServiceStub
+) -> None:
+    cinema = make_cinema(screening)
+    hall = make_hall(screening, cinema.id)
+    movie = make_movie(screening)
+    page = staff.get(f"/halls/{hall.id}/schedule")
+    refused = staff.post(
+        f"/halls/{hall.id}/showtimes",
+        data={
+            "movie_id": movie.id,
+            "day": "2031-05-05",
+            "start": "18:00",
+            "price_standard": "11.505",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
+    assert refused.status_code == 400
+    assert "EUR amounts have at most 2 decimals" in refused.text.split('id="err-price_standard"', 1)[1]
+    assert list(screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=hall.id)).showtimes) == []
+
+
+def test_an_access_token_about_to_expire_is_refreshed_through_the_identity_service(
+    console: ConsoleServer, staff: httpx.Client
+) -> None:
+    store = console.app.state.console.sessions
+    session = store._sessions[staff.cookies[COOKIE]]
+    old_access, old_refresh = session.access_token, session.refresh_token
+    session.access_expires = datetime.now(session.last_seen.tzinfo) - timedelta(seconds=1)
+    assert staff.get("/movies").status_code == 200
+    assert session.access_token != old_access and session.refresh_token != old_refresh
+
+
+def test_an_unknown_hall_is_a_readable_not_found_page(staff: httpx.Client) -> None:
+    page = staff.get("/halls/00000000-0000-0000-0000-000000000000")
+    assert page.status_code == 404
+    assert "HALL_NOT_FOUND" in page.text and "Traceback" not in page.text
