@@ -177,7 +177,10 @@ class Page:
         return [v.strip() for v in self.form.getlist(name) if isinstance(v, str) and v.strip()]
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> Response:
-        flash, self.session.flash = self.session.flash, []
+        # Only whole pages show (and so use up) the notices; fragments (_*.html) leave them.
+        flash: list[str] = []
+        if not template.startswith("_"):
+            flash, self.session.flash = self.session.flash, []
         return self.console.templates.TemplateResponse(
             self.request,
             template,
@@ -206,10 +209,18 @@ class Console:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.sessions = SessionStore()
+        self.streams: set[grpc.aio.UnaryStreamCall[Any, Any]] = set()
+        self.closing = False
         self.templates = Jinja2Templates(directory=HERE / "templates")
         env = self.templates.env
         env.globals.update(money=money_text, kind_names=KIND_NAMES, seat_states=SEAT_STATES)
         env.filters["local"] = lambda stamp, zone=None, fmt="%a %d %b %H:%M": when(stamp, zone).strftime(fmt)
+
+    def close(self) -> None:
+        """Ends the seat-map streams, so a stop does not wait for browsers to go away."""
+        self.closing = True
+        for stream in list(self.streams):
+            stream.cancel()
 
     def page(self, handler: Handler, *, signed_in: bool = True) -> Callable[[Request], Awaitable[Response]]:
         """Wraps a handler: session, CSRF check of every POST, sign-in, and refusals as pages."""
@@ -466,7 +477,9 @@ def _minutes(page: Page, errors: FormErrors) -> int:
 
 async def create_movie(page: Page) -> Response:
     errors = FormErrors()
-    movie = spb.Movie(title=page.value("title"), duration_minutes=_minutes(page, errors), rating=page.value("rating"))
+    movie = spb.Movie(
+        title=page.value("title"), duration_minutes=_minutes(page, errors), rating=page.value("rating"), active=True
+    )
     if errors:
         return await movies(page, errors, 400)
     try:
@@ -666,6 +679,7 @@ async def _refused_showtime(page: Page, failure: CallFailed, week: HallWeek, pri
         }
         if not errors.fields.get("start_time"):
             errors.add("start_time", "This hall is busy then (cleaning time included).")
+        errors.general = []  # the conflict panel says it, with the alternatives
     return await schedule(page, errors, 409 if conflict else 400, conflict)
 
 
@@ -792,6 +806,10 @@ async def seat_panel(page: Page) -> Response:
     return page.render("_seat_panel.html", seat=seat_view(seat), hold=hold, showtime_id=showtime_id)
 
 
+def _ended(reason: str, message: str) -> str:
+    return f"event: ended\ndata: {json.dumps({'reason': reason, 'message': message})}\n\n"
+
+
 async def seat_events(page: Page) -> Response:
     """Server-sent events of a showtime's seats: the gRPC WatchSeatAvailability stream, with
     holder and hold ids added from a staff seat map read after each change. The event id is
@@ -805,6 +823,7 @@ async def seat_events(page: Page) -> Response:
 
     async def events() -> AsyncIterator[str]:
         stream = page.backend.booking.WatchSeatAvailability(request, metadata=(("authorization", f"Bearer {token}"),))
+        page.console.streams.add(stream)
         try:
             async for event in stream:
                 if event.HasField("snapshot"):
@@ -818,10 +837,16 @@ async def seat_events(page: Page) -> Response:
                 yield f"id: {version}\nevent: seats\ndata: {json.dumps({'version': version, 'seats': seats})}\n\n"
         except grpc.aio.AioRpcError as error:
             failure = failure_of(error)
-            yield f"event: ended\ndata: {json.dumps({'reason': failure.reason, 'message': failure.summary})}\n\n"
+            yield _ended(failure.reason, failure.summary)
         except CallFailed as failure:
-            yield f"event: ended\ndata: {json.dumps({'reason': failure.reason, 'message': failure.summary})}\n\n"
+            yield _ended(failure.reason, failure.summary)
+        except asyncio.CancelledError:
+            if not page.console.closing:
+                raise
+            # The console is stopping and cancelled the gRPC stream: the browser reconnects later.
+            yield _ended("CONSOLE_STOPPING", "The console stops.")
         finally:
+            page.console.streams.discard(stream)
             stream.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"x-accel-buffering": "no"})

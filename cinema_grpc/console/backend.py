@@ -62,8 +62,9 @@ class CallFailed(Exception):
     @property
     def summary(self) -> str:
         text = _FRIENDLY_CODES.get(self.code) or self.message or self.code.name.replace("_", " ").capitalize()
-        if self.preconditions:
-            text = f"{text} ({'; '.join(self.preconditions)})"
+        extra = [p for p in self.preconditions if p not in text]
+        if extra:
+            text = f"{text} ({'; '.join(extra)})"
         return f"{text} [{self.reason}]" if self.reason else text
 
 

@@ -17,7 +17,7 @@ def horizontal_bars(title: str, items: list[tuple[str, float, str]]) -> Markup:
         return Markup("")
     top = max(value for _, value, _ in items) or 1
     height = len(items) * (BAR + GAP) + GAP
-    room = WIDTH - LABEL_WIDTH - 90
+    room = WIDTH - LABEL_WIDTH - 180  # leaves space for the value text after the longest bar
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {WIDTH} {height}" width="100%" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'

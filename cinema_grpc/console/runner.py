@@ -79,6 +79,8 @@ class ConsoleServer:
         return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
+        if self.app is not None:
+            self.app.state.console.close()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task

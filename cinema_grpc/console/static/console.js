@@ -17,7 +17,7 @@
 
   function updateSeat(seat) {
     var button = document.getElementById("seat-" + seat.id);
-    if (!button) { return; }
+    if (!button || button.dataset.state === seat.state) { return; }
     button.className = button.className.replace(/\bstate-[a-z-]+/, "state-" + seat.state);
     button.setAttribute("aria-label", seat.label);
     button.dataset.state = seat.state;
@@ -57,8 +57,18 @@
     });
   }
 
+  // After a refused form, the first error gets focus, so keyboard and screen-reader users land on it.
+  function focusFirstError() {
+    var first = document.querySelector("#overlap, main .form-errors, main .field-error");
+    if (!first) { return; }
+    first.setAttribute("tabindex", "-1");
+    first.focus();
+    first.scrollIntoView({ block: "center" });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     placeBlocks();
+    focusFirstError();
     watchSeats();
   });
 })();
