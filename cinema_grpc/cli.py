@@ -62,7 +62,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _console(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(run_console(args.target, ConsoleConfig(args.host, args.port)))
+    asyncio.run(run_console(args.target, ConsoleConfig(args.host, args.port), args.grpc_ca))
     return 0
 
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     console_cmd.add_argument("--host", default=DEFAULT_HOST, help=f"listen address (default {DEFAULT_HOST})")
     console_cmd.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"listen port, 0 for any free one (default {DEFAULT_PORT})"
+    )
+    console_cmd.add_argument(
+        "--grpc-ca", type=Path, metavar="PEM", help="the server's gRPC port uses TLS: trust this certificate"
     )
     console_cmd.set_defaults(run=_console)
     commands.add_parser("migrate", help="bring the database schema to the newest migration").set_defaults(run=_migrate)

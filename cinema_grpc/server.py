@@ -384,7 +384,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     staff_console = None
     if console is not None:
-        staff_console = ConsoleServer(grpc_target(settings.grpc_host, server.port), console)
+        staff_console = ConsoleServer(grpc_target(settings.grpc_host, server.port), console, settings.tls_cert_file)
         try:
             await staff_console.start()
         except BaseException:

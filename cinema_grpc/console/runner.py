@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import structlog
@@ -39,9 +40,11 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class ConsoleServer:
-    def __init__(self, target: str, config: ConsoleConfig) -> None:
+    def __init__(self, target: str, config: ConsoleConfig, grpc_ca: Path | None = None) -> None:
+        """``grpc_ca``: the server's gRPC port speaks TLS; trust this certificate (PEM) for it."""
         self.target = target
         self.config = config
+        self.grpc_ca = grpc_ca
         self.port = 0
         self._channel: grpc.aio.Channel | None = None
         self._server: _EmbeddedServer | None = None
@@ -50,7 +53,11 @@ class ConsoleServer:
 
     async def start(self) -> int:
         """Serves on the configured address (port 0: any free one) and returns the port."""
-        self._channel = grpc.aio.insecure_channel(self.target)
+        if self.grpc_ca is None:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.grpc_ca.read_bytes())
+            self._channel = grpc.aio.secure_channel(self.target, credentials)
         self.app = app = create_app(Backend(self._channel))
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -88,13 +95,13 @@ class ConsoleServer:
             await self._channel.close()
 
 
-async def run_console(target: str, config: ConsoleConfig) -> None:
+async def run_console(target: str, config: ConsoleConfig, grpc_ca: Path | None = None) -> None:
     """`cinema-grpc console`: serves until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    console = ConsoleServer(target, config)
+    console = ConsoleServer(target, config, grpc_ca)
     await console.start()
     print(f"console: {console.url} (gRPC server {target})", flush=True)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -15,11 +16,13 @@ from starlette.routing import Route
 
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
-from cinema_grpc.console.runner import ConsoleServer
+from cinema_grpc.console.runner import ConsoleConfig, ConsoleServer
 from cinema_grpc.console.sessions import COOKIE
+from cinema_grpc.settings import Settings
 from tests.conftest import RunningServer
 from tests.console_client import account, csrf_of, running_console, signed_in_client
 from tests.screening_data import grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
+from tests.tls_files import self_signed_certificate
 
 Db = psycopg.Connection[tuple[object, ...]]
 ZONE = ZoneInfo("Europe/Berlin")  # make_cinema's time zone
@@ -212,3 +215,20 @@ def test_an_unknown_hall_is_a_readable_not_found_page(staff: httpx.Client) -> No
     page = staff.get("/halls/00000000-0000-0000-0000-000000000000")
     assert page.status_code == 404
     assert "HALL_NOT_FOUND" in page.text and "Traceback" not in page.text
+
+
+def test_the_console_reaches_a_tls_grpc_port_when_it_trusts_the_certificate(
+    server_settings: Settings, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    running = RunningServer(server_settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key}))
+    console = ConsoleServer(f"127.0.0.1:{running.port}", ConsoleConfig("127.0.0.1", 0), grpc_ca=cert)
+    try:
+        running.run(console.start())
+        with httpx.Client(base_url=console.url) as client:
+            token = csrf_of(client.get("/login").text)
+            data = {"email": "nobody@example.com", "password": "not a password", "csrf_token": token}
+            assert "INVALID_CREDENTIALS" in client.post("/login", data=data).text  # the server answered
+    finally:
+        running.run(console.stop())
+        running.stop()
