@@ -254,6 +254,19 @@ class CinemaServer:
     async def start(self) -> None:
         await self.bus.start()
         settings = self.settings
+        # Said before the server answers, so nobody is served without seeing it in the log.
+        if settings.tls_cert_file is None and not is_loopback(settings.grpc_host):
+            log.warning(
+                "plaintext gRPC on a non-loopback address: set CINEMA_TLS_CERT_FILE and CINEMA_TLS_KEY_FILE "
+                "unless a balancer on a private network terminates TLS",
+                host=settings.grpc_host,
+            )
+        if settings.test_payments:
+            log.warning(
+                "TEST PAYMENT MODE: payments are not real money, test cards pay for tickets "
+                "(cinema_test_payment_mode 1); set a live Stripe key and CINEMA_ENV=production to sell",
+                stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
+            )
         self._schedule("release-expired-holds", settings.sweep_interval_seconds, self.sweep_expired_holds, SWEEPER_RUNS)
         self._schedule(
             "reconcile-payments", settings.reconcile_interval_seconds, self.reconcile_payments, RECONCILER_RUNS
@@ -288,18 +301,6 @@ class CinemaServer:
             test_payment_mode=settings.test_payments,
             tls=settings.tls_cert_file is not None,
         )
-        if settings.tls_cert_file is None and not is_loopback(settings.grpc_host):
-            log.warning(
-                "plaintext gRPC on a non-loopback address: set CINEMA_TLS_CERT_FILE and CINEMA_TLS_KEY_FILE "
-                "unless a balancer on a private network terminates TLS",
-                host=settings.grpc_host,
-            )
-        if settings.test_payments:
-            log.warning(
-                "TEST PAYMENT MODE: payments are not real money, test cards pay for tickets "
-                "(cinema_test_payment_mode 1); set a live Stripe key and CINEMA_ENV=production to sell",
-                stripe_api=self.settings.stripe_api_base or "https://api.stripe.com",
-            )
 
     @property
     def webhook_url(self) -> str:

@@ -97,6 +97,7 @@ def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm
     port, process = served
     listed = grpcurl(port, "list")
     assert listed.stdout.split() == [
+        "cinema.admission.v1.AdmissionService",
         "cinema.booking.v1.BookingService",
         "cinema.identity.v1.IdentityService",
         "cinema.payment.v1.PaymentService",
