@@ -27,7 +27,7 @@ from cinema_grpc.domain.booking.inventory import (
     one_version,
 )
 from cinema_grpc.domain.booking.model import ActiveClaim, Booking, Hold, HoldState, SeatEvent, SeatState
-from cinema_grpc.domain.errors import SeatAlreadyTaken
+from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.ports import RecordedRequest
 from cinema_grpc.domain.screening.model import (
@@ -65,6 +65,9 @@ class Store:
     events: dict[uuid.UUID, list[SeatEvent]] = field(default_factory=dict)
     requests: dict[tuple[str, str], RecordedRequest] = field(default_factory=dict)
     published: list[SeatEvent] = field(default_factory=list)
+    # This many new holds decided without locks find, when written, that the seats changed.
+    stale_decisions: int = 0
+    new_holds: list[NewHold] = field(default_factory=list)
 
     def add_showtime(
         self, *rows: RowSpec, starts_at: datetime, prices: dict[SeatKind, Money] | None = None
@@ -125,6 +128,7 @@ class FakeInventories:
         mine = [h for h in store.holds.values() if h.showtime_id == showtime_id]
         offer = None
         if new_hold is not None:
+            store.new_holds.append(new_hold)
             loaded = [h for h in mine if h.state is HoldState.ACTIVE and not h.active(now)]
             offer = self._offer(showtime, new_hold, now)
         else:
@@ -168,12 +172,15 @@ class FakeInventories:
         before = (dict(self._store.holds), dict(self._store.bookings))
         try:
             return self._apply()
-        except SeatAlreadyTaken:
+        except (SeatAlreadyTaken, StaleDecision):
             self._store.holds, self._store.bookings = before
             raise
 
     def _apply(self) -> list[SeatEvent]:
         store = self._store
+        if store.stale_decisions and store.new_holds and not store.new_holds[-1].lock_first:
+            store.stale_decisions -= 1
+            raise StaleDecision("the seats changed while the hold was decided; decide again")
         events = []
         for inventory in self.seen:
             for write in inventory.writes:

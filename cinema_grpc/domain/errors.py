@@ -252,6 +252,11 @@ class Contention(DomainError):
         return 0.2
 
 
+class StaleDecision(Contention):
+    """What a decision was taken on changed before it could be written; nothing was written, and
+    deciding again on a fresh read may succeed."""
+
+
 class StorageUnavailable(DomainError):
     """The database cannot be reached; retry later."""
 

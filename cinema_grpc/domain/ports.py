@@ -315,7 +315,12 @@ class InventoryRepository(Protocol):
         lock (``new_hold`` only). Then, in one snapshot taken with all of them held, loads the
         showtime, these holds and bookings of it (``all_sales``: its active holds and confirmed
         bookings), and for ``new_hold`` what the hold is decided on plus the showtime's lapsed
-        holds. Raises Contention when a lock cannot be had in time."""
+        holds. Raises Contention when a lock cannot be had in time.
+
+        A ``new_hold`` that is not ``lock_first`` is read without locks: the locks are taken when
+        the unit of work commits, in the pipeline that writes the hold, which first checks under
+        them that what the decision read is unchanged, else raises StaleDecision (nothing is
+        written; decide again, ``lock_first``)."""
         ...
 
     async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:

@@ -1,9 +1,16 @@
-"""Seat inventories in PostgreSQL: loaded under their locks in one round trip, persisted in one.
+"""Seat inventories in PostgreSQL: loaded in one round trip, persisted with the commit in one.
 
-Plain SQL sent through the connection (no ORM entities, no statement building): the locks and
-the read go out together, the read in a statement of its own so that its snapshot is taken with
-every lock held; the writes of a unit of work go out together when it commits, one statement per
-kind of change, each for every inventory at once.
+Plain SQL sent through the connection (no ORM entities, no statement building). The writes of a
+unit of work go out together with its COMMIT, one statement per kind of change, each for every
+inventory at once, so no lock taken there is held across a client round trip.
+
+An inventory loaded for a change of existing holds or bookings is locked as it is read: the
+locks and the read go out together, the read in a statement of its own so that its snapshot is
+taken with every lock held. An inventory loaded for a new hold (the hot path) is read without
+locks; its locks are taken in the pipeline that writes the hold, where a check re-reads, under
+the locks, everything the decision depended on (the showtime still on sale, the customer's
+active holds, every seat claimed still free and in service, the lapsed holds it expires still
+active) and aborts the whole pipeline when anything changed (StaleDecision: decide again).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from cinema_grpc.domain.booking.model import (
     SeatEvent,
     Ticket,
 )
-from cinema_grpc.domain.errors import SeatAlreadyTaken
+from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.screening.model import BusyPeriod, Seat, SeatKind, Showtime, ShowtimeState
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
@@ -155,6 +162,27 @@ GROUP BY hold.showtime_id
 """
 
 # ---------------------------------------------------------------- writes, in this order
+
+# A new hold decided on an unlocked read: under its locks, what the decision depended on is
+# unchanged, or the transaction aborts (SQLSTATE CIN01) and nothing sent with it is written.
+_CHECK_NEW_HOLD = """
+SELECT booking.require(
+    (SELECT showtime.state = 'SCHEDULED' AND showtime.starts_at > %(now)s
+     FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s)
+    AND (SELECT count(*) FROM booking.holds AS hold
+         WHERE hold.customer_id = %(customer_id)s AND hold.state = 'ACTIVE'
+           AND greatest(hold.expires_at, hold.payment_deadline) > %(now)s) = %(active_holds)s
+    AND NOT EXISTS (SELECT FROM booking.seat_claims AS claim
+                    WHERE claim.showtime_id = %(showtime_id)s AND claim.seat_id = ANY(%(seat_ids)s::uuid[])
+                      AND claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s))
+    AND (SELECT count(*) FROM screening.seats AS seat
+         WHERE seat.id = ANY(%(seat_ids)s::uuid[]) AND seat.retired_at IS NULL AND seat.in_service)
+        = cardinality(%(seat_ids)s::uuid[])
+    AND (SELECT count(*) FROM booking.holds AS hold WHERE hold.id = ANY(%(lapsed)s::uuid[]) AND hold.state = 'ACTIVE')
+        = cardinality(%(lapsed)s::uuid[]),
+    'the seats changed while the hold was decided')
+"""
+STALE_DECISION = "CIN01"
 
 _END_HOLDS = """
 WITH ended AS (
@@ -328,10 +356,20 @@ class SqlInventoryRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
         self._seen: list[SeatInventory] = []
+        # Inventories read without locks for a new hold, with what the decision read.
+        self._unlocked: dict[int, tuple[NewHold, HoldOffer]] = {}
+        # A connection whose transaction this repository begins itself (see _load_for_hold).
+        self._own_begin: psycopg.AsyncConnection[Any] | None = None
 
-    async def _pipeline(self, *statements: tuple[str, dict[str, Any]]) -> list[Any]:
+    async def _driver(self) -> psycopg.AsyncConnection[Any]:
+        connection = await self._session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert isinstance(driver, psycopg.AsyncConnection)
+        return driver
+
+    async def _pipeline(self, *statements: tuple[str, dict[str, Any]], rows_of: int = -1) -> list[Any]:
         """Sends the statements together (one round trip, BEGIN included when the transaction
-        starts with them) and returns the rows of the last. They still run one after another,
+        starts with them) and returns the rows of the one at ``rows_of`` (the last). They still run one after another,
         each with its own snapshot. Errors are wrapped as SQLAlchemy would wrap them (lock
         timeouts become Contention in the unit of work), and SQLAlchemy's statement hooks see
         each statement."""
@@ -346,10 +384,45 @@ class SqlInventoryRepository:
                 for sql, params in statements:
                     sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
                     cursors.append(await driver.execute(sql, params))
-            last = cursors[-1]
-            return await last.fetchall() if last.description is not None else []
+            wanted = cursors[rows_of]
+            return await wanted.fetchall() if wanted.description is not None else []
         except psycopg.Error as exc:
             raise DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True) from exc
+
+    async def end(self) -> None:
+        """Gives the connection back as it was lent (the unit of work calls this when it ends):
+        a transaction this repository began and did not commit is rolled back."""
+        driver, self._own_begin = self._own_begin, None
+        if driver is None or driver.closed:
+            return
+        try:
+            if driver.info.transaction_status is not psycopg.pq.TransactionStatus.IDLE:
+                await driver.rollback()
+            await driver.set_autocommit(False)
+        except psycopg.Error:
+            # Never lend it again in autocommit: closed, the pool discards it.
+            await driver.close()
+
+    def _new_hold_locks_and_check(
+        self, inventory: SeatInventory, new_hold: NewHold, offer: HoldOffer
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The locks a new hold needs, in the one order, then the check that its decision, taken
+        on an unlocked read, still holds under them."""
+        now = next(w.hold.created_at for w in inventory.writes if isinstance(w, HoldAdded))
+        locks = {
+            "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(new_hold.customer_id)),
+            "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(inventory.showtime_id)),
+            "showtime_id": inventory.showtime_id,
+        }
+        check = {
+            "showtime_id": inventory.showtime_id,
+            "customer_id": new_hold.customer_id,
+            "now": now,
+            "active_holds": offer.active_holds,
+            "seat_ids": [s.seat_id for w in inventory.writes if isinstance(w, HoldAdded) for s in w.hold.seats],
+            "lapsed": [w.hold.id for w in inventory.writes if isinstance(w, HoldEnded)],
+        }
+        return [(_LOCK_FOR_HOLD, locks), (_CHECK_NEW_HOLD, check)]
 
     def _loaded(self, inventory: SeatInventory) -> SeatInventory:
         self._seen.append(inventory)
@@ -367,7 +440,7 @@ class SqlInventoryRepository:
     ) -> SeatInventory:
         showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id))
         if new_hold is not None:
-            return self._loaded(await self._load_for_hold(showtime_id, showtime_key, now, new_hold))
+            return self._loaded(await self._load_for_hold(showtime_id, now, new_hold))
         rows = await self._pipeline(
             (_LOCK_SHOWTIME, {"showtime_key": showtime_key}),
             (
@@ -392,12 +465,10 @@ class SqlInventoryRepository:
             )
         )
 
-    async def _load_for_hold(
-        self, showtime_id: uuid.UUID, showtime_key: int, now: datetime, new_hold: NewHold
-    ) -> SeatInventory:
+    async def _load_for_hold(self, showtime_id: uuid.UUID, now: datetime, new_hold: NewHold) -> SeatInventory:
         locks = {
             "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(new_hold.customer_id)),
-            "showtime_key": showtime_key,
+            "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)),
             "showtime_id": showtime_id,
         }
         read = {
@@ -407,7 +478,16 @@ class SqlInventoryRepository:
             "all_seats": new_hold.seat_ids is None,
             "seat_ids": list(new_hold.seat_ids or ()),
         }
-        rows = await self._pipeline((_LOCK_FOR_HOLD, locks), (_LOAD_FOR_HOLD, read))
+        if new_hold.lock_first:
+            rows = await self._pipeline((_LOCK_FOR_HOLD, locks), (_LOAD_FOR_HOLD, read))
+        else:
+            driver = await self._driver()
+            if driver.info.transaction_status is psycopg.pq.TransactionStatus.IDLE:
+                # The read needs no transaction; the writes begin theirs in their own pipeline.
+                # (psycopg waits for the answer to a BEGIN it sends itself, even in a pipeline.)
+                await driver.set_autocommit(True)
+                self._own_begin = driver
+            rows = await self._pipeline((_LOAD_FOR_HOLD, read))
         if not rows:
             return SeatInventory(showtime_id, None, offer=HoldOffer(new_hold.customer_id, 0, (), frozenset()))
         row = rows[0]
@@ -422,9 +502,12 @@ class SqlInventoryRepository:
             ),
             frozenset(taken or ()),
         )
-        return SeatInventory(
+        inventory = SeatInventory(
             showtime_id, showtime, holds=[_hold(showtime_id, item) for item in lapsed or ()], offer=offer
         )
+        if not new_hold.lock_first:
+            self._unlocked[id(inventory)] = (new_hold, offer)
+        return inventory
 
     async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
         ids = list(showtime_ids)
@@ -447,13 +530,19 @@ class SqlInventoryRepository:
             for showtime_id in locked
         ]
 
-    async def flush(self) -> list[SeatEvent]:
+    async def commit(self) -> list[SeatEvent]:
         """Writes what the loaded inventories changed, and their seat changes as each showtime's
-        next version, in one round trip; returns those events. Raises SeatAlreadyTaken when the
-        database finds a seat claimed twice (the unique index on active claims)."""
+        next version, and commits, in one round trip; returns those events. When nothing was
+        changed, nothing is sent (the caller commits). Raises SeatAlreadyTaken when the database
+        finds a seat claimed twice (the unique index on active claims), StaleDecision when a new
+        hold's decision no longer holds under its locks."""
         inventories, self._seen = self._seen, []
+        unlocked, self._unlocked = self._unlocked, {}
         writes = [write for inventory in inventories for write in inventory.writes]
         statements: list[tuple[str, dict[str, Any]]] = []
+        for inventory in inventories:
+            if id(inventory) in unlocked and inventory.writes:
+                statements += self._new_hold_locks_and_check(inventory, *unlocked[id(inventory)])
         ended = [w for w in writes if isinstance(w, HoldEnded)]
         if ended:
             statements.append(
@@ -535,6 +624,7 @@ class SqlInventoryRepository:
         changed = {
             inventory.showtime_id: one_version(inventory.changes) for inventory in inventories if inventory.changes
         }
+        versions_at = len(statements)
         if changed:
             statements.append(
                 (
@@ -544,14 +634,25 @@ class SqlInventoryRepository:
             )
         if not statements:
             return []
+        # The commit goes in the same pipeline: no lock taken here waits for this process.
+        if self._own_begin is not None:
+            statements.insert(0, ("BEGIN", {}))
+            versions_at += 1
+        statements.append(("COMMIT", {}))
         try:
-            rows = await self._pipeline(*statements)
+            rows = await self._pipeline(*statements, rows_of=versions_at)
         except IntegrityError as exc:
-            # The unique index on active claims caught a double claim the lock should have
+            # The unique index on active claims caught a double claim the locks should have
             # prevented: refuse it like any taken seat. The transaction rolls back whole.
             if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "seat_claims_active_key":
                 raise SeatAlreadyTaken({str(s.seat_id): s.label for h in added for s in h.seats}) from exc
             raise
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == STALE_DECISION:
+                raise StaleDecision("the seats changed while the hold was decided; decide again") from exc
+            raise
+        finally:
+            await self.end()
         recorded = {showtime_id: (int(version), at) for showtime_id, version, at in rows} if changed else {}
         for inventory in inventories:
             if inventory.showtime_id in recorded:

@@ -94,6 +94,7 @@ class SqlUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
+            await self._inventories.end()
             await self.session.rollback()
             await self.session.close()
         except DBAPIError as cleanup_error:
@@ -107,7 +108,8 @@ class SqlUnitOfWork:
             raise Contention("the server is busy; retry shortly") from exc
 
     async def commit(self) -> None:
-        events = await self._inventories.flush()
+        # The inventories' writes go with the COMMIT (then the session has nothing left to commit).
+        events = await self._inventories.commit()
         await self.session.commit()
         if events and self._bus is not None:
             await self._bus.publish(events)

@@ -5,15 +5,33 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import psycopg
+from pydantic import SecretStr
+from sqlalchemy import make_url
 
 from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
-from cinema_grpc.domain.booking.use_cases import release_expired_holds
+from cinema_grpc.adapters.clock import SystemClock
+from cinema_grpc.domain.access import Caller, Role
+from cinema_grpc.domain.booking.model import BookingRules, Hold
+from cinema_grpc.domain.booking.use_cases import (
+    HoldBestAvailable,
+    HoldSeats,
+    hold_seats,
+    release_expired_holds,
+    release_hold,
+)
+from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 from tests.booking_data import Customer, Sale, hold, open_sale
 from tests.conftest import RunningServer
+from tests.slow_link import SlowLink
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -112,3 +130,124 @@ def test_a_hold_takes_the_customer_lock_before_waiting_for_the_showtime(
         other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
         holder.join(10)
     assert [h.state for h in result] == [bpb.HOLD_STATE_ACTIVE]
+
+
+DOUBLE_CLAIMS = (
+    "SELECT count(*) FROM (SELECT seat_id FROM booking.seat_claims WHERE status IN ('HELD', 'SOLD')"
+    " GROUP BY showtime_id, seat_id HAVING count(*) > 1) AS doubles"
+)
+# Every answer of the database is held back this long: a piece of work that waits for the
+# database n times takes about n times as long.
+ANSWER_DELAY = 0.25
+
+
+def _slow_link(server: RunningServer, database_url: str) -> tuple[SlowLink, Settings]:
+    """A slow link to the test database, and the server's settings with it as the database."""
+    url = make_url(database_url)
+    socket_dir = url.query.get("host")  # the embedded PostgreSQL listens on a Unix socket
+    link = SlowLink(str(socket_dir or url.host), url.port or 5432, ANSWER_DELAY)
+    through_link = url.set(host="127.0.0.1", port=link.port, query={})
+    return link, server.settings.model_copy(update={"database_url": SecretStr(through_link.render_as_string(False))})
+
+
+def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
+    server: RunningServer, database_url: str, ana: Customer, ben: Customer, sale: Sale, db: Db
+) -> None:
+    """A hold is read without locks (one wait), then locked, checked, written and committed in
+    one pipeline (one wait): the showtime's lock lives only while the database runs that
+    pipeline, never while this process or the network is busy. A release, locked as it reads,
+    keeps the lock across a wait (the control that the watcher sees a held lock)."""
+    link, settings = _slow_link(server, database_url)
+    lapsed = hold(ben, sale, "D1")
+    expire(db, lapsed.id)
+    showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
+    caller = Caller(uuid.UUID(ana.user.id), frozenset({Role.CUSTOMER}))
+    cmd = HoldSeats(uuid.UUID(sale.showtime.id), (uuid.UUID(sale.seat("D1")), uuid.UUID(sale.seat("D2"))))
+
+    async def timed(hold_id: uuid.UUID | None) -> tuple[float, Hold]:
+        database = open_database(settings, run_migrations=False)
+        try:
+            async with SqlUnitOfWork(database.sessions) as warm:  # the connection is made before
+                await warm.booking.current_version(cmd.showtime_id)
+            uow, clock = SqlUnitOfWork(database.sessions), SystemClock()
+            started = time.monotonic()
+            if hold_id is None:
+                done = await hold_seats(uow, clock, BookingRules(), caller, cmd)
+            else:
+                done = await release_hold(uow, clock, caller, hold_id)
+            return time.monotonic() - started, done
+        finally:
+            await database.close()
+
+    def measure(hold_id: uuid.UUID | None = None) -> tuple[float, float, Hold]:
+        """How long the work took, how long the showtime's lock was seen held, its answer."""
+        seen: list[float] = []
+        watching = threading.Event()
+        watching.set()
+
+        def watch_the_lock(connection: Db) -> None:
+            while watching.is_set():
+                if True in _lock_state(connection, showtime_key):
+                    seen.append(time.monotonic())
+                time.sleep(0.002)
+
+        with psycopg.connect(db.info.dsn, autocommit=True) as connection:
+            watcher = threading.Thread(target=watch_the_lock, args=(connection,))
+            watcher.start()
+            try:
+                elapsed, done = server.run(timed(hold_id))
+            finally:
+                watching.clear()
+                watcher.join(5)
+        return elapsed, (seen[-1] - seen[0]) if seen else 0.0, done
+
+    try:
+        elapsed, locked_for, held = measure()
+        _, release_locked_for, _ = measure(held.id)
+    finally:
+        link.close()
+    assert round(elapsed / ANSWER_DELAY) == 2, f"the hold took {elapsed:.3f} s"
+    assert locked_for < ANSWER_DELAY / 2, f"the showtime was locked for {locked_for:.3f} s"
+    assert release_locked_for >= ANSWER_DELAY / 2, "the watcher did not see the release's lock"
+    # The lapsed hold expired in the hold's own version (each seat once, with its last state).
+    assert events(db, sale)[held.seat_map_version] == [[sale.seat("D1"), "HELD"], [sale.seat("D2"), "HELD"]]
+    assert db.execute("SELECT state FROM booking.holds WHERE id = %s", (lapsed.id,)).fetchone() == ("EXPIRED",)
+
+
+def test_a_hold_whose_seats_were_taken_while_it_was_decided_decides_again_under_the_locks(
+    server: RunningServer, database_url: str, ana: Customer, ben: Customer, sale: Sale, db: Db
+) -> None:
+    """Ana's best-available hold reads the hall over a slow link; Ben takes that very block
+    before her writes arrive. Her check finds it taken, nothing of hers is written, and she is
+    given the next best block, decided under the locks."""
+    link, settings = _slow_link(server, database_url)
+    caller = Caller(uuid.UUID(ana.user.id), frozenset({Role.CUSTOMER}))
+    cmd = HoldBestAvailable(uuid.UUID(sale.showtime.id), 2, SeatKind.STANDARD)
+    read_sent = threading.Event()
+
+    async def ana_holds() -> Hold:
+        database = open_database(settings, run_migrations=False)
+        try:
+            async with SqlUnitOfWork(database.sessions) as warm:
+                await warm.booking.current_version(cmd.showtime_id)
+            read_sent.set()
+            return await hold_seats(SqlUnitOfWork(database.sessions), SystemClock(), BookingRules(), caller, cmd)
+        finally:
+            await database.close()
+
+    result: list[Hold] = []
+    try:
+        holder = threading.Thread(target=lambda: result.append(server.run(ana_holds())))
+        holder.start()
+        assert read_sent.wait(10)
+        time.sleep(ANSWER_DELAY / 3)  # her read has run; its answer is on the way
+        bens = ben.booking.HoldBestAvailable(
+            bpb.HoldBestAvailableRequest(showtime_id=sale.showtime.id, count=2, kind=spb.SEAT_KIND_STANDARD)
+        )
+        holder.join(10)
+    finally:
+        link.close()
+    assert len(result) == 1
+    anas = {str(seat.seat_id) for seat in result[0].seats}
+    assert len(anas) == 2 and anas.isdisjoint(seat.seat_id for seat in bens.seats)
+    assert db.execute(DOUBLE_CLAIMS).fetchone() == (0,)

@@ -215,3 +215,11 @@ def test_a_refused_request_writes_and_announces_nothing(cinema: Cinema) -> None:
     with pytest.raises(SeatAlreadyTaken):
         cinema.hold(cinema.ben, "A1", "A3")
     assert {h.customer_id for h in cinema.store.holds.values()} == {cinema.ana.user_id}
+
+
+def test_a_hold_whose_seats_changed_before_it_was_written_is_decided_again_under_the_locks(cinema: Cinema) -> None:
+    cinema.store.stale_decisions = 1
+    hold = cinema.hold(cinema.ana, "A1")
+    assert [h.lock_first for h in cinema.store.new_holds] == [False, True]
+    assert cinema.store.holds == {hold.id: cinema.store.holds[hold.id]}
+    assert [e.version for e in cinema.store.published] == [1]

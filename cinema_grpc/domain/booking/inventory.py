@@ -58,6 +58,10 @@ class NewHold:
 
     customer_id: uuid.UUID
     seat_ids: tuple[uuid.UUID, ...] | None
+    # False: read without locks, and the locks are taken with the writes, where the decision is
+    # checked (StaleDecision if what it read changed). True: locked before the read, as every
+    # other change; a decision taken so cannot go stale.
+    lock_first: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from cinema_grpc.domain.errors import (
     HoldNotActive,
     HoldNotFound,
     ShowtimeNotFound,
+    StaleDecision,
     TooManySeats,
     Violations,
     invalid,
@@ -65,6 +66,23 @@ async def hold_seats(
     wanted = len(cmd.seat_ids) if isinstance(cmd, HoldSeats) else cmd.count
     if wanted > rules.max_seats_per_hold:
         raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold")
+    try:
+        return await _hold(uow, clock, rules, caller, cmd, lock_first=False)
+    except StaleDecision:
+        # The seats changed between the read and the write: decide again under the locks.
+        return await _hold(uow, clock, rules, caller, cmd, lock_first=True)
+
+
+async def _hold(
+    uow: UnitOfWork,
+    clock: Clock,
+    rules: BookingRules,
+    caller: Caller,
+    cmd: HoldSeats | HoldBestAvailable,
+    *,
+    lock_first: bool,
+) -> Hold:
+    assert caller.user_id is not None
     scope = "HoldSeats" if isinstance(cmd, HoldSeats) else "HoldBestAvailable"
     async with uow:
         if (earlier := await earlier_result(uow, scope, cmd.request)) is not None:
@@ -72,7 +90,7 @@ async def hold_seats(
         now = clock.now()
         # Holding a seat reads only the seats asked for (and the rows of requested wheelchair
         # spaces, for their companion seats); the best available needs the whole hall.
-        new_hold = NewHold(caller.user_id, cmd.seat_ids if isinstance(cmd, HoldSeats) else None)
+        new_hold = NewHold(caller.user_id, cmd.seat_ids if isinstance(cmd, HoldSeats) else None, lock_first)
         inventory = await uow.inventories.get_locked(cmd.showtime_id, now, new_hold=new_hold)
         if isinstance(cmd, HoldSeats):
             hold = inventory.hold_seats(cmd.seat_ids, rules, now)
