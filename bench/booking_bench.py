@@ -54,7 +54,7 @@ import loadgen
 import psycopg
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from proc_cpu import parent_of, tree_cpu_seconds
+from proc_cpu import cpu_seconds, parent_of, tree_cpu_seconds
 from sqlalchemy import make_url
 
 from cinema.common.v1 import money_pb2
@@ -446,6 +446,8 @@ class Row:
     p99_ms: float = float("nan")
     server_cpu_s: float = 0.0
     pg_cpu_s: float = 0.0
+    # PostgreSQL backends' CPU by application_name (cinema-grpc is the request pool)
+    pg_by_application_s: dict[str, float] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     note: str = ""
 
@@ -471,6 +473,10 @@ class Row:
             "p99_ms": self.p99_ms,
             "server_cpu_ms_per_call": self.server_ms,
             "pg_cpu_ms_per_call": self.pg_ms,
+            "pg_cpu_ms_per_call_by_application": {
+                name: seconds * 1000 / self.calls if self.calls else None
+                for name, seconds in sorted(self.pg_by_application_s.items())
+            },
             "failures": dict(self.failures),
             "note": self.note,
         }
@@ -483,6 +489,19 @@ class Meter:
         self.args = args
         self.pool = pool
         self.postmaster = postmaster
+        self.db: psycopg.Connection[tuple[Any, ...]] | None = None
+
+    def backends(self) -> dict[int, str]:
+        """Live PostgreSQL backends: pid -> application_name."""
+        if self.db is None:
+            return {}
+        rows = self.db.execute(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        )
+        return {int(pid): str(name or "?") for pid, name in rows.fetchall()}
+
+    def by_application(self, backends: dict[int, str]) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in backends}
 
     def cpu(self, server_pid: int) -> tuple[float, float]:
         pg = tree_cpu_seconds(self.postmaster) if self.postmaster else float("nan")
@@ -531,20 +550,57 @@ class Meter:
     def finish(self, row: Row, pending: Any, *, wait_window: bool = True) -> Row:
         futures, start, end, server_pid = pending
         time.sleep(max(0.0, start - time.time()))
+        spy = None
+        if self.args.py_spy and wait_window:
+            # Samples of the server's stacks over the window (not counted in its CPU: py-spy is
+            # a process of its own, and sampling pauses the server only for microseconds).
+            folded = self.args.py_spy / f"{row.name.replace(' ', '_').replace('/', '_').replace(',', '')}.txt"
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(server_pid),
+                    "--duration",
+                    str(int(end - start)),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--subprocesses",
+                    "--output",
+                    str(folded),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        backends = self.backends()
+        backend_before = self.by_application(backends)
         before = self.cpu(server_pid)
         if wait_window:
             time.sleep(max(0.0, end - time.time()))
         results: list[loadgen.LoadResult] = [f.result() for f in futures]
+        if spy is not None:
+            spy.wait(30)
         stopped = [r.exhausted_at for r in results if r.exhausted_at is not None]
         window_end = min([end, *stopped])
         after = self.cpu(server_pid)
+        backend_after = self.by_application(backends)
+        for pid, name in backends.items():
+            used = backend_after[pid] - backend_before[pid]
+            row.pg_by_application_s[name] = row.pg_by_application_s.get(name, 0.0) + max(used, 0.0)
         latencies = [ms for r in results for ms in r.latencies_ms]
         row.calls = sum(r.ok for r in results)
         row.seconds = max(window_end - start, 0.0)
         row.p50_ms = loadgen.percentile(latencies, 50)
         row.p99_ms = loadgen.percentile(latencies, 99)
-        row.server_cpu_s = after[0] - before[0]
-        row.pg_cpu_s = after[1] - before[1]
+        if wait_window:
+            row.server_cpu_s = after[0] - before[0]
+            row.pg_cpu_s = after[1] - before[1]
+        else:  # stopped from outside at some moment: CPU per call would mean nothing
+            row.server_cpu_s = row.pg_cpu_s = float("nan")
+            row.pg_by_application_s = {}
         for r in results:
             row.failures.update(r.failures)
         row.note = "; ".join(sorted({r.note for r in results if r.note}))
@@ -670,6 +726,7 @@ class Run:
             backend = await scalar(db, "SELECT pg_backend_pid()")
             postmaster = parent_of(int(backend))
             meter = Meter(args, self.pool, postmaster)
+            meter.db = psycopg.connect(libpq_url(self.url), autocommit=True)
             self.pool.submit(loadgen.warm_up).result()
             server = self.server()
             try:
@@ -1161,6 +1218,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7, help="random seed of the seat order")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample the server with py-spy during each row (folded stacks to DIR)",
+    )
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated (default {','.join(PHASES)})")
     args = parser.parse_args(argv)
     args.phases = {phase.strip() for phase in args.phases.split(",") if phase.strip()}

@@ -49,3 +49,13 @@ def tree_cpu_seconds(root: int) -> float:
 def parent_of(pid: int) -> int | None:
     stat = _stat(str(pid))
     return None if stat is None else stat[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds one process used so far (itself only), 0 if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS

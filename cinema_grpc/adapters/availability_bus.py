@@ -387,7 +387,11 @@ class PostgresBus:
     async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
         if self._work is None or self._work.closed:
             self._work = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, application_name="cinema-grpc-seat-events"
+                self._conninfo,
+                autocommit=True,
+                application_name="cinema-grpc-seat-events",
+                # A notification is not data: its commit need not wait for the WAL to reach disk.
+                options="-c synchronous_commit=off",
             )
         return self._work
 
