@@ -452,7 +452,8 @@ async def set_seat_service(page: Page) -> Response:
             ),
         )
     except CallFailed as failure:
-        return await hall_detail(page, FormErrors.of(failure, {"reason": "reason"}), 400)
+        # The reason field sits in the seat's own small form: the message goes on top of the page.
+        return await hall_detail(page, FormErrors.of(failure, {}), 400)
     state = "back in service" if seat.in_service else "out of service"
     return page.redirect(f"/halls/{hall_id}", f"Seat {seat.row_label}{seat.number} is {state}.")
 

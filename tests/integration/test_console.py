@@ -4,7 +4,7 @@ shown on the form fields they concern, against the real server through its gRPC 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -14,11 +14,16 @@ import psycopg
 import pytest
 from starlette.routing import Route
 
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.payment.v1 import payment_pb2 as ppb
+from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.console.runner import ConsoleConfig, ConsoleServer
 from cinema_grpc.console.sessions import COOKIE
 from cinema_grpc.settings import Settings
+from tests.booking_data import customer, hold, open_sale, states
 from tests.conftest import RunningServer
 from tests.console_client import account, csrf_of, running_console, signed_in_client
 from tests.screening_data import grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
@@ -232,3 +237,114 @@ def test_the_console_reaches_a_tls_grpc_port_when_it_trusts_the_certificate(
     finally:
         running.run(console.stop())
         running.stop()
+
+
+def test_a_counter_sale_of_free_seats_books_them_and_a_taken_seat_is_refused_on_the_seats_field(
+    staff: httpx.Client, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
+    sale = open_sale(screening)
+    page = staff.get(f"/showtimes/{sale.showtime.id}")
+    token = csrf_of(page.text)
+    sold = staff.post(
+        f"/showtimes/{sale.showtime.id}/counter-sale", data={"seats": "c4 C5", "payment": "cash", "csrf_token": token}
+    )
+    assert sold.status_code == 303 and sold.headers["location"].startswith("/bookings/")
+    booking = staff.get(sold.headers["location"])
+    assert "C4" in booking.text and "C5" in booking.text and "counter (cash)" in booking.text
+    hold(customer(channel, db), sale, "D1")
+    refused = staff.post(
+        f"/showtimes/{sale.showtime.id}/counter-sale", data={"seats": "D1 D2", "payment": "card", "csrf_token": token}
+    )
+    assert refused.status_code == 409
+    assert "SEAT_ALREADY_TAKEN" in refused.text
+    seat_map = BookingServiceStub(channel).GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
+    assert states(seat_map, sale) == {"C4": bpb.SEAT_STATE_SOLD, "C5": bpb.SEAT_STATE_SOLD, "D1": bpb.SEAT_STATE_HELD}
+
+
+def test_a_seat_taken_out_of_service_shows_so_on_the_hall(staff: httpx.Client, screening: ScreeningServiceStub) -> None:
+    cinema = make_cinema(screening)
+    hall = make_hall(screening, cinema.id, "Hall 1", grid("AB", 4))
+    seat = hall.seats[2]
+    page = staff.get(f"/halls/{hall.id}")
+    refused = staff.post(
+        f"/halls/{hall.id}/seats/{seat.id}/service", data={"in_service": "false", "csrf_token": csrf_of(page.text)}
+    )
+    assert (refused.status_code == 400 and 'id="err-reason"' not in refused.text) or "reason" in refused.text
+    done = staff.post(
+        f"/halls/{hall.id}/seats/{seat.id}/service",
+        data={"in_service": "false", "reason": "broken armrest", "csrf_token": csrf_of(page.text)},
+    )
+    assert done.status_code == 303
+    shown = staff.get(f"/halls/{hall.id}").text
+    assert f"{seat.row_label}{seat.number}, standard, out of service: broken armrest" in shown
+    assert not screening.GetHall(spb.GetHallRequest(hall_id=hall.id)).seats[2].in_service
+
+
+def test_a_showtime_moves_to_a_free_slot_and_one_with_held_seats_does_not(
+    staff: httpx.Client, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
+    sale = open_sale(screening)
+    start = sale.showtime.start_time.ToDatetime(UTC).astimezone(ZONE)
+    later = start + timedelta(hours=4)
+    form = staff.get(f"/showtimes/{sale.showtime.id}/move")
+    assert form.status_code == 200
+    moved = staff.post(
+        f"/halls/{sale.hall.id}/showtimes",
+        data={
+            "replaces": sale.showtime.id,
+            "movie_id": sale.showtime.movie_id,
+            "day": later.date().isoformat(),
+            "start": later.strftime("%H:%M"),
+            **{f"price_{kind}": "12.00" for kind in ("standard", "premium", "wheelchair", "companion")},
+            "csrf_token": csrf_of(form.text),
+        },
+    )
+    assert moved.status_code == 303, moved.text
+    listed = screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=sale.hall.id, include_cancelled=True))
+    by_state = {s.state: s for s in listed.showtimes}
+    assert by_state[spb.SHOWTIME_STATE_CANCELLED].id == sale.showtime.id
+    assert by_state[spb.SHOWTIME_STATE_SCHEDULED].start_time.ToDatetime(UTC) == later.astimezone(UTC)
+    busy = open_sale(screening, cinema_name="Rex")
+    hold(customer(channel, db), busy, "C3")
+    assert "1 held: a showtime with" in staff.get(f"/showtimes/{busy.showtime.id}/move").text.replace("\n", " ")
+
+
+def test_a_card_payment_shows_its_audit_trail_and_takes_a_partial_refund(
+    staff: httpx.Client, screening: ScreeningServiceStub, admin_channel: grpc.Channel
+) -> None:
+    sale = open_sale(screening)
+    held = BookingServiceStub(admin_channel).HoldSeats(
+        bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=sale.seats("E1", "E2"))
+    )
+    payment = PaymentServiceStub(admin_channel).ChargeAtTerminal(
+        ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa")
+    )
+    found = staff.get("/payments", params={"payment_id": payment.id}, follow_redirects=True)
+    assert "paid" in found.text and "24.00 EUR" in found.text
+    refused = staff.post(
+        f"/payments/{payment.id}/refund", data={"amount": "5.001", "reason": "x", "csrf_token": csrf_of(found.text)}
+    )
+    assert "EUR amounts have at most 2 decimals" in refused.text.split('id="err-amount"', 1)[1]
+    refunded = staff.post(
+        f"/payments/{payment.id}/refund",
+        data={"amount": "5.00", "reason": "goodwill", "csrf_token": csrf_of(found.text)},
+        follow_redirects=True,
+    )
+    assert "Refund requested." in refunded.text
+    events = PaymentServiceStub(admin_channel).ListPaymentEvents(ppb.ListPaymentEventsRequest(payment_id=payment.id))
+    assert all(event.hash[:12] in refunded.text for event in events.events)
+    assert any("goodwill" in event.note for event in events.events)
+
+
+def test_audit_verification_is_for_admins(
+    console: ConsoleServer, staff: httpx.Client, channel: grpc.Channel, db: Db
+) -> None:
+    page = staff.get("/audit")
+    refused = staff.post("/audit", data={"csrf_token": csrf_of(page.text)})
+    assert refused.status_code == 403 and "Your role may not do this." in refused.text
+    admin, password = account(channel, db, "ADMIN")
+    client = signed_in_client(console.url, admin.email, password)
+    page = client.get("/audit")
+    verdict = client.post("/audit", data={"csrf_token": csrf_of(page.text)})
+    client.close()
+    assert verdict.status_code == 200 and "Intact:" in verdict.text
