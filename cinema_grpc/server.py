@@ -374,6 +374,7 @@ async def serve(
         await server.start()
         if local_stripe is not None:
             await asyncio.to_thread(local_stripe.deliver_webhooks_to, server.webhook_url)
+            local_stripe.announce(settings.data_dir)
     except BaseException:
         await database.close()
         if local_stripe is not None:

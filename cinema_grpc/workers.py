@@ -114,6 +114,7 @@ class Workers:
                 self.local_stripe.deliver_webhooks_to(
                     f"http://{shared.webhook_host}:{shared.webhook_port}/stripe/webhook"
                 )
+                self.local_stripe.announce(shared.data_dir)
             log.info("workers started", workers=self.count, host=shared.grpc_host, port=shared.grpc_port)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)

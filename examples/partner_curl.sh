@@ -6,7 +6,8 @@
 #   examples/partner_curl.sh GATEWAY_URL CINEMA_ID [STRIPE_API]
 #
 # STRIPE_API (a local Stripe test server, e.g. http://127.0.0.1:18420) plays the partner's
-# card form: it confirms the PaymentIntent with a test card, as Stripe.js would.
+# card form: it confirms the PaymentIntent with a test card, as Stripe.js would. Without it
+# the script stops once the payment waits for the card, and says how to go on.
 set -euo pipefail
 R=${1:?gateway URL, e.g. http://127.0.0.1:8080}
 CINEMA=${2:?cinema id}
@@ -37,10 +38,15 @@ PAYMENT_ID=$(echo "$PAYMENT" | json 'd["id"]')
 INTENT=$(echo "$PAYMENT" | json 'd["intent_id"]')
 echo "PAYMENT $PAYMENT_ID $(echo "$PAYMENT" | json 'd["state"]')"
 
-if [ -n "$STRIPE" ]; then
-  curl -sf -u sk_test_local: "$STRIPE/v1/payment_intents/$INTENT" -d payment_method=pm_card_visa >/dev/null
-  curl -sf -u sk_test_local: -X POST "$STRIPE/v1/payment_intents/$INTENT/confirm" >/dev/null
+if [ -z "$STRIPE" ]; then
+  # No card form to play: the partner's customer confirms the card with Stripe.js and the
+  # client secret; the hold stays theirs while the payment is in flight.
+  echo "WAITING FOR CARD: confirm PaymentIntent $INTENT with Stripe.js (client_secret in the answer above)"
+  echo "  (against a local test server: pass its URL as the third argument, or run: cinema-grpc dev pay $PAYMENT_ID)"
+  exit 0
 fi
+curl -sf -u sk_test_local: "$STRIPE/v1/payment_intents/$INTENT" -d payment_method=pm_card_visa >/dev/null
+curl -sf -u sk_test_local: -X POST "$STRIPE/v1/payment_intents/$INTENT/confirm" >/dev/null
 for _ in $(seq 1 50); do
   STATE=$(curl -sf -H "$A" "$R/v1/payments/$PAYMENT_ID" | json 'd["state"]')
   [ "$STATE" = "PAYMENT_STATE_INITIALIZED" ] || break

@@ -12,6 +12,8 @@ pipe from that process, and the process id).
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import pickle
 import secrets
@@ -29,6 +31,9 @@ from pathlib import Path
 
 API_KEY = "sk_test_local"
 HOST = "127.0.0.1"
+# Where a running server tells other commands of the same data dir (``cinema-grpc dev pay``)
+# the address of its local test server.
+ADDRESS_FILE = "local-stripe.json"
 
 
 def free_port() -> int:
@@ -45,6 +50,7 @@ class LocalStripe:
     port: int = field(default_factory=free_port)
     webhook_secret: str = field(default_factory=lambda: f"whsec_{secrets.token_hex(16)}")
     _process: subprocess.Popen[bytes] | None = None
+    _address_file: Path | None = None
 
     @property
     def api_base(self) -> str:
@@ -79,11 +85,27 @@ class LocalStripe:
         request = urllib.request.Request(f"{self.api_base}/_config/webhooks/cinema", data=data, method="POST")
         urllib.request.urlopen(request, timeout=5)
 
+    def announce(self, data_dir: Path) -> None:
+        """Records the address in the data dir for ``cinema-grpc dev pay`` (removed by ``stop``)
+        and tells the person at the terminal, whatever the log format."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / ADDRESS_FILE
+        path.write_text(json.dumps({"api_base": self.api_base}))
+        self._address_file = path
+        print(
+            f"local Stripe test server: {self.api_base} (pay a card payment with: cinema-grpc dev pay <payment id>)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def flush(self) -> None:
         request = urllib.request.Request(f"{self.api_base}/_config/data", method="DELETE")
         urllib.request.urlopen(request, timeout=5)
 
     def stop(self) -> None:
+        if self._address_file is not None:
+            self._address_file.unlink(missing_ok=True)
+            self._address_file = None
         process, self._process = self._process, None
         if process is None:
             return
@@ -95,6 +117,49 @@ class LocalStripe:
             process.wait()
         if process.stdin is not None:
             process.stdin.close()
+
+
+def recorded_api_base(data_dir: Path) -> str | None:
+    """The address of the local test server a running ``serve`` of this data dir started."""
+    try:
+        return str(json.loads((data_dir / ADDRESS_FILE).read_text())["api_base"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class CardConfirmationFailed(RuntimeError):
+    """The local test server refused to confirm the PaymentIntent."""
+
+
+def confirm_intent(api_base: str, intent_id: str, payment_method: str) -> str:
+    """Plays the customer's card form, as Stripe.js would: attaches a test card to the
+    PaymentIntent and confirms it. Returns the intent's status (a declined card: its error)."""
+    auth = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
+
+    def post(path: str, fields: dict[str, str]) -> dict[str, object]:
+        request = urllib.request.Request(
+            f"{api_base}{path}",
+            data=urllib.parse.urlencode(fields).encode(),
+            headers={"Authorization": auth},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return dict(json.load(answer))
+
+    intent = urllib.parse.quote(intent_id, safe="")
+    try:
+        post(f"/v1/payment_intents/{intent}", {"payment_method": payment_method})
+        return str(post(f"/v1/payment_intents/{intent}/confirm", {})["status"])
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.load(exc.fp)["error"]
+        except (ValueError, KeyError, TypeError):
+            raise CardConfirmationFailed(f"the test server answered HTTP {exc.code}") from exc
+        if exc.code == 402 or error.get("type") == "card_error":  # 402: the card was declined
+            return f"declined: {error.get('message', 'the card was declined')}"
+        raise CardConfirmationFailed(str(error.get("message", f"HTTP {exc.code}"))) from exc
+    except OSError as exc:
+        raise CardConfirmationFailed(f"the local Stripe test server at {api_base} does not answer ({exc})") from exc
 
 
 def _write_private(path: Path, data: bytes) -> None:

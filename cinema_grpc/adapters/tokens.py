@@ -115,7 +115,12 @@ class JwtTokenCodec:
                 leeway=LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
-            raise TokenExpired("the token has expired") from exc
+            if expected_type == "access":
+                raise TokenExpired(
+                    "the access token has expired: trade the refresh token for a new pair with "
+                    "cinema.identity.v1.IdentityService/RefreshToken (POST /v1/sessions:refresh)"
+                ) from exc
+            raise TokenExpired("the refresh token has expired: sign in again with Login") from exc
         except jwt.ImmatureSignatureError as exc:
             raise TokenNotYetValid("the token is not valid yet") from exc
         except jwt.InvalidTokenError as exc:

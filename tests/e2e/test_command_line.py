@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -15,7 +16,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import psycopg
 import pytest
+
+from cinema.payment.v1 import payment_pb2 as ppb
+from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.adapters.local_stripe import LocalStripe
+from tests.auth_client import with_token
+from tests.booking_data import customer, hold, open_sale
 
 pytestmark = pytest.mark.e2e
 
@@ -128,7 +138,7 @@ def test_serve_on_embedded_postgres_answers_grpcurl_and_stops_cleanly_on_sigterm
         check=False,
     )
     assert admin.returncode == 0, admin.stderr
-    assert json.loads(admin.stdout)["roles"] == ["ADMIN", "CUSTOMER"]
+    assert json.loads(admin.stdout)["roles"] == ["ROLE_ADMIN", "ROLE_CUSTOMER"]  # as the API names them
     login = grpcurl(
         port,
         "cinema.identity.v1.IdentityService/Login",
@@ -201,7 +211,7 @@ def test_bad_flags_and_configuration_fail_with_a_clear_message(tmp_path: Path) -
     bad_flag = subprocess.run(
         [str(BIN / "cinema-grpc"), "serve", "--port", "x"], capture_output=True, text=True, check=False
     )
-    assert bad_flag.returncode == 2 and "invalid int value" in bad_flag.stderr
+    assert bad_flag.returncode == 2 and "argument --port: invalid port 'x'" in bad_flag.stderr
     env = {**os.environ, "CINEMA_GRPC_PORT": "99999"}
     bad_config = subprocess.run(
         [str(BIN / "cinema-grpc"), "migrate"], env=env, capture_output=True, text=True, check=False
@@ -278,3 +288,138 @@ def test_production_refuses_to_start_without_a_live_stripe_key(tmp_path: Path) -
     assert "refusing to start: CINEMA_ENV=production" in refused.stderr
     assert "CINEMA_STRIPE_SECRET_KEY is unset" in refused.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was started or written
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "cinema-grpc"), *args],
+        input=stdin,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_usage_errors_name_the_bad_argument_and_show_the_usage_of_its_command() -> None:
+    bogus = cli("--bogus")
+    assert bogus.returncode == 2
+    assert "unrecognized arguments: --bogus" in bogus.stderr and "COMMAND missing" not in bogus.stderr
+
+    serve_bogus = cli("serve", "--bogus")
+    assert serve_bogus.returncode == 2
+    assert serve_bogus.stderr.startswith("usage: cinema-grpc serve ")
+    assert "cinema-grpc serve: error: unrecognized arguments: --bogus" in serve_bogus.stderr
+
+    days = cli("seed-demo", "--days", "0")
+    assert days.returncode == 2
+    assert "argument --days: invalid number of days 0: a number from 1 to 30" in days.stderr
+    assert "choose from" not in days.stderr and "29" not in days.stderr
+
+    nothing = cli("audit")
+    assert nothing.returncode == 2
+    assert "cinema-grpc audit: error: AUDIT_COMMAND missing: one of verify" in nothing.stderr
+
+
+def test_help_imports_no_server_code_and_documents_every_option_with_its_default() -> None:
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from cinema_grpc.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('grpc', 'sqlalchemy', 'stripe', 'pydantic', 'structlog') if m in sys.modules)\n"
+            "print('HEAVY', heavy, file=sys.stderr)",
+            "create-admin",
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "HEAVY []" in probe.stderr  # lazy imports: --help answers in tens of milliseconds
+    assert "email address of the account" in probe.stdout
+    assert "(default: Administrator)" in probe.stdout
+    assert "10 to 128 characters" in probe.stdout
+    assert "(default: 7)" in cli("seed-demo", "--help").stdout
+    assert "(default: pm_card_visa)" in cli("dev", "pay", "--help").stdout
+
+
+def test_create_admin_refuses_a_short_password_before_asking_again_or_opening_the_database(tmp_path: Path) -> None:
+    env = {**os.environ, "CINEMA_DATA_DIR": str(tmp_path / "data")}
+    piped = cli("create-admin", "--email", "boss@example.com", "--password-stdin", env=env, stdin="short\n")
+    assert piped.returncode == 1
+    assert "the password must be 10 to 128 characters" in piped.stderr
+    assert not (tmp_path / "data").exists()  # refused before any embedded PostgreSQL started
+
+    # At a terminal the rule is checked after the first prompt, not after typing it twice.
+    main, secondary = pty.openpty()
+    with subprocess.Popen(
+        [str(BIN / "cinema-grpc"), "create-admin", "--email", "boss@example.com"],
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        start_new_session=True,  # no controlling terminal: getpass reads the pty on stdin
+    ) as asking:
+        os.close(secondary)
+        assert asking.stderr is not None
+        # Typed once the prompt is there: getpass flushes what was typed before it asked.
+        prompt = ""
+        while "characters): " not in prompt:
+            chunk = os.read(asking.stderr.fileno(), 1024).decode()
+            assert chunk, f"no password prompt: {prompt!r}"
+            prompt += chunk
+        os.write(main, b"short\n")
+        try:
+            _, rest = asking.communicate(timeout=30)
+        finally:
+            asking.kill()
+            os.close(main)
+    err = prompt + rest
+    assert asking.returncode == 1
+    assert "Password (10 to 128 characters):" in err
+    assert "again" not in err
+    assert "the password must be 10 to 128 characters" in err
+
+
+def test_dev_pay_is_refused_when_a_real_stripe_account_is_configured(tmp_path: Path) -> None:
+    env = {**os.environ, "CINEMA_DATA_DIR": str(tmp_path), "CINEMA_STRIPE_SECRET_KEY": "sk_live_abc"}
+    refused = cli("dev", "pay", "00000000-0000-0000-0000-000000000000", env=env)
+    assert refused.returncode == 2
+    assert "only pays at the local Stripe test server" in refused.stderr
+    assert "CINEMA_STRIPE_SECRET_KEY" in refused.stderr
+
+
+def test_dev_pay_confirms_a_card_payment_at_the_local_test_server_and_the_booking_follows(
+    channel: grpc.Channel,
+    screening: ScreeningServiceStub,
+    db: psycopg.Connection[tuple[object, ...]],
+    local_stripe: LocalStripe,
+    database_url: str,
+) -> None:
+    sale = open_sale(screening, hours_ahead=7)
+    ana = customer(channel, db)
+    stub = PaymentServiceStub(with_token(channel, ana.token))
+    env = {**os.environ, "DATABASE_URL": database_url}
+
+    paid = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ana, sale, "C1", "C2").id))
+    done = cli("dev", "pay", paid.id, "--stripe-api", local_stripe.api_base, env=env)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["state"] == "PAYMENT_STATE_SUCCESS" and answer["booking_id"]
+    assert stub.GetPayment(ppb.GetPaymentRequest(payment_id=paid.id)).booking_id == answer["booking_id"]
+
+    declined = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ana, sale, "C3").id))
+    declining = ("--card", "pm_card_chargeCustomerFail", "--stripe-api", local_stripe.api_base)
+    refused = cli("dev", "pay", declined.id, *declining, env=env)
+    assert refused.returncode == 0, refused.stderr
+    answer = json.loads(refused.stdout)
+    assert answer["intent_status"].startswith("declined") and answer["state"] == "PAYMENT_STATE_FAILED"
+
+    again = cli("dev", "pay", paid.id, "--stripe-api", local_stripe.api_base, env=env)
+    assert again.returncode == 1 and "is SUCCESS: nothing to confirm" in again.stderr

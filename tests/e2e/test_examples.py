@@ -164,3 +164,20 @@ def test_the_partner_curl_example_buys_and_refunds_through_the_gateway(
     assert "PAID PAYMENT_STATE_SUCCESS" in out
     assert "TICKETS " in out and len(out.split("TICKETS ")[1].split("\n")[0].split()) == 2
     assert "REFUNDED PAYMENT_STATE_REFUNDED 2400" in out
+
+
+def test_the_partner_curl_example_without_a_stripe_server_stops_at_the_card_step_and_says_how_to_go_on(
+    gateway: str, screening: ScreeningServiceStub
+) -> None:
+    sale = open_sale(screening, hours_ahead=6)
+    run = subprocess.run(
+        ["bash", str(EXAMPLES / "partner_curl.sh"), gateway, sale.showtime.cinema_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    assert "PAYMENT_STATE_INITIALIZED" in run.stdout
+    assert "WAITING FOR CARD: confirm PaymentIntent pi_" in run.stdout and "cinema-grpc dev pay" in run.stdout

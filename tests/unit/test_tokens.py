@@ -92,6 +92,14 @@ def test_an_expired_token_is_refused_as_expired() -> None:
         JwtTokenCodec(KEY).decode_access(access)
 
 
+def test_an_expired_access_token_says_to_use_refresh_token_and_an_expired_refresh_token_to_sign_in() -> None:
+    _, _, access, refresh = pair(created=now() - timedelta(days=31))
+    with pytest.raises(TokenExpired, match="IdentityService/RefreshToken"):
+        JwtTokenCodec(KEY).decode_access(access)
+    with pytest.raises(TokenExpired, match="sign in again with Login"):
+        JwtTokenCodec(KEY).decode_refresh(refresh)
+
+
 def test_a_token_from_the_future_is_refused_as_not_yet_valid() -> None:
     _, _, access, _ = pair(created=now() + timedelta(hours=1))
     with pytest.raises(TokenNotYetValid):
