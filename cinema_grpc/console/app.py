@@ -591,6 +591,7 @@ async def schedule(
         movies=movie_list.movies,
         errors=errors or FormErrors(),
         conflict=conflict,
+        replaces=page.value("replaces"),
         kinds=list(KINDS),
         form={
             "movie_id": form.get("movie_id") if form else "",
@@ -645,6 +646,17 @@ async def create_showtime(page: Page) -> Response:
     prices = _prices(page, week.cinema.currency_code, errors)
     if errors or start is None:
         return await schedule(page, errors, 400)
+    moved = page.value("replaces")
+    if moved:
+        occupancy = await page.call(
+            page.backend.reports.GetShowtimeOccupancy, rpb.GetShowtimeOccupancyRequest(showtime_id=moved)
+        )
+        if occupancy.sold or occupancy.held:
+            errors.general.append(
+                f"Not moved: {occupancy.sold} seats are sold and {occupancy.held} held. Cancel the showtime "
+                "(customers are refunded) and schedule a new one instead."
+            )
+            return await schedule(page, errors, 409)
     request = spb.CreateShowtimeRequest(
         hall_id=hall_id,
         movie_id=page.value("movie_id"),
@@ -656,7 +668,6 @@ async def create_showtime(page: Page) -> Response:
         created = await page.call(page.backend.screening.CreateShowtime, request)
     except CallFailed as failure:
         return await _refused_showtime(page, failure, week, prices)
-    moved = page.value("replaces")
     if moved:
         return await _finish_move(page, moved, created, week)
     local = when(created.start_time, week.zone)
@@ -804,7 +815,10 @@ async def seat_panel(page: Page) -> Response:
     hold = None
     if seat.hold_id:
         hold = await page.call(page.backend.booking.GetHold, bpb.GetHoldRequest(hold_id=seat.hold_id))
-    return page.render("_seat_panel.html", seat=seat_view(seat), hold=hold, showtime_id=showtime_id)
+    holder = None
+    if seat.holder_id and page.session.is_admin:  # GetUser (name, e-mail, phone) is for admins
+        holder = await page.call(page.backend.identity.GetUser, ipb.GetUserRequest(user_id=seat.holder_id))
+    return page.render("_seat_panel.html", seat=seat_view(seat), hold=hold, holder=holder, showtime_id=showtime_id)
 
 
 def _ended(reason: str, message: str) -> str:

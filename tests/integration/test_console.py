@@ -307,6 +307,33 @@ def test_a_showtime_moves_to_a_free_slot_and_one_with_held_seats_does_not(
     busy = open_sale(screening, cinema_name="Rex")
     hold(customer(channel, db), busy, "C3")
     assert "1 held: a showtime with" in staff.get(f"/showtimes/{busy.showtime.id}/move").text.replace("\n", " ")
+    refused = staff.post(
+        f"/halls/{busy.hall.id}/showtimes",
+        data={
+            "replaces": busy.showtime.id,
+            "movie_id": busy.showtime.movie_id,
+            "day": later.date().isoformat(),
+            "start": later.strftime("%H:%M"),
+            "price_standard": "12.00",
+            "csrf_token": csrf_of(form.text),
+        },
+    )
+    assert refused.status_code == 409 and "Not moved: 0 seats are sold and 1 held." in refused.text
+    assert len(screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=busy.hall.id)).showtimes) == 1
+
+
+def test_admins_see_who_holds_a_seat_by_name_and_e_mail(
+    console: ConsoleServer, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
+    sale = open_sale(screening)
+    ana = customer(channel, db)
+    held = hold(ana, sale, "B2")
+    admin, password = account(channel, db, "ADMIN")
+    client = signed_in_client(console.url, admin.email, password)
+    panel = client.get(f"/showtimes/{sale.showtime.id}/seats/{sale.seat('B2')}").text
+    client.close()
+    assert ana.user.email in panel and ana.user.id in panel and held.id in panel
+    assert 'id="force-release"' in panel
 
 
 def test_a_card_payment_shows_its_audit_trail_and_takes_a_partial_refund(
