@@ -202,7 +202,7 @@ def test_each_refusal_has_its_own_verdict_and_every_scan_is_recorded(
     assert failed.reason == "TICKET_NOT_VALID"
     assert check_in(door, soon, codes[third]).verdict == apb.SCAN_VERDICT_CANCELLED
     # The configuration tells offline scanners which codes stopped admitting.
-    config = scanner_config(door, soon, datetime.now(UTC) + timedelta(minutes=30))
+    config = scanner_config(door, soon, soon.showtime.start_time.ToDatetime(tzinfo=UTC))
     assert {(r.ticket_id, r.valid_issue) for r in config.revoked_tickets} == {(soon_tickets[1], 2), (third, 0)}
     # Ended: the showtime is over.
     db.execute(
@@ -310,20 +310,22 @@ def test_offline_scans_upload_idempotently_and_tickets_used_twice_are_reported_a
 ) -> None:
     one, two, three = (t.id for t in sell(ana, clerk, soon, "B1", "B2", "B3").tickets)
     code = {t: a_pass(ana, channel, t).code for t in (one, two, three)}
-    now = datetime.now(UTC)
+    # Scans of the last minutes, all after the doors opened (they open on the hour).
+    doors_open = soon.showtime.start_time.ToDatetime(tzinfo=UTC) - timedelta(hours=1)
+    since = max(doors_open, datetime.now(UTC) - timedelta(minutes=10))
 
-    def offline(client_scan_id: str, ticket: str, minutes_ago: int, door_id: str = "left") -> apb.OfflineScan:
+    def offline(client_scan_id: str, ticket: str, second: int, door_id: str = "left") -> apb.OfflineScan:
         return apb.OfflineScan(
             client_scan_id=client_scan_id,
             showtime_id=soon.showtime.id,
             code=code[ticket],
             door_id=door_id,
-            scan_time=_at(now - timedelta(minutes=minutes_ago)),
+            scan_time=_at(since + timedelta(seconds=second)),
         )
 
     batch_a = apb.UploadScansRequest(
         device_id="tablet-a",
-        scans=[offline("a1", one, 10), offline("a2", two, 9), offline("a3", one, 8)],
+        scans=[offline("a1", one, 1), offline("a2", two, 2), offline("a3", one, 3)],
     )
     uploaded = door.admission.UploadScans(batch_a)
     assert [s.verdict for s in uploaded.scans] == [
@@ -337,7 +339,7 @@ def test_offline_scans_upload_idempotently_and_tickets_used_twice_are_reported_a
 
     # Another device let ticket two in as well while offline: reported against tablet A's admission.
     batch_b = apb.UploadScansRequest(
-        device_id="tablet-b", scans=[offline("a1", two, 5, "right"), offline("b2", three, 4, "right")]
+        device_id="tablet-b", scans=[offline("a1", two, 4, "right"), offline("b2", three, 5, "right")]
     )
     other = door.admission.UploadScans(batch_b)
     assert [s.verdict for s in other.scans] == [apb.SCAN_VERDICT_ALREADY_USED, apb.SCAN_VERDICT_ADMITTED]
