@@ -29,7 +29,8 @@ from cinema_grpc.domain.booking.inventory import (
 from cinema_grpc.domain.booking.model import ActiveClaim, Booking, Hold, HoldState, SeatEvent, SeatState
 from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
 from cinema_grpc.domain.money import Money
-from cinema_grpc.domain.ports import RecordedRequest
+from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.ports import HoldFilter, RecordedRequest
 from cinema_grpc.domain.screening.model import (
     BusyPeriod,
     Hall,
@@ -218,6 +219,22 @@ class FakeBookingReads:
 
     async def get_booking(self, booking_id: uuid.UUID) -> Booking | None:
         return self._store.bookings.get(booking_id)
+
+    async def list_active_holds(self, hold_filter: HoldFilter, now: datetime, page: PageRequest) -> Page[Hold]:
+        holds = sorted(
+            (
+                h
+                for h in self._store.holds.values()
+                if h.active(now)
+                and hold_filter.customer_id in (None, h.customer_id)
+                and hold_filter.showtime_id in (None, h.showtime_id)
+            ),
+            key=lambda h: (h.created_at, h.id),
+            reverse=True,
+        )
+        if page.after is not None:
+            holds = [h for h in holds if (h.created_at.isoformat(), str(h.id)) < page.after]
+        return Page.of(holds[: page.size + 1], page, lambda h: (h.created_at.isoformat(), str(h.id)))
 
     async def mark_refunded(self, booking_id: uuid.UUID) -> None:
         booking = self._store.bookings[booking_id]

@@ -264,6 +264,12 @@ class BookingFilter:
     showtime_id: uuid.UUID | None = None
 
 
+@dataclass(frozen=True)
+class HoldFilter:
+    customer_id: uuid.UUID | None = None
+    showtime_id: uuid.UUID | None = None
+
+
 class BookingRepository(Protocol):
     """Reads of holds, bookings, seat claims and availability versions. Seat decisions go
     through the showtime's inventory (``InventoryRepository``)."""
@@ -273,6 +279,10 @@ class BookingRepository(Protocol):
     async def get_booking(self, booking_id: uuid.UUID) -> Booking | None: ...
 
     async def list_bookings(self, booking_filter: BookingFilter, page: PageRequest) -> Page[Booking]: ...
+
+    async def list_active_holds(self, hold_filter: HoldFilter, now: datetime, page: PageRequest) -> Page[Hold]:
+        """Holds that keep their seats at ``now`` (lazily expired ones excluded), newest first."""
+        ...
 
     async def mark_refunded(self, booking_id: uuid.UUID) -> bool:
         """A cancelled booking's money went back (its seats are not concerned). False when it

@@ -25,7 +25,7 @@ from cinema_grpc.domain.booking.model import (
 from cinema_grpc.domain.errors import Violations, invalid
 from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.pagination import page_request
-from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork
+from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, UnitOfWork
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, require_id, timestamp
@@ -68,13 +68,14 @@ def claimed_seat_message(seat: ClaimedSeat) -> pb.ClaimedSeat:
 
 
 def hold_message(hold: Hold, rules: BookingRules, clock: Clock) -> pb.Hold:
-    return pb.Hold(
+    state = hold.shown_state(clock.now())
+    message = pb.Hold(
         id=str(hold.id),
         showtime_id=str(hold.showtime_id),
         customer_id=str(hold.customer_id),
         seats=[claimed_seat_message(seat) for seat in hold.seats],
         total=money(hold.total),
-        state=_HOLD_STATES[hold.shown_state(clock.now())],
+        state=_HOLD_STATES[state],
         expire_time=timestamp(hold.expires_at),
         extensions_left=max(rules.max_extensions - hold.extensions_used, 0),
         create_time=timestamp(hold.created_at),
@@ -82,6 +83,12 @@ def hold_message(hold: Hold, rules: BookingRules, clock: Clock) -> pb.Hold:
         end_reason=hold.end_reason,
         seat_map_version=hold.seat_map_version,
     )
+    # The deadlines that still mean something: only while the hold keeps its seats.
+    if state is HoldState.ACTIVE:
+        message.keep_until.CopyFrom(timestamp(hold.kept_until))
+        if hold.payment_deadline is not None:
+            message.payment_deadline.CopyFrom(timestamp(hold.payment_deadline))
+    return message
 
 
 def booking_message(booking: Booking) -> pb.Booking:
@@ -206,6 +213,19 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     async def GetHold(self, request: pb.GetHoldRequest, context: Context) -> pb.Hold:
         hold_id = require_id("hold_id", request.hold_id)
         return self._hold(await uc.get_hold(self._uow(), current_caller(), hold_id))
+
+    async def ListHolds(self, request: pb.ListHoldsRequest, context: Context) -> pb.ListHoldsResponse:
+        violations = Violations()
+        showtime_id = parse_id(violations, "showtime_id", request.showtime_id, required=False)
+        customer_id = parse_id(violations, "customer_id", request.customer_id, required=False)
+        violations.raise_if_any()
+        caller = current_caller()
+        wanted = HoldFilter(customer_id=customer_id, showtime_id=showtime_id)
+        page = page_request(request.page_size, request.page_token, "ListHolds", wanted, caller.owner_key())
+        result = await uc.list_holds(self._uow(), self._clock, caller, wanted, page)
+        return pb.ListHoldsResponse(
+            holds=[self._hold(h) for h in result.items], next_page_token=result.next_page_token(page)
+        )
 
     async def ExtendHold(self, request: pb.ExtendHoldRequest, context: Context) -> pb.Hold:
         hold_id = require_id("hold_id", request.hold_id)

@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.booking.model import (
@@ -27,7 +27,7 @@ from cinema_grpc.domain.booking.model import (
 )
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
-from cinema_grpc.domain.ports import BookingFilter
+from cinema_grpc.domain.ports import BookingFilter, HoldFilter
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.storage.rows import (
     BookingRow,
@@ -136,11 +136,37 @@ class SqlBookingRepository:
         if row is None:
             return None
         seats = await self._seats_of(SeatClaimRow.hold_id == hold_id)
+        return self._hold(row, seats[row.id])
+
+    async def list_active_holds(self, hold_filter: HoldFilter, now: datetime, page: PageRequest) -> Page[Hold]:
+        # Served by the partial indexes on active holds per customer and per showtime.
+        query = (
+            select(HoldRow)
+            .where(HoldRow.state == "ACTIVE", func.greatest(HoldRow.expires_at, HoldRow.payment_deadline) > now)
+            .order_by(HoldRow.created_at.desc(), HoldRow.id.desc())
+            .limit(page.size + 1)
+        )
+        if hold_filter.customer_id is not None:
+            query = query.where(HoldRow.customer_id == hold_filter.customer_id)
+        if hold_filter.showtime_id is not None:
+            query = query.where(HoldRow.showtime_id == hold_filter.showtime_id)
+        if page.after is not None:
+            try:
+                created, hold_id = datetime.fromisoformat(page.after[0]), uuid.UUID(page.after[1])
+            except (ValueError, IndexError) as exc:
+                raise bad_page_token() from exc
+            query = query.where(tuple_(HoldRow.created_at, HoldRow.id) < tuple_(created, hold_id))
+        rows = list(await self._session.scalars(query))
+        seats = await self._seats_of(SeatClaimRow.hold_id.in_([r.id for r in rows])) if rows else {}
+        holds = [self._hold(row, seats.get(row.id, [])) for row in rows]
+        return Page.of(holds, page, lambda h: (h.created_at.isoformat(), str(h.id)))
+
+    def _hold(self, row: HoldRow, seats: list[tuple[uuid.UUID, str, ClaimedSeat]]) -> Hold:
         return Hold(
             row.id,
             row.showtime_id,
             row.customer_id,
-            tuple(seat for _, _, seat in seats[row.id]),
+            tuple(seat for _, _, seat in seats),
             HoldState(row.state),
             row.expires_at,
             row.extensions_used,

@@ -477,3 +477,46 @@ def test_companion_seats_cannot_be_asked_for_on_their_own(ana: Customer, sale: S
     )
     assert failed.fields == {"kind": "INVALID_ENUM"}
     assert count(db, "booking.holds") == 0
+
+
+def test_customers_list_their_own_active_holds_and_staff_filter_by_showtime_or_customer(
+    ana: Customer, ben: Customer, clerk: Customer, sale: Sale, screening: ScreeningServiceStub, db: Db
+) -> None:
+    other_sale = open_sale(screening, hours_ahead=50, cinema_name="Rex")
+    first = hold(ana, sale, "C1")
+    second = hold(ana, other_sale, "C1")
+    ended = hold(ana, sale, "C5")
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=ended.id))
+    theirs = hold(ben, sale, "C2")
+    lapsed = hold(ben, sale, "C3")
+    db.execute("UPDATE booking.holds SET expires_at = now() - interval '1 second' WHERE id = %s", (lapsed.id,))
+
+    mine = ana.booking.ListHolds(bpb.ListHoldsRequest())
+    assert [h.id for h in mine.holds] == [second.id, first.id]  # newest first, active only
+    assert all(h.state == bpb.HOLD_STATE_ACTIVE and h.keep_until.seconds for h in mine.holds)
+    paged = ana.booking.ListHolds(bpb.ListHoldsRequest(page_size=1))
+    rest = ana.booking.ListHolds(bpb.ListHoldsRequest(page_size=1, page_token=paged.next_page_token))
+    assert [h.id for h in (*paged.holds, *rest.holds)] == [second.id, first.id] and rest.next_page_token == ""
+    of_showtime = ana.booking.ListHolds(bpb.ListHoldsRequest(showtime_id=sale.showtime.id))
+    assert [h.id for h in of_showtime.holds] == [first.id]  # still only the caller's own
+
+    snooping = call_fails(ana.booking.ListHolds, bpb.ListHoldsRequest(customer_id=ben.user.id))
+    assert snooping.code is grpc.StatusCode.PERMISSION_DENIED
+    wrong_token = call_fails(ben.booking.ListHolds, bpb.ListHoldsRequest(page_size=1, page_token=paged.next_page_token))
+    assert wrong_token.reason == "VALIDATION_FAILED"  # a token is bound to its caller and filters
+
+    by_showtime = clerk.booking.ListHolds(bpb.ListHoldsRequest(showtime_id=sale.showtime.id))
+    assert [h.id for h in by_showtime.holds] == [theirs.id, first.id]
+    of_ben = clerk.booking.ListHolds(bpb.ListHoldsRequest(customer_id=ben.user.id))
+    assert [h.id for h in of_ben.holds] == [theirs.id]
+
+
+def test_a_hold_whose_answer_was_lost_is_found_by_listing_and_released(
+    ana: Customer, ben: Customer, sale: Sale
+) -> None:
+    hold(ana, sale, "D1", "D2")  # the answer never reached the client, and it sent no request_id
+    found = ana.booking.ListHolds(bpb.ListHoldsRequest(showtime_id=sale.showtime.id)).holds
+    assert len(found) == 1 and [s.seat_id for s in found[0].seats] == sale.seats("D1", "D2")
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=found[0].id))
+    assert ana.booking.ListHolds(bpb.ListHoldsRequest()).holds == []
+    assert hold(ben, sale, "D1", "D2").state == bpb.HOLD_STATE_ACTIVE

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -495,3 +496,30 @@ def test_totals_above_what_one_card_payment_may_take_are_refused_at_hold_and_at_
     refused = call_fails(payments(channel, ana).CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id))
     assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_ABOVE_CARD_LIMIT")
     assert count(db, "payment.payments") == 0
+
+
+def test_a_hold_with_a_payment_in_flight_shows_the_deadline_that_keeps_it_alive(
+    channel: grpc.Channel, ana: Customer, sale: Sale, local_stripe: LocalStripe, db: Db
+) -> None:
+    held = hold(ana, sale, "C1")
+    assert not held.HasField("payment_deadline")
+    assert held.keep_until == held.expire_time  # no payment: the hold's own period is the deadline
+    stub = payments(channel, ana)
+    payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    # The hold's own period runs out while the customer is at the card form.
+    db.execute("UPDATE booking.holds SET expires_at = now() - interval '4 seconds' WHERE id = %s", (held.id,))
+
+    kept = ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id))
+    assert kept.state == bpb.HOLD_STATE_ACTIVE
+    now = time.time()  # the server runs on this machine's clock
+    assert kept.expire_time.ToDatetime().timestamp() < now  # stale: the hold's own period is over
+    assert kept.payment_deadline.ToDatetime().timestamp() > now + 25 * 60  # CINEMA_PAYMENT_DEADLINE_MINUTES
+    assert kept.keep_until == kept.payment_deadline  # what a client counts down
+    listed = ana.booking.ListHolds(bpb.ListHoldsRequest()).holds
+    assert [(h.id, h.keep_until) for h in listed] == [(held.id, kept.payment_deadline)]
+
+    assert confirm_card(local_stripe, payment.intent_id) == "succeeded"
+    wait_for(stub, payment.id, settled)
+    converted = ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id))
+    assert converted.state == bpb.HOLD_STATE_CONVERTED
+    assert not converted.HasField("keep_until") and not converted.HasField("payment_deadline")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cinema_grpc.domain.access import Caller, Role
+from cinema_grpc.domain.access import Caller, PermissionDenied, Role
 from cinema_grpc.domain.booking import use_cases as uc
 from cinema_grpc.domain.booking.model import BookingRules, BookingState, CounterPayment, HoldState, SeatState
 from cinema_grpc.domain.errors import (
@@ -26,6 +26,8 @@ from cinema_grpc.domain.errors import (
 )
 from cinema_grpc.domain.idempotency import RequestKey
 from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.pagination import page_request
+from cinema_grpc.domain.ports import HoldFilter
 from cinema_grpc.domain.screening.model import RowSpec, SeatKind, Showtime
 from tests.fakes import FakeClock, FakeUnitOfWork, Store
 
@@ -223,3 +225,24 @@ def test_a_hold_whose_seats_changed_before_it_was_written_is_decided_again_under
     assert [h.lock_first for h in cinema.store.new_holds] == [False, True]
     assert cinema.store.holds == {hold.id: cinema.store.holds[hold.id]}
     assert [e.version for e in cinema.store.published] == [1]
+
+
+def test_customers_list_only_their_own_active_holds_newest_first(cinema: Cinema) -> None:
+    first = cinema.hold(cinema.ana, "A1")
+    cinema.clock.advance(timedelta(seconds=1))
+    second = cinema.hold(cinema.ana, "A2")
+    cinema.clock.advance(timedelta(seconds=1))
+    theirs = cinema.hold(cinema.ben, "A3")
+    page = page_request(0, "", "ListHolds")
+
+    def listed(caller: Caller, wanted: HoldFilter) -> list[uuid.UUID]:
+        return [h.id for h in run(uc.list_holds(cinema.uow(), cinema.clock, caller, wanted, page)).items]
+
+    assert listed(cinema.ana, HoldFilter()) == [second.id, first.id]
+    assert listed(cinema.ana, HoldFilter(showtime_id=cinema.showtime.id)) == [second.id, first.id]
+    assert listed(cinema.clerk, HoldFilter(showtime_id=cinema.showtime.id)) == [theirs.id, second.id, first.id]
+    assert listed(cinema.clerk, HoldFilter(customer_id=cinema.ben.user_id)) == [theirs.id]
+    with pytest.raises(PermissionDenied):
+        listed(cinema.ana, HoldFilter(customer_id=cinema.ben.user_id))
+    cinema.clock.advance(RULES.hold_ttl)
+    assert listed(cinema.ana, HoldFilter()) == []  # lapsed holds are not listed, swept or not

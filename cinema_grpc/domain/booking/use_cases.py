@@ -37,7 +37,7 @@ from cinema_grpc.domain.errors import (
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.pagination import Page, PageRequest
-from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, UnitOfWork, WatcherLagging
+from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, UnitOfWork, WatcherLagging
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.domain.text import clean_text
 
@@ -197,6 +197,19 @@ async def list_bookings(uow: UnitOfWork, caller: Caller, wanted: BookingFilter, 
         wanted = BookingFilter(customer_id=caller.user_id)
     async with uow:
         return await uow.booking.list_bookings(wanted, page)
+
+
+async def list_holds(
+    uow: UnitOfWork, clock: Clock, caller: Caller, wanted: HoldFilter, page: PageRequest
+) -> Page[Hold]:
+    """Active holds: customers see their own (of any showtime, or of one); staff may filter by
+    customer or showtime. A hold whose answer was lost is found here, and can be released."""
+    if not caller.is_staff:
+        if wanted.customer_id not in (None, caller.user_id):
+            raise PermissionDenied("customers list their own holds only")
+        wanted = HoldFilter(customer_id=caller.user_id, showtime_id=wanted.showtime_id)
+    async with uow:
+        return await uow.booking.list_active_holds(wanted, clock.now(), page)
 
 
 async def cancel_booking(

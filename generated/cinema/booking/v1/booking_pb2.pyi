@@ -199,6 +199,8 @@ class Hold(_message.Message):
     ENDED_BY_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
     SEAT_MAP_VERSION_FIELD_NUMBER: _builtins.int
+    PAYMENT_DEADLINE_FIELD_NUMBER: _builtins.int
+    KEEP_UNTIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     showtime_id: _builtins.str
     customer_id: _builtins.str
@@ -220,9 +222,26 @@ class Hold(_message.Message):
     @_builtins.property
     def total(self) -> _money_pb2.Money: ...
     @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the hold's own period (what ExtendHold renews). While a card payment is in
+        flight the hold may outlive it: count down keep_until instead.
+        """
+
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def payment_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Set while a card payment of the hold is in flight: the hold is kept at least until then
+        (CreatePayment sets it; a declined payment clears it; a paid one turns the hold into a
+        booking). Shown while the hold is active only.
+        """
+
+    @_builtins.property
+    def keep_until(self) -> _timestamp_pb2.Timestamp:
+        """The effective deadline, the one a client counts down: the seats are the holder's until
+        then, the later of expire_time and payment_deadline. Unset once the hold has ended.
+        """
+
     def __init__(
         self,
         *,
@@ -238,10 +257,12 @@ class Hold(_message.Message):
         ended_by: _builtins.str = ...,
         end_reason: _builtins.str = ...,
         seat_map_version: _builtins.int = ...,
+        payment_deadline: _timestamp_pb2.Timestamp | None = ...,
+        keep_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "keep_until", b"keep_until", "payment_deadline", b"payment_deadline", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "end_reason", b"end_reason", "ended_by", b"ended_by", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "seat_map_version", b"seat_map_version", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "end_reason", b"end_reason", "ended_by", b"ended_by", "expire_time", b"expire_time", "extensions_left", b"extensions_left", "id", b"id", "keep_until", b"keep_until", "payment_deadline", b"payment_deadline", "seat_map_version", b"seat_map_version", "seats", b"seats", "showtime_id", b"showtime_id", "state", b"state", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -583,6 +604,59 @@ class GetHoldRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOWTIME_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    showtime_id: _builtins.str
+    """The holds of one showtime (customers: their own of it)."""
+    customer_id: _builtins.str
+    """Staff only: the holds of one customer. Customers always get their own."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        showtime_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "showtime_id", b"showtime_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]: ...
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
 
 @_typing.final
 class ExtendHoldRequest(_message.Message):

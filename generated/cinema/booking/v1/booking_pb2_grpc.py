@@ -56,6 +56,11 @@ class BookingServiceStub:
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.GetHoldRequest.SerializeToString,
                 response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.FromString,
                 _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/cinema.booking.v1.BookingService/ListHolds',
+                request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
         self.ExtendHold = channel.unary_unary(
                 '/cinema.booking.v1.BookingService/ExtendHold',
                 request_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ExtendHoldRequest.SerializeToString,
@@ -142,6 +147,15 @@ class BookingServiceServicer:
 
     def GetHold(self, request, context):
         """Returns a hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """Active holds, newest first: a customer's own (optionally of one showtime), so a hold whose
+        answer was lost (no request_id to retry with) can be found and released. Staff: anyone's,
+        filtered by customer and/or showtime.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +269,11 @@ def add_BookingServiceServicer_to_server(servicer, server):
                     servicer.GetHold,
                     request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.GetHoldRequest.FromString,
                     response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsRequest.FromString,
+                    response_serializer=cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsResponse.SerializeToString,
             ),
             'ExtendHold': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtendHold,
@@ -400,6 +419,33 @@ class BookingService:
             '/cinema.booking.v1.BookingService/GetHold',
             cinema_dot_booking_dot_v1_dot_booking__pb2.GetHoldRequest.SerializeToString,
             cinema_dot_booking_dot_v1_dot_booking__pb2.Hold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.booking.v1.BookingService/ListHolds',
+            cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsRequest.SerializeToString,
+            cinema_dot_booking_dot_v1_dot_booking__pb2.ListHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

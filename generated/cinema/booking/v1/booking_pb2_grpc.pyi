@@ -51,6 +51,11 @@ class BookingServiceStub:
     """
     GetHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.GetHoldRequest, _booking_pb2.Hold]
     """Returns a hold."""
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ListHoldsRequest, _booking_pb2.ListHoldsResponse]
+    """Active holds, newest first: a customer's own (optionally of one showtime), so a hold whose
+    answer was lost (no request_id to retry with) can be found and released. Staff: anyone's,
+    filtered by customer and/or showtime.
+    """
     ExtendHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ExtendHoldRequest, _booking_pb2.Hold]
     """Renews an active hold for another full hold period, a limited number of times."""
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_booking_pb2.ReleaseHoldRequest, _booking_pb2.Hold]
@@ -118,6 +123,11 @@ class BookingServiceAsyncStub(BookingServiceStub):
     """
     GetHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.GetHoldRequest, _booking_pb2.Hold]  # type: ignore[assignment]
     """Returns a hold."""
+    ListHolds: _aio.UnaryUnaryMultiCallable[_booking_pb2.ListHoldsRequest, _booking_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Active holds, newest first: a customer's own (optionally of one showtime), so a hold whose
+    answer was lost (no request_id to retry with) can be found and released. Staff: anyone's,
+    filtered by customer and/or showtime.
+    """
     ExtendHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ExtendHoldRequest, _booking_pb2.Hold]  # type: ignore[assignment]
     """Renews an active hold for another full hold period, a limited number of times."""
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_booking_pb2.ReleaseHoldRequest, _booking_pb2.Hold]  # type: ignore[assignment]
@@ -200,6 +210,17 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_booking_pb2.Hold, _abc.Awaitable[_booking_pb2.Hold]]:
         """Returns a hold."""
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _booking_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_booking_pb2.ListHoldsResponse, _abc.Awaitable[_booking_pb2.ListHoldsResponse]]:
+        """Active holds, newest first: a customer's own (optionally of one showtime), so a hold whose
+        answer was lost (no request_id to retry with) can be found and released. Staff: anyone's,
+        filtered by customer and/or showtime.
+        """
 
     @_abc_1.abstractmethod
     def ExtendHold(
