@@ -164,7 +164,7 @@ class Page:
                 raise
         # The access token was refused before its expiry (revoked, or a new signing key): one
         # refresh, one retry; a refused refresh signs the session out.
-        await refresh(self.backend, self.session)
+        await refresh(self.backend, self.session, token)
         return await call(method, message, self.session.access_token)
 
     def value(self, name: str) -> str:

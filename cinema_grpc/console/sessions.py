@@ -7,6 +7,7 @@ refresh token at the Identity service."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class StaffSession:
     access_expires: datetime | None = None
     user: ipb.User | None = None
     flash: list[str] = field(default_factory=list)
+    # One refresh at a time: a page's parallel calls must not each trade the same refresh token
+    # (the Identity service takes a reused refresh token for a stolen one and ends the session).
+    refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def signed_in(self) -> bool:
@@ -110,11 +114,22 @@ async def valid_token(backend: Backend, session: StaffSession) -> str:
     if not session.signed_in:
         raise NotSignedIn
     if session.access_expires is None or session.access_expires - now() < REFRESH_MARGIN:
-        await refresh(backend, session)
+        await refresh(backend, session, session.access_token)
     return session.access_token
 
 
-async def refresh(backend: Backend, session: StaffSession) -> None:
+async def refresh(backend: Backend, session: StaffSession, refused_token: str) -> None:
+    """Trades the refresh token for a new pair, unless another call of the session already
+    replaced ``refused_token`` (the access token that was found stale or refused)."""
+    async with session.refreshing:
+        if session.access_token != refused_token:
+            if not session.signed_in:
+                raise NotSignedIn
+            return
+        await _refresh(backend, session)
+
+
+async def _refresh(backend: Backend, session: StaffSession) -> None:
     try:
         pair: ipb.TokenPair = await call(
             backend.identity.RefreshToken, ipb.RefreshTokenRequest(refresh_token=session.refresh_token)
