@@ -47,7 +47,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         settings.grpc_host = args.host
     if args.workers > 1:
         try:
-            return serve_workers(settings, args.workers)
+            return serve_workers(settings, args.workers, run_migrations=not args.no_migrate)
         except ConfigurationError as exc:
             print(f"cinema-grpc: refusing to start: {exc}", file=sys.stderr)
             return 2
@@ -59,7 +59,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             port = 8080 if args.gateway_port is None else args.gateway_port
             gateway = GatewayConfig(binary, host, port, openapi_dir_of(binary))
         console = _console_config(args.console_host, args.console_port) if args.console else None
-        asyncio.run(serve(settings, gateway, console))
+        asyncio.run(serve(settings, gateway, console, run_migrations=not args.no_migrate))
     except ConfigurationError as exc:
         print(f"cinema-grpc: refusing to start: {exc}", file=sys.stderr)
         return 2
@@ -234,27 +234,76 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> int:
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from cinema_grpc.domain.payment.model import AuditVerdict
+    from cinema_grpc.adapters.audit_checkpoints import CHECKPOINT_FILE, FileCheckpoints, audit_key
+    from cinema_grpc.domain.payment.audit import AuditVerdict
     from cinema_grpc.domain.payment.use_cases import verify_audit_trail
+    from cinema_grpc.storage.database import open_database
     from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
+    configured = settings.audit_key.get_secret_value() if settings.audit_key else None
+    key = audit_key(configured, settings.data_dir)
+    checkpoints = FileCheckpoints(args.checkpoint or settings.data_dir / CHECKPOINT_FILE)
+
     async def run() -> AuditVerdict:
-        database = await asyncio.to_thread(_open_database, settings)
+        # Only reads: no migrations, so the runtime role may verify too.
+        database = await asyncio.to_thread(open_database, settings, run_migrations=False)
         try:
-            return await verify_audit_trail(SqlUnitOfWork(database.sessions))
+            return await verify_audit_trail(SqlUnitOfWork(database.sessions), key, checkpoints)
         finally:
             await database.close()
 
     verdict = asyncio.run(run())
+    against = (
+        f"checkpoint at entry {verdict.checkpoint_sequence} ({checkpoints.path})"
+        if verdict.checkpoint_sequence
+        else f"no checkpoint ({checkpoints.path} does not exist: deleted newest entries cannot be noticed)"
+    )
     if verdict.intact:
-        print(f"audit trail intact: {verdict.entries_checked} entries checked")
+        print(f"audit trail intact: {verdict.entries_checked} entries checked, {against}")
         return 0
+    problem = verdict.problem.value if verdict.problem else "UNKNOWN"
     print(
-        f"audit trail BROKEN at entry {verdict.first_broken_sequence} "
-        f"({verdict.entries_checked} entries checked): its hash does not match its content or its predecessor",
+        f"audit trail BROKEN at entry {verdict.first_broken_sequence}: {problem} - {AUDIT_PROBLEMS.get(problem, '')} "
+        f"({verdict.entries_checked} entries checked, {against})",
         file=sys.stderr,
     )
     return 1
+
+
+AUDIT_PROBLEMS = {
+    "ENTRY_ALTERED": "its hash does not match its content and its predecessor, or the checkpoint",
+    "KEYED_CHAIN_DOWNGRADED": "a plain SHA-256 entry after keyed ones: the chain was recomputed without the key",
+    "ENTRIES_MISSING": "the entry the signed checkpoint names is gone: entries were deleted from the end",
+    "CHECKPOINT_FORGED": "the checkpoint's signature does not match: it was edited or signed with another key",
+}
+
+
+def _grant_runtime_role(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    import psycopg
+
+    from cinema_grpc.storage.database import database_url, grant_runtime_role
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.ask_password:
+        password = getpass.getpass(f"Password of {args.role}: ")
+    url, embedded = database_url(settings)
+    try:
+        grant_runtime_role(url, args.role, password)
+    except (RuntimeError, psycopg.Error) as exc:
+        print(f"cinema-grpc: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(
+        f"role {args.role} may read and write the application's rows and append to the audit trail; "
+        f"run 'cinema-grpc serve --no-migrate' with DATABASE_URL naming it"
+    )
+    return 0
 
 
 def _ticket_key_new(settings: Settings, args: argparse.Namespace) -> int:
@@ -440,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--console-host", metavar="HOST", help="console listen address (default: 127.0.0.1)")
     serve_cmd.add_argument("--console-port", type=_port, metavar="PORT", help="console port (default: 8090)")
+    serve_cmd.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate the schema (the database role may own nothing): refuse to start unless it is at the "
+        "newest migration; run 'cinema-grpc migrate' as the owner first",
+    )
     console_cmd = _command(commands, "console", "serve the staff web console against a running gRPC server", _console)
     console_cmd.add_argument(
         "--target", default="127.0.0.1:50051", metavar="HOST:PORT", help="the gRPC server (default: %(default)s)"
@@ -470,12 +525,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit = _command(commands, "audit", "payment audit trail tools")
     audit_commands = _commands(audit, "audit_command")
-    _command(
+    verify = _command(
         audit_commands,
         "verify",
-        "recompute the audit trail's hash chain; exit 1 and name the first broken entry if any",
+        "recompute the audit trail's keyed hash chain and compare it with the latest signed checkpoint; "
+        "exit 1 and name the first broken entry and the problem",
         _audit_verify,
     )
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="the checkpoint file to compare with (default: $CINEMA_DATA_DIR/audit-checkpoint.json; any "
+        "replica's will do)",
+    )
+    role = _command(
+        commands,
+        "grant-runtime-role",
+        "as the schema owner (DATABASE_URL): create or update the database role 'serve --no-migrate' runs as; it "
+        "reads and writes rows, owns nothing, and may only append to the audit trail",
+        _grant_runtime_role,
+    )
+    role.add_argument("role", help="role name, e.g. cinema_app")
+    passwords = role.add_mutually_exclusive_group()
+    passwords.add_argument(
+        "--password-stdin", action="store_true", help="set its password from the first line of stdin"
+    )
+    passwords.add_argument("--ask-password", action="store_true", help="set its password, asked at the terminal")
     gateway = _command(commands, "gateway", "the REST/JSON gateway (grpc-gateway) in front of the gRPC server")
     gateway_commands = _commands(gateway, "gateway_command")
     build = _command(

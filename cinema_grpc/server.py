@@ -26,6 +26,7 @@ from cinema.identity.v1 import identity_pb2, identity_pb2_grpc
 from cinema.payment.v1 import payment_pb2, payment_pb2_grpc
 from cinema.reports.v1 import reports_pb2, reports_pb2_grpc
 from cinema.screening.v1 import screening_pb2, screening_pb2_grpc
+from cinema_grpc.adapters.audit_checkpoints import CHECKPOINT_FILE, FileCheckpoints, audit_key
 from cinema_grpc.adapters.availability_bus import LocalHub, PostgresBus, RedisBus
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
@@ -37,7 +38,14 @@ from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.console.runner import ConsoleConfig, ConsoleServer
 from cinema_grpc.domain.booking.use_cases import release_expired_holds
 from cinema_grpc.domain.identity.use_cases import Authenticator, prune_sign_in_records
-from cinema_grpc.domain.payment.use_cases import SyncGuard, handle_webhook, reconcile
+from cinema_grpc.domain.payment.audit import AuditCheckpoint, AuditVerdict
+from cinema_grpc.domain.payment.use_cases import (
+    SyncGuard,
+    checkpoint_audit_trail,
+    handle_webhook,
+    reconcile,
+    verify_audit_trail,
+)
 from cinema_grpc.domain.ports import Clock, UnitOfWork
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, gateway_tls, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
@@ -60,8 +68,8 @@ from cinema_grpc.services.reports import ReportsServicer
 from cinema_grpc.services.screening import ScreeningServicer
 from cinema_grpc.services.stripe_webhook import PATH as WEBHOOK_PATH
 from cinema_grpc.services.stripe_webhook import WebhookListener
-from cinema_grpc.settings import Settings
-from cinema_grpc.storage.database import Database, libpq_url, open_database, try_session_lock
+from cinema_grpc.settings import ConfigurationError, Settings
+from cinema_grpc.storage.database import Database, libpq_url, open_database, schema_behind, try_session_lock
 from cinema_grpc.storage.locks import LockNamespace
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 from cinema_grpc.tls import is_loopback, server_credentials
@@ -99,9 +107,15 @@ class CinemaServer:
             else PostgresBus(libpq_url(database.url), hub)
         )
         bus = self.bus
+        # The audit chain's key and checkpoints live outside the database.
+        self.audit_key = audit_key(
+            settings.audit_key.get_secret_value() if settings.audit_key else None, settings.data_dir
+        )
+        self.audit_checkpoints = FileCheckpoints(settings.data_dir / CHECKPOINT_FILE)
+        key_of_chain = self.audit_key
 
         def unit_of_work() -> UnitOfWork:
-            return SqlUnitOfWork(database.sessions, bus)
+            return SqlUnitOfWork(database.sessions, bus, audit_key=key_of_chain)
 
         self.unit_of_work = unit_of_work
         self.scheduler = AsyncIOScheduler(timezone="UTC")
@@ -163,6 +177,7 @@ class CinemaServer:
                 settings.payment_rules(),
                 settings.booking_rules(),
                 SyncGuard(settings.sync_payment_per_minute, timedelta(seconds=settings.sync_payment_cache_seconds)),
+                self.verify_audit_trail,
             ),
             self.grpc,
         )
@@ -229,6 +244,20 @@ class CinemaServer:
             if done.settled or done.abandoned or done.refunds_done or done.refunds_requested:
                 log.info("reconciled payments with Stripe", **done.__dict__)
 
+    async def verify_audit_trail(self) -> AuditVerdict:
+        return await verify_audit_trail(self.unit_of_work(), self.audit_key, self.audit_checkpoints)
+
+    async def checkpoint_audit_trail(self) -> AuditCheckpoint | None:
+        """Signs the audit trail's head into the checkpoint file and the log, when it moved on."""
+        return await checkpoint_audit_trail(self.unit_of_work(), self.audit_key, self.audit_checkpoints, self.clock)
+
+    async def _checkpoint_quietly(self) -> None:
+        """A checkpoint at start and at stop; a failure (the database is away) is only logged."""
+        try:
+            await self.checkpoint_audit_trail()
+        except Exception:
+            log.exception("could not write an audit checkpoint")
+
     async def prune_sign_in_records(self) -> int:
         """Deletes sign-in records past their retention and ended registration windows."""
         pruned = await prune_sign_in_records(self.unit_of_work(), self.clock, self.settings.throttle_rules())
@@ -272,6 +301,7 @@ class CinemaServer:
             "reconcile-payments", settings.reconcile_interval_seconds, self.reconcile_payments, RECONCILER_RUNS
         )
         self._schedule("prune-sign-in-records", 3600, self.prune_sign_in_records, None)
+        self._schedule("audit-checkpoint", settings.audit_checkpoint_seconds, self.checkpoint_audit_trail, None)
         self._schedule("probe-database", settings.health_probe_interval_seconds, self.database_health.probe, None)
         self._schedule(
             "selling-gauges",
@@ -288,6 +318,7 @@ class CinemaServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.database_health.probe()
+        await self._checkpoint_quietly()
         # What exists now (modules, descriptors, the wiring) lives as long as the process: kept
         # out of the collector's full passes, which then stay short under many open streams.
         gc.freeze()
@@ -319,6 +350,7 @@ class CinemaServer:
             await asyncio.wait([self._sweep], timeout=self.settings.shutdown_grace_seconds)
         await self.webhooks.stop()
         await self.bus.stop()
+        await self._checkpoint_quietly()
         await self.database_health.close()
         await self.database.close()
         self.hasher.close()
@@ -340,6 +372,7 @@ async def serve(
     console: ConsoleConfig | None = None,
     *,
     worker: int | None = None,
+    run_migrations: bool = True,
 ) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully.
 
@@ -368,8 +401,10 @@ async def serve(
                 "stripe_api_base": local_stripe.api_base,
             }
         )
-    database = await asyncio.to_thread(open_database, settings)
+    database = await asyncio.to_thread(open_database, settings, run_migrations=run_migrations)
     try:
+        if not run_migrations and (behind := await asyncio.to_thread(schema_behind, database.url)) is not None:
+            raise ConfigurationError(f"{behind}: run 'cinema-grpc migrate' as the schema owner first")
         server, _ = create_server(settings, database, shared_ports=worker is not None)
         await server.start()
         if local_stripe is not None:

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     ticket_retired_public_keys: str = ""
     # Doors of a showtime open this many minutes before its start; earlier scans are TOO_EARLY.
     admission_window_minutes: int = Field(default=60, ge=0, le=24 * 60)
+    # Key of the audit chain (HMAC-SHA256, at least 32 characters), held outside the database;
+    # every replica and `audit verify` need the same one. Empty: one is generated once in
+    # data_dir/audit-chain-key (mode 0600).
+    audit_key: SecretStr | None = None
+    # How often the audit trail's head is signed into data_dir/audit-checkpoint.json and the log.
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0, le=86_400)
     # Seconds a replica trusts its cached check that a session is still signed in.
     session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Proxies (comma-separated addresses or CIDRs, e.g. "10.0.0.0/8, 127.0.0.1") whose
@@ -176,6 +182,7 @@ class Settings(BaseSettings):
         "redis_url",
         "token_signing_key",
         "ticket_signing_key",
+        "audit_key",
         "stripe_secret_key",
         "stripe_webhook_secret",
         "tls_cert_file",

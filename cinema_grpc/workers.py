@@ -23,11 +23,12 @@ from types import FrameType
 import structlog
 from pydantic import SecretStr
 
+from cinema_grpc.adapters.audit_checkpoints import audit_key
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.adapters.ticket_codes import signing_key_text
 from cinema_grpc.adapters.tokens import signing_key
-from cinema_grpc.settings import Settings
-from cinema_grpc.storage.database import EmbeddedPostgres, database_url, migrate
+from cinema_grpc.settings import ConfigurationError, Settings
+from cinema_grpc.storage.database import EmbeddedPostgres, database_url, migrate, schema_behind
 
 log = structlog.get_logger(__name__)
 
@@ -56,15 +57,17 @@ def _run_worker(settings: Settings, index: int) -> None:
     configure_logging(settings.log_level, settings.log_format)
     structlog.contextvars.bind_contextvars(worker=index)
     # The parent tells the workers when to stop; Ctrl-C reaches them too, and they stop the same way.
-    asyncio.run(serve(settings, worker=index))
+    # The parent migrated (or checked the schema) before starting the workers.
+    asyncio.run(serve(settings, worker=index, run_migrations=False))
 
 
 class Workers:
     """Starts the shared parts and N workers; stops them all when told, or when one dies."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, *, run_migrations: bool = True) -> None:
         self.settings = settings
         self.count = count
+        self.run_migrations = run_migrations
         self.embedded: EmbeddedPostgres | None = None
         self.local_stripe: LocalStripe | None = None
         self.processes: list[BaseProcess] = []
@@ -75,12 +78,17 @@ class Workers:
         settings = self.settings
         settings.check_production()
         url, self.embedded = database_url(settings)
-        migrate(url)
+        if self.run_migrations:
+            migrate(url)
+        elif (behind := schema_behind(url)) is not None:
+            raise ConfigurationError(f"{behind}: run 'cinema-grpc migrate' as the schema owner first")
         updates: dict[str, object] = {"database_url": SecretStr(url.render_as_string(hide_password=False))}
         if settings.token_signing_key is None:
             signing_key(None, settings.data_dir)  # created once here, read by every worker
         if settings.ticket_signing_key is None:
             signing_key_text(None, settings.data_dir)  # likewise the key of ticket codes
+        if settings.audit_key is None:
+            audit_key(None, settings.data_dir)  # the same
         if settings.grpc_port == 0:
             updates["grpc_port"] = _free_port(settings.grpc_host)
         if settings.webhook_port == 0:
@@ -154,8 +162,8 @@ class Workers:
             self.embedded.stop()
 
 
-def serve_workers(settings: Settings, count: int) -> int:
+def serve_workers(settings: Settings, count: int, *, run_migrations: bool = True) -> int:
     """Runs ``count`` worker processes on one port; the exit status for the command."""
-    status = Workers(settings, count).run()
+    status = Workers(settings, count, run_migrations=run_migrations).run()
     sys.stdout.flush()
     return status

@@ -37,6 +37,7 @@ SCHEMAS = ("screening", "booking", "api", "payment", "admission")
 TEST_SIGNING_KEY = "test-signing-key-0123456789abcdefghijklmnop"
 # Signs ticket codes (Ed25519 private key, base64); shared like the token key.
 TEST_TICKET_SIGNING_KEY = "k34VLbSX66mRfOfFJEM+PVBxO7U3xX8DNlubpKVm2SE="
+TEST_AUDIT_KEY = "test-audit-chain-key-0123456789abcdefghijkl"
 # Append-only by design (the database refuses TRUNCATE); entries of earlier tests stay.
 KEPT_TABLES = ("payment.audit_log",)
 T = TypeVar("T")
@@ -164,7 +165,7 @@ def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStri
 
 
 @pytest.fixture(scope="session")
-def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
+def server_settings(database_url: str, local_stripe: LocalStripe, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # The expiry job is run by the tests themselves (RunningServer.run) so they stay deterministic.
     return Settings(
         database_url=database_url,
@@ -182,6 +183,10 @@ def server_settings(database_url: str, local_stripe: LocalStripe) -> Settings:
         webhook_port=0,
         metrics_port=0,
         token_signing_key=TEST_SIGNING_KEY,
+        audit_key=TEST_AUDIT_KEY,
+        # The audit checkpoint file; tests write checkpoints when they need one.
+        data_dir=tmp_path_factory.mktemp("server-data"),
+        audit_checkpoint_seconds=3600,
         # Every test registers its accounts from this machine's address.
         registrations_per_address=100_000,
         # Cheap password hashes: tests sign in hundreds of accounts (the hashing tests set

@@ -26,6 +26,7 @@ from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, Refres
 from cinema_grpc.domain.identity.throttle import SignInRecord
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
+from cinema_grpc.domain.payment.audit import AuditCheckpoint
 from cinema_grpc.domain.payment.model import AuditEntry, GatewayEvent, IntentStatus, Payment, Refund
 from cinema_grpc.domain.screening.model import Cinema, Hall, Movie, Seat, Showtime
 
@@ -382,11 +383,31 @@ class PaymentRepository(Protocol):
 class AuditTrail(Protocol):
     """Append-only: the database refuses UPDATE, DELETE and TRUNCATE of its entries."""
 
-    async def append(self, entry: AuditEntry) -> AuditEntry: ...
+    async def append(self, entry: AuditEntry) -> AuditEntry:
+        """Chains the entry to the last one (keyed with the audit key) and stores it."""
+        ...
 
     async def for_payment(self, payment_id: uuid.UUID) -> list[AuditEntry]: ...
 
     async def everything(self) -> list[AuditEntry]: ...
+
+    async def head(self) -> AuditEntry | None:
+        """The newest entry."""
+        ...
+
+    async def get(self, sequence: int) -> AuditEntry | None: ...
+
+    async def after(self, sequence: int) -> list[AuditEntry]:
+        """The entries newer than ``sequence``, oldest first."""
+        ...
+
+
+class AuditCheckpoints(Protocol):
+    """Where signed checkpoints of the trail are kept, outside the database."""
+
+    def latest(self) -> AuditCheckpoint | None: ...
+
+    def save(self, checkpoint: AuditCheckpoint) -> None: ...
 
 
 class PaymentGateway(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from cinema.payment.v1 import payment_pb2 as pb
 from cinema.payment.v1 import payment_pb2_grpc
@@ -11,6 +11,7 @@ from cinema_grpc.domain.errors import Violations
 from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.payment import use_cases as uc
+from cinema_grpc.domain.payment.audit import AuditVerdict
 from cinema_grpc.domain.payment.model import AuditEntry, Payment, PaymentState
 from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
 from cinema_grpc.services.access import current_caller
@@ -69,8 +70,10 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         rules: uc.PaymentRules,
         booking_rules: BookingRules,
         sync_guard: uc.SyncGuard,
+        verify_audit_trail: Callable[[], Awaitable[AuditVerdict]],
     ) -> None:
         self._uow = unit_of_work
+        self._verify_audit_trail = verify_audit_trail
         self._clock = clock
         self._gateway = gateway
         self._rules = rules
@@ -146,9 +149,11 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def VerifyAuditTrail(
         self, request: pb.VerifyAuditTrailRequest, context: Context
     ) -> pb.VerifyAuditTrailResponse:
-        verdict = await uc.verify_audit_trail(self._uow())
+        verdict = await self._verify_audit_trail()
         return pb.VerifyAuditTrailResponse(
             intact=verdict.intact,
             entries_checked=verdict.entries_checked,
             first_broken_sequence=verdict.first_broken_sequence,
+            problem=verdict.problem.value if verdict.problem else "",
+            checkpoint_sequence=verdict.checkpoint_sequence,
         )

@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, event, func, make_url, select
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg import sql
+from sqlalchemy import URL, create_engine, event, func, make_url, select
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
@@ -74,12 +78,98 @@ async def try_session_lock(engine: AsyncEngine, namespace: LockNamespace) -> Asy
                 await conn.commit()
 
 
-def migrate(url: URL) -> None:
-    """Brings the schema to the newest migration (safe to run from several replicas at once)."""
+def _alembic(url: URL) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%"))
-    command.upgrade(config, "head")
+    return config
+
+
+def migrate(url: URL, revision: str = "head") -> None:
+    """Brings the schema to the newest migration, or to ``revision`` (safe to run from several
+    replicas at once)."""
+    command.upgrade(_alembic(url), revision)
+
+
+def schema_behind(url: URL) -> str | None:
+    """Why the schema is not at the newest migration this code knows, or None when it is."""
+    head = ScriptDirectory.from_config(_alembic(url)).get_current_head()
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current == head:
+        return None
+    return f"the database schema is at migration {current or '(none)'}, this server needs {head}"
+
+
+# Tables the runtime role may read and append to, never change.
+APPEND_ONLY_TABLES = ("payment.audit_log",)
+
+
+def schema_grants(space: sql.Identifier, name: sql.Identifier) -> list[sql.Composed]:
+    return [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(space, name),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(space, name),
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(space, name),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(
+            space, name
+        ),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(space, name),
+    ]
+
+
+def grant_runtime_role(url: URL, role: str, password: str | None) -> None:
+    """Creates (or updates) the login role ``serve --no-migrate`` runs as: it may read and write
+    the application's rows, but owns nothing, so it cannot ALTER a table or disable its
+    triggers, and may only read and append to the audit trail (no UPDATE, DELETE, TRUNCATE).
+    Run as the owner of the schema (the role ``cinema-grpc migrate`` runs as); idempotent, and
+    new tables of later migrations are granted by default privileges."""
+    name = sql.Identifier(role)
+    statements: list[sql.Composed] = [
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(url.database or ""), name),
+        sql.SQL("GRANT SELECT ON public.alembic_version TO {}").format(name),
+    ]
+    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq) as connection:
+        owner = connection.execute(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'payment' AND tablename = 'audit_log'"
+        ).fetchone()
+        if owner is None:
+            raise RuntimeError("the schema is missing: run 'cinema-grpc migrate' first")
+        # Every schema the migrations made: those of the audit trail's owner.
+        schemas = [
+            str(row[0])
+            for row in connection.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspowner = (SELECT relowner FROM pg_class"
+                " WHERE oid = 'payment.audit_log'::regclass) AND nspname NOT LIKE 'pg\\_%%'"
+                " AND nspname NOT IN ('public', 'information_schema') ORDER BY 1"
+            )
+        ]
+        if owner[0] == role:
+            raise RuntimeError(f"{role} owns the tables: the runtime role must be another role than the owner")
+        existing = connection.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if existing is None:
+            # Needs CREATEROLE; without it, a database administrator creates the role first.
+            connection.execute(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
+                    name
+                )
+            )
+        elif existing[0]:
+            raise RuntimeError(f"{role} is a superuser, which no privilege binds: choose an ordinary role")
+        if password is not None:
+            connection.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+        for schema in schemas:
+            statements += schema_grants(sql.Identifier(schema), name)
+        # After the grants of whole schemas, which include these tables.
+        for table in APPEND_ONLY_TABLES:
+            qualified = sql.Identifier(*table.split("."))
+            statements.append(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(qualified, name))
+        for statement in statements:
+            connection.execute(statement)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.payment.model import (
     GENESIS_HASH,
     AuditEntry,
+    AuditScheme,
     Payment,
     PaymentChannel,
     PaymentState,
@@ -226,20 +228,34 @@ class SqlPaymentRepository:
 def _entry(row: AuditLogRow) -> AuditEntry:
     amount = Money(row.amount_minor, row.currency) if row.amount_minor is not None and row.currency else None
     return AuditEntry(
-        row.payment_id, row.kind, row.stripe_id, amount, row.actor, row.note, row.created_at, row.sequence, row.hash
+        row.payment_id,
+        row.kind,
+        row.stripe_id,
+        amount,
+        row.actor,
+        row.note,
+        row.created_at,
+        row.sequence,
+        row.hash,
+        AuditScheme(row.scheme),
     )
 
 
 class SqlAuditTrail:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, key: bytes | None) -> None:
         self._session = session
+        # None where nothing is appended (the command line's verify): appending then fails.
+        self._key = key
 
     async def append(self, entry: AuditEntry) -> AuditEntry:
+        if self._key is None:
+            raise RuntimeError("no audit key: this unit of work cannot append to the audit trail")
         # One writer at a time until commit, so the previous hash is the last entry's.
         await self._session.execute(select(func.pg_advisory_xact_lock(advisory_key(LockNamespace.AUDIT_CHAIN))))
         previous = await self._session.scalar(select(AuditLogRow.hash).order_by(AuditLogRow.sequence.desc()).limit(1))
         prev_hash = previous or GENESIS_HASH
-        digest = entry.chained_hash(prev_hash)
+        keyed = replace(entry, scheme=AuditScheme.HMAC_SHA256)
+        digest = keyed.chained_hash(prev_hash, self._key)
         sequence = await self._session.scalar(
             insert(AuditLogRow)
             .values(
@@ -253,21 +269,12 @@ class SqlAuditTrail:
                 created_at=entry.created_at,
                 prev_hash=prev_hash,
                 hash=digest,
+                scheme=int(AuditScheme.HMAC_SHA256),
             )
             .returning(AuditLogRow.sequence)
         )
         assert sequence is not None
-        return AuditEntry(
-            entry.payment_id,
-            entry.kind,
-            entry.stripe_id,
-            entry.amount,
-            entry.actor,
-            entry.note,
-            entry.created_at,
-            sequence,
-            digest,
-        )
+        return replace(keyed, sequence=sequence, hash=digest)
 
     async def for_payment(self, payment_id: uuid.UUID) -> list[AuditEntry]:
         query = select(AuditLogRow).where(AuditLogRow.payment_id == payment_id).order_by(AuditLogRow.sequence)
@@ -275,4 +282,16 @@ class SqlAuditTrail:
 
     async def everything(self) -> list[AuditEntry]:
         query = select(AuditLogRow).order_by(AuditLogRow.sequence)
+        return [_entry(row) for row in await self._session.scalars(query)]
+
+    async def head(self) -> AuditEntry | None:
+        row = await self._session.scalar(select(AuditLogRow).order_by(AuditLogRow.sequence.desc()).limit(1))
+        return _entry(row) if row else None
+
+    async def get(self, sequence: int) -> AuditEntry | None:
+        row = await self._session.get(AuditLogRow, sequence)
+        return _entry(row) if row else None
+
+    async def after(self, sequence: int) -> list[AuditEntry]:
+        query = select(AuditLogRow).where(AuditLogRow.sequence > sequence).order_by(AuditLogRow.sequence)
         return [_entry(row) for row in await self._session.scalars(query)]

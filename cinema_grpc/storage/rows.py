@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CHAR, BigInteger, Boolean, ForeignKey, Identity, Integer, MetaData, Text, func
+from sqlalchemy import CHAR, BigInteger, Boolean, ForeignKey, Identity, Integer, MetaData, SmallInteger, Text, func
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -301,6 +301,7 @@ class AuditLogRow(Row):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text, unique=True)
+    scheme: Mapped[int] = mapped_column(SmallInteger)
 
 
 class TicketIssueRow(Row):

@@ -64,9 +64,16 @@ def translate_database_error(exc: DBAPIError) -> DomainError | None:
 
 
 class SqlUnitOfWork:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: AvailabilityBus | None = None) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: AvailabilityBus | None = None,
+        *,
+        audit_key: bytes | None = None,
+    ) -> None:
         self._sessions = sessions
         self._bus = bus
+        self._audit_key = audit_key
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
@@ -82,7 +89,7 @@ class SqlUnitOfWork:
         self._inventories = SqlInventoryRepository(self.session)
         self.inventories: InventoryRepository = self._inventories
         self.payments: PaymentRepository = SqlPaymentRepository(self.session)
-        self.audit: AuditTrail = SqlAuditTrail(self.session)
+        self.audit: AuditTrail = SqlAuditTrail(self.session, self._audit_key)
         self.reports: ReportsRepository = SqlReportsRepository(self.session)
         self.admission: AdmissionRepository = SqlAdmissionRepository(self.session)
         return self

@@ -45,6 +45,8 @@ def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Itera
             "CINEMA_DATA_DIR": str(tmp_path / name),
             "CINEMA_GRPC_PORT": str(port),
             "CINEMA_TOKEN_SIGNING_KEY": "replica-test-signing-key-0123456789abcdef",
+            # Like the token key, one audit key for every replica.
+            "CINEMA_AUDIT_KEY": "replica-test-audit-key-0123456789abcdefghij",
             "CINEMA_SWEEP_INTERVAL_SECONDS": "0.5",
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
             "CINEMA_WEBHOOK_PORT": "0",

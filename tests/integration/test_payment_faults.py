@@ -28,7 +28,7 @@ from cinema_grpc.services.metrics import REGISTRY
 from cinema_grpc.settings import Settings
 from tests.auth_client import with_token
 from tests.booking_data import Customer, Sale, hold
-from tests.conftest import TEST_SIGNING_KEY, RunningServer
+from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEY, RunningServer
 from tests.e2e.test_command_line import free_port
 from tests.integration.test_cinemas_and_movies import count
 from tests.payment_data import confirm_card, stripe_client
@@ -163,6 +163,8 @@ def serve_process(
         "CINEMA_WEBHOOK_PORT": "0",
         "CINEMA_METRICS_PORT": "0",
         "CINEMA_TOKEN_SIGNING_KEY": TEST_SIGNING_KEY,
+        "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
+        "CINEMA_DATA_DIR": str(log.parent / f"data-{port}"),
         "CINEMA_STRIPE_SECRET_KEY": API_KEY,
         "CINEMA_STRIPE_WEBHOOK_SECRET": local_stripe.webhook_secret,
         "CINEMA_STRIPE_API_BASE": api_base,

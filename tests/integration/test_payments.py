@@ -25,9 +25,10 @@ from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
+from cinema_grpc.settings import Settings
 from tests.auth_client import with_token
 from tests.booking_data import LAYOUT, Customer, Sale, hold, open_sale, states
-from tests.conftest import RunningServer
+from tests.conftest import TEST_AUDIT_KEY, RunningServer
 from tests.integration.test_cinemas_and_movies import count
 from tests.payment_data import confirm_card, post_webhook, signed_event, stripe_client, wait_for
 from tests.rpc_errors import call_fails
@@ -408,25 +409,40 @@ def test_only_admins_verify_the_trail_and_only_staff_read_it(channel: grpc.Chann
     assert events.code is grpc.StatusCode.PERMISSION_DENIED
 
 
-def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+def audit_verify(database_url: str, settings: Settings) -> subprocess.CompletedProcess[str]:
+    """The command line, with the server's audit key and data dir (its checkpoint)."""
     command = [str(Path(sys.executable).parent / "cinema-grpc"), "audit", "verify"]
-    env = {**os.environ, "DATABASE_URL": database_url}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
+        "CINEMA_DATA_DIR": str(settings.data_dir),
+    }
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_the_audit_verify_command_names_the_broken_entry(database_url: str, tampered: int) -> None:
-    broken = audit_verify(database_url)
+def test_the_audit_verify_command_names_the_broken_entry(
+    database_url: str, server_settings: Settings, tampered: int
+) -> None:
+    broken = audit_verify(database_url, server_settings)
     assert broken.returncode == 1
     assert f"BROKEN at entry {tampered}" in broken.stderr
 
 
 def test_the_audit_verify_command_passes_an_intact_trail(
-    database_url: str, channel: grpc.Channel, ana: Customer, clerk: Customer, sale: Sale
+    database_url: str,
+    server_settings: Settings,
+    server: RunningServer,
+    channel: grpc.Channel,
+    ana: Customer,
+    clerk: Customer,
+    sale: Sale,
 ) -> None:
     paid_booking(channel, ana, clerk, sale, "E3")
-    intact = audit_verify(database_url)
+    assert server.run(server.server.checkpoint_audit_trail()) is not None
+    intact = audit_verify(database_url, server_settings)
     assert intact.returncode == 0, intact.stderr
-    assert "audit trail intact" in intact.stdout
+    assert "audit trail intact" in intact.stdout and "checkpoint at entry" in intact.stdout
 
 
 @pytest.mark.usefixtures("lost_webhooks")

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from tests.auth_client import with_token
 from tests.booking_data import Sale
-from tests.conftest import TEST_SIGNING_KEY
+from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEY
 from tests.e2e.test_command_line import free_port
 from tests.payment_data import confirm_card
 from tests.rpc_errors import failure
@@ -38,6 +39,8 @@ Db = psycopg.Connection[tuple[object, ...]]
 BIN = Path(sys.executable).parent
 # Seconds of mixed load per soak test: short in the CI gate, longer with `make soak`.
 SOAK_SECONDS = float(os.environ.get("CINEMA_SOAK_SECONDS", "20"))
+# The replicas' data dir (audit checkpoints), private to this run.
+DATA_DIR = Path(tempfile.mkdtemp(prefix="cinema-soak-data-"))
 # Statuses that mean a bug, whatever happened to the replicas or the database.
 BUGS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 HOLD_TTL_SECONDS = 10
@@ -91,6 +94,9 @@ def replica_env(database_url: str, redis_url: str | None, stripe: LocalStripe, *
         **({"REDIS_URL": redis_url} if redis_url else {}),
         "DATABASE_URL": database_url,
         "CINEMA_TOKEN_SIGNING_KEY": TEST_SIGNING_KEY,
+        # Every replica, and audit verify, sign with one audit key and keep checkpoints in one place.
+        "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
+        "CINEMA_DATA_DIR": str(DATA_DIR),
         "CINEMA_STRIPE_SECRET_KEY": API_KEY,
         "CINEMA_STRIPE_WEBHOOK_SECRET": stripe.webhook_secret,
         "CINEMA_STRIPE_API_BASE": stripe.api_base,
@@ -383,7 +389,12 @@ def settle(db: Db, timeout: float) -> dict[str, int]:
 
 
 def audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
+        "CINEMA_DATA_DIR": str(DATA_DIR),
+    }
     return subprocess.run(
         [str(BIN / "cinema-grpc"), "audit", "verify"], env=env, capture_output=True, text=True, timeout=120, check=False
     )

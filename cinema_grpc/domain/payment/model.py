@@ -1,9 +1,10 @@
-"""Payments and refunds, their state machine, and the hash chain of the audit trail."""
+"""Payments and refunds, their state machine, and the entries of the audit trail."""
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import json
 import uuid
 from dataclasses import dataclass, replace
@@ -162,6 +163,16 @@ class GatewayEvent:
     intent: IntentStatus | None
 
 
+class AuditScheme(enum.IntEnum):
+    """How an audit entry's hash is made."""
+
+    # SHA-256: entries written before the chain was keyed. Anyone can recompute these.
+    PLAIN_SHA256 = 1
+    # HMAC-SHA256 with the audit key, held outside the database: without it no one can
+    # make an entry (or a rewritten chain) that verifies.
+    HMAC_SHA256 = 2
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     payment_id: uuid.UUID
@@ -173,9 +184,11 @@ class AuditEntry:
     created_at: datetime
     sequence: int = 0
     hash: str = ""
+    scheme: AuditScheme = AuditScheme.HMAC_SHA256
 
-    def chained_hash(self, previous: str) -> str:
-        """SHA-256 over the previous entry's hash and every field of this one."""
+    def chained_hash(self, previous: str, key: bytes | None) -> str:
+        """The hash over the previous entry's hash and every field of this one, by the entry's
+        scheme; a keyed entry needs the key (None: it cannot be made or checked)."""
         fields = [
             previous,
             str(self.payment_id),
@@ -187,21 +200,9 @@ class AuditEntry:
             self.note,
             self.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
         ]
-        return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditVerdict:
-    intact: bool
-    entries_checked: int
-    first_broken_sequence: int
-
-
-def verify_chain(entries: list[AuditEntry]) -> AuditVerdict:
-    """Recomputes the chain in sequence order; the first entry that does not match is named."""
-    previous = GENESIS_HASH
-    for count, entry in enumerate(entries, start=1):
-        if entry.chained_hash(previous) != entry.hash:
-            return AuditVerdict(False, count, entry.sequence)
-        previous = entry.hash
-    return AuditVerdict(True, len(entries), 0)
+        payload = json.dumps(fields, separators=(",", ":")).encode()
+        if self.scheme is AuditScheme.PLAIN_SHA256:
+            return hashlib.sha256(payload).hexdigest()
+        if key is None:
+            raise ValueError("a keyed audit entry needs the audit key")
+        return hmac.new(key, payload, hashlib.sha256).hexdigest()

@@ -27,9 +27,9 @@ from cinema_grpc.domain.errors import (
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.payment.audit import AuditCheckpoint, AuditVerdict, extends, verify_chain
 from cinema_grpc.domain.payment.model import (
     AuditEntry,
-    AuditVerdict,
     IntentStatus,
     Payment,
     PaymentChannel,
@@ -38,9 +38,8 @@ from cinema_grpc.domain.payment.model import (
     RefundState,
     check_card_amount,
     retry_delay,
-    verify_chain,
 )
-from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
+from cinema_grpc.domain.ports import AuditCheckpoints, Clock, PaymentGateway, UnitOfWork
 from cinema_grpc.domain.rate_limits import RecentMoments, TokenBuckets
 from cinema_grpc.domain.text import clean_text
 
@@ -657,7 +656,39 @@ async def payment_events(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID)
         return await uow.audit.for_payment(payment_id)
 
 
-async def verify_audit_trail(uow: UnitOfWork) -> AuditVerdict:
+async def verify_audit_trail(uow: UnitOfWork, key: bytes, checkpoints: AuditCheckpoints) -> AuditVerdict:
+    """Recomputes the whole chain with the audit key and compares it with the latest checkpoint."""
     async with uow:
+        await uow.snapshot()
         entries = await uow.audit.everything()
-    return verify_chain(entries)
+    return verify_chain(entries, key, checkpoints.latest())
+
+
+async def checkpoint_audit_trail(
+    uow: UnitOfWork, key: bytes, checkpoints: AuditCheckpoints, clock: Clock
+) -> AuditCheckpoint | None:
+    """Signs and keeps the trail's head, when it moved on from the latest checkpoint along a valid
+    chain. A trail that no longer holds the latest checkpoint keeps it (so verification goes on
+    failing) and is reported; returns the new checkpoint, or None."""
+    latest = checkpoints.latest()
+    async with uow:
+        await uow.snapshot()
+        head = await uow.audit.head()
+        if head is None or (latest is not None and head.sequence == latest.sequence and head.hash == latest.hash):
+            return None
+        if latest is None:
+            # The first checkpoint pins only a chain that verifies from the start.
+            holds = verify_chain(await uow.audit.everything(), key).intact
+        else:
+            holds = latest.signed_by(key) and extends(
+                latest, await uow.audit.get(latest.sequence), await uow.audit.after(latest.sequence), key
+            )
+    if not holds:
+        log.error(
+            "the audit trail does not verify: no checkpoint written (the latest one, if any, is kept)",
+            extra={"checkpoint_sequence": latest.sequence if latest else 0, "head_sequence": head.sequence},
+        )
+        return None
+    checkpoint = AuditCheckpoint(head.sequence, head.hash, clock.now()).signed(key)
+    checkpoints.save(checkpoint)
+    return checkpoint

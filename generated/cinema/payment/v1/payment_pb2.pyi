@@ -351,20 +351,33 @@ class VerifyAuditTrailResponse(_message.Message):
     INTACT_FIELD_NUMBER: _builtins.int
     ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
     FIRST_BROKEN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SEQUENCE_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     entries_checked: _builtins.int
     first_broken_sequence: _builtins.int
     """The sequence number of the first entry whose hash does not match; 0 when intact."""
+    problem: _builtins.str
+    """Why the trail is not intact; empty when intact. ENTRY_ALTERED: an entry does not match its
+    content and predecessor, or the checkpoint's head; KEYED_CHAIN_DOWNGRADED: a plain entry
+    after a keyed one (the chain was recomputed without the key); ENTRIES_MISSING: the entry
+    the checkpoint names is gone (the end of the trail was deleted); CHECKPOINT_FORGED: the
+    checkpoint's signature does not match.
+    """
+    checkpoint_sequence: _builtins.int
+    """The sequence number of the signed checkpoint the trail was compared with; 0 without one."""
     def __init__(
         self,
         *,
         intact: _builtins.bool = ...,
         entries_checked: _builtins.int = ...,
         first_broken_sequence: _builtins.int = ...,
+        problem: _builtins.str = ...,
+        checkpoint_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_broken_sequence", b"first_broken_sequence", "intact", b"intact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_sequence", b"checkpoint_sequence", "entries_checked", b"entries_checked", "first_broken_sequence", b"first_broken_sequence", "intact", b"intact", "problem", b"problem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,7 +136,8 @@ class PaymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAuditTrail(self, request, context):
-        """Recomputes the hash chain of the whole audit trail and names the first broken entry.
+        """Recomputes the keyed hash chain of the whole audit trail, compares it with the latest signed
+        checkpoint, and names the first broken entry and the problem.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

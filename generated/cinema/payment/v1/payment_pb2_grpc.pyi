@@ -62,7 +62,9 @@ class PaymentServiceStub:
     ListPaymentEvents: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentEventsRequest, _payment_pb2.ListPaymentEventsResponse]
     """The audit trail of one payment, oldest first."""
     VerifyAuditTrail: _grpc.UnaryUnaryMultiCallable[_payment_pb2.VerifyAuditTrailRequest, _payment_pb2.VerifyAuditTrailResponse]
-    """Recomputes the hash chain of the whole audit trail and names the first broken entry."""
+    """Recomputes the keyed hash chain of the whole audit trail, compares it with the latest signed
+    checkpoint, and names the first broken entry and the problem.
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -98,7 +100,9 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     ListPaymentEvents: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentEventsRequest, _payment_pb2.ListPaymentEventsResponse]  # type: ignore[assignment]
     """The audit trail of one payment, oldest first."""
     VerifyAuditTrail: _aio.UnaryUnaryMultiCallable[_payment_pb2.VerifyAuditTrailRequest, _payment_pb2.VerifyAuditTrailResponse]  # type: ignore[assignment]
-    """Recomputes the hash chain of the whole audit trail and names the first broken entry."""
+    """Recomputes the keyed hash chain of the whole audit trail, compares it with the latest signed
+    checkpoint, and names the first broken entry and the problem.
+    """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Card payments through Stripe PaymentIntents, refunds, and the immutable audit trail.
@@ -173,6 +177,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.VerifyAuditTrailRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.VerifyAuditTrailResponse, _abc.Awaitable[_payment_pb2.VerifyAuditTrailResponse]]:
-        """Recomputes the hash chain of the whole audit trail and names the first broken entry."""
+        """Recomputes the keyed hash chain of the whole audit trail, compares it with the latest signed
+        checkpoint, and names the first broken entry and the problem.
+        """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
