@@ -22,6 +22,7 @@ from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
+from tests.conftest import TEST_AUDIT_KEY
 from tests.e2e.test_command_line import free_port
 from tests.integration.test_booking_races import double_claims, race
 from tests.rpc_errors import failure
@@ -45,8 +46,9 @@ def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Itera
             "CINEMA_DATA_DIR": str(tmp_path / name),
             "CINEMA_GRPC_PORT": str(port),
             "CINEMA_TOKEN_SIGNING_KEY": "replica-test-signing-key-0123456789abcdef",
-            # Like the token key, one audit key for every replica.
-            "CINEMA_AUDIT_KEY": "replica-test-audit-key-0123456789abcdefghij",
+            # Like the token key, one audit key for every replica (and the session's database
+            # holds one audit chain).
+            "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
             "CINEMA_SWEEP_INTERVAL_SECONDS": "0.5",
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
             "CINEMA_WEBHOOK_PORT": "0",

@@ -22,6 +22,7 @@ from cinema.screening.v1 import screening_pb2 as spb
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
+from tests.conftest import TEST_AUDIT_KEY
 from tests.e2e.test_command_line import free_port
 from tests.stream_reader import StreamReader
 
@@ -62,6 +63,8 @@ def two_workers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "REDIS_URL": "",
         "CINEMA_DATA_DIR": str(tmp_path / "data"),
         "CINEMA_TOKEN_SIGNING_KEY": "workers-test-signing-key-0123456789abcdef",
+        # The session's database holds one audit chain: every server appends with the same key.
+        "CINEMA_AUDIT_KEY": TEST_AUDIT_KEY,
         "CINEMA_SHUTDOWN_GRACE_SECONDS": "3",
         "CINEMA_WEBHOOK_PORT": "0",
         "CINEMA_METRICS_PORT": "0",
