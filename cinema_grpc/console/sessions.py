@@ -26,6 +26,7 @@ CSRF_HEADER = "x-csrf-token"
 IDLE_LIMIT = timedelta(hours=8)
 # Refresh the access token this long before it expires, so no call races its expiry.
 REFRESH_MARGIN = timedelta(seconds=60)
+MAX_ANONYMOUS = 10_000  # sessions of visitors who have not signed in (yet)
 STAFF_ROLES = frozenset({ipb.ROLE_STAFF, ipb.ROLE_ADMIN})
 
 
@@ -70,8 +71,9 @@ class NotSignedIn(Exception):
 
 
 class SessionStore:
-    def __init__(self) -> None:
+    def __init__(self, max_anonymous: int = MAX_ANONYMOUS) -> None:
         self._sessions: dict[str, StaffSession] = {}
+        self._max_anonymous = max_anonymous
 
     def of(self, request: Request) -> StaffSession:
         """The request's session, or a new anonymous one (the sign-in form needs a CSRF token too)."""
@@ -80,6 +82,11 @@ class SessionStore:
             del self._sessions[stale]
         session = self._sessions.get(request.cookies.get(COOKIE, ""))
         if session is None:
+            anonymous = [k for k, s in self._sessions.items() if not s.signed_in]
+            # Visits that never sign in cannot fill the memory: the oldest of them are dropped
+            # (dicts keep insertion order); signed-in sessions are never dropped for them.
+            for oldest in anonymous[: max(0, len(anonymous) - self._max_anonymous + 1)]:
+                del self._sessions[oldest]
             session = StaffSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), at)
             self._sessions[session.id] = session
         session.last_seen = at
