@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -268,6 +269,9 @@ def _http_status(code: grpc.StatusCode) -> int:
     }.get(code, 502)
 
 
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/_.~%=&?-]*")
+
+
 def request_id() -> str:
     return str(uuid.uuid4())
 
@@ -309,7 +313,14 @@ async def login(page: Page) -> Response:
     page.session = page.console.sessions.renew(page.session)
     page.session.take(pair)
     target = page.value("next")
-    return page.redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+    return page.redirect(target if _same_site_path(target) else "/")
+
+
+def _same_site_path(target: str) -> bool:
+    """Whether ``next`` is a plain path of this site, so a crafted sign-in link cannot send
+    staff elsewhere: ``//host``, ``/\\host`` and paths with blanks or control characters (which
+    browsers strip, making ``//host`` of them) are refused."""
+    return _PLAIN_PATH.fullmatch(target) is not None and not target.startswith("//")
 
 
 async def logout(page: Page) -> Response:

@@ -379,3 +379,26 @@ def test_audit_verification_is_for_admins(
     verdict = client.post("/audit", data={"csrf_token": csrf_of(page.text)})
     client.close()
     assert verdict.status_code == 200 and "Intact:" in verdict.text
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "/\\evil.example", "/\t/evil.example", "https://evil.example"])
+def test_signing_in_never_sends_staff_to_another_site(
+    console: ConsoleServer, channel: grpc.Channel, db: Db, target: str
+) -> None:
+    user, password = account(channel, db, "STAFF")
+    with httpx.Client(base_url=console.url) as client:
+        token = csrf_of(client.get("/login").text)
+        data = {"email": user.email, "password": password, "csrf_token": token, "next": target}
+        assert client.post("/login", data=data).headers["location"] == "/"
+
+
+def test_signing_in_returns_to_the_page_that_asked_for_it(
+    console: ConsoleServer, channel: grpc.Channel, db: Db
+) -> None:
+    user, password = account(channel, db, "STAFF")
+    with httpx.Client(base_url=console.url) as client:
+        asked = client.get("/movies?q=x")
+        assert asked.headers["location"] == "/login?next=%2Fmovies"
+        token = csrf_of(client.get(asked.headers["location"]).text)
+        data = {"email": user.email, "password": password, "csrf_token": token, "next": "/movies"}
+        assert client.post("/login", data=data).headers["location"] == "/movies"
