@@ -34,7 +34,7 @@ GOCODE=/usr/share/gocode
 GA=$GOCODE/src/github.com/grpc-ecosystem/grpc-gateway/third_party/googleapis
 
 missing=()
-for tool in protoc protoc-gen-go protoc-gen-grpc-gateway protoc-gen-swagger go; do
+for tool in protoc protoc-gen-go protoc-gen-grpc-gateway protoc-gen-swagger go python3; do
   [ -x "$BIN/$tool" ] || missing+=("$BIN/$tool")
 done
 for dir in "$GA" /usr/include/google/protobuf "$GOCODE/src/github.com/grpc-ecosystem/grpc-gateway/runtime" \
@@ -97,6 +97,9 @@ find "$GP/src/cinemagw/gen" -name '*.pb.gw.go' -exec sed -i '/runtime\.CamelCase
 # Only documents with operations are published (access.proto and money.proto have none).
 find "$OUT/openapi" -name '*.swagger.json' -print0 | xargs -0 -r grep -l -F '"paths": {}' | xargs -r rm -f
 find "$OUT/openapi" -type d -empty -delete
+# v1.6.4 writes "version not set" and the file name as the title: the service's name, its
+# comment, the API version and the bearer-token scheme (public RPCs marked as needing none).
+"$BIN/python3" scripts/openapi_metadata.py "$OUT/openapi" protos
 
 # services.go: every service declared in protos/, registered by main.go.
 services=$(

@@ -492,3 +492,71 @@ def test_the_gateway_serves_https_and_reaches_a_tls_grpc_server(
                 requests.get(f"{process.url}/v1/cinemas", timeout=TIMEOUT)  # the system does not trust it
     finally:
         running.stop()
+
+
+def test_every_gateway_error_is_the_json_envelope_with_a_reason(gateway: str, gateway_binary: Path) -> None:
+    public = Rest(gateway)
+
+    def reason(response: requests.Response, status: int, code: int) -> str:
+        assert response.status_code == status, response.text
+        assert response.headers["Content-Type"] == "application/json"
+        body = response.json()
+        assert body["code"] == code and body["message"] == body["error"], body
+        return str(detail(body, "ErrorInfo")["reason"])
+
+    broken = public.call("POST", "/v1/sessions", data=b'{"email": ', headers={"Content-Type": "application/json"})
+    assert reason(broken, 400, 3) == "INVALID_JSON"
+    assert broken.json()["message"].startswith("the request body is not valid JSON")
+    assert reason(public.call("GET", "/v1/showtimes", params={"page_size": "many"}), 400, 3) == "INVALID_PARAMETER"
+    assert reason(public.call("GET", "/v1/nowhere"), 404, 5) == "ROUTE_NOT_FOUND"
+    assert reason(public.call("DELETE", "/v1/cinemas"), 405, 12) == "METHOD_NOT_ALLOWED"
+    assert reason(requests.get(f"{gateway}/openapi/cinema/nothing.json", timeout=TIMEOUT), 404, 5) == "ROUTE_NOT_FOUND"
+    refused = requests.post(f"{gateway}/openapi/cinema/booking/v1/booking.swagger.json", timeout=TIMEOUT)
+    assert reason(refused, 405, 12) == "METHOD_NOT_ALLOWED"
+
+    orphan = GatewayProcess(gateway_binary)  # in front of a port where no server listens
+    orphan.start(f"127.0.0.1:{free_port()}", "127.0.0.1", 0, None)
+    try:
+        down = requests.get(f"{orphan.url}/v1/cinemas", timeout=TIMEOUT)
+        assert reason(down, 503, 14) == "BACKEND_UNAVAILABLE"
+    finally:
+        orphan.stop()
+
+
+def test_json_omits_unset_messages_keeps_zero_values_and_writes_html_characters_as_is(
+    gateway: str, admin_token: str, sale: Sale
+) -> None:
+    admin = Rest(gateway, admin_token)
+    movie = admin.call("POST", "/v1/movies", {"movie": {"title": "Cats <& Dogs>", "duration_minutes": 90}})
+    assert movie.status_code == 200, movie.text
+    assert '"title":"Cats <& Dogs>"' in movie.text and "\\u003c" not in movie.text
+    assert movie.json()["rating"] == "" and movie.json()["active"] is False  # zero values stay
+
+    _, token = sign_up(Rest(gateway))
+    held = Rest(gateway, token).ok("POST", f"/v1/showtimes/{sale.showtime.id}/holds", {"seat_ids": sale.seats("B1")})
+    assert "payment_deadline" not in held and held["keep_until"] == held["expire_time"]  # no payment in flight
+    assert held["ended_by"] == "" and held["seat_map_version"] != "0"
+
+    bad = Rest(gateway).call("POST", "/v1/users:register", {"email": "nope", "password": PASSWORD, "display_name": ""})
+    violations = detail(bad.json(), "BadRequest")["field_violations"]
+    assert violations and all("localized_message" not in v for v in violations)
+    assert "null" not in bad.text
+
+
+def test_openapi_documents_say_what_the_api_is_and_how_to_authenticate(gateway: str) -> None:
+    booking = requests.get(f"{gateway}/openapi/cinema/booking/v1/booking.swagger.json", timeout=TIMEOUT).json()
+    assert booking["info"]["title"] == "cinema.booking.v1.BookingService"
+    assert booking["info"]["version"] == "v1"
+    assert booking["info"]["description"].startswith("Seat holds, bookings with tickets")
+    assert booking["securityDefinitions"]["bearer"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": booking["securityDefinitions"]["bearer"]["description"],
+    }
+    assert booking["security"] == [{"bearer": []}]
+    paths = booking["paths"]
+    assert paths["/v1/showtimes/{showtime_id}/seats"]["get"]["security"] == []  # public: no token needed
+    assert "security" not in paths["/v1/showtimes/{showtime_id}/holds"]["post"]  # the document's bearer scheme
+    identity = requests.get(f"{gateway}/openapi/cinema/identity/v1/identity.swagger.json", timeout=TIMEOUT).json()
+    assert identity["paths"]["/v1/sessions"]["post"]["security"] == []  # Login
