@@ -634,12 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from cinema_grpc.log_config import configure_logging
-    from cinema_grpc.settings import Settings
+    from cinema_grpc.settings import Settings, describe_errors
 
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"cinema-grpc: bad configuration:\n{exc}", file=sys.stderr)
+        print(f"cinema-grpc: bad configuration:\n{describe_errors(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     return int(args.run(settings, args))

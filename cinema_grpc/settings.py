@@ -8,7 +8,7 @@ import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cinema_grpc.domain.admission.model import AdmissionRules
@@ -27,11 +27,29 @@ LIVE_STRIPE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad setting, named as it is set (CINEMA_...), without the value given: pydantic's
+    own rendering repeats each input, and some are secrets."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+        if isinstance(alias, AliasChoices):
+            name = str(alias.choices[0])
+        elif field in Settings.model_fields:
+            name = f"CINEMA_{field.upper()}"
+        else:
+            name = field or "settings"
+        lines.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CINEMA_", extra="ignore")
 
     # "production" turns development conveniences that would be unsafe there into startup
-    # errors: the local Stripe test server (any test card pays) and Stripe test-mode keys.
+    # errors: the local Stripe test server (any test card pays), Stripe test-mode keys, and
+    # token and ticket-code signing keys generated per data dir (each replica its own).
     env: str = Field(default="development", pattern="^(development|production)$")
 
     # PostgreSQL 15+ URL (postgresql://user:pass@host:5432/db). Empty: an embedded PostgreSQL
@@ -195,6 +213,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("token_signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("the token signing key must be at least 32 characters")
+        return value
+
     @model_validator(mode="after")
     def _tls_files_in_pairs(self) -> Settings:
         for cert, key, name in (
@@ -230,6 +255,18 @@ class Settings(BaseSettings):
             )
         if self.stripe_webhook_secret is None:
             problems.append("CINEMA_STRIPE_WEBHOOK_SECRET is unset: set the signing secret of the Stripe webhook")
+        # A key generated in one replica's data dir is known to that replica only: the others
+        # reject its tokens, and doors checked by another replica answer its tickets FORGED.
+        if self.token_signing_key is None:
+            problems.append(
+                "CINEMA_TOKEN_SIGNING_KEY is unset: every replica must sign and check tokens with the same key "
+                "(32+ random characters, e.g. from `openssl rand -base64 48`), not one generated in its data dir"
+            )
+        if self.ticket_signing_key is None:
+            problems.append(
+                "CINEMA_TICKET_SIGNING_KEY is unset: every replica must sign ticket codes with the same key "
+                "(`cinema-grpc ticket-key new`), not one generated in its data dir"
+            )
         if problems:
             raise ConfigurationError("CINEMA_ENV=production, but " + "; ".join(problems))
 

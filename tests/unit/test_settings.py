@@ -1,12 +1,15 @@
-"""CINEMA_ENV=production refuses what is only fit for development: payments that are not real."""
+"""CINEMA_ENV=production refuses what is only fit for development: payments that are not real,
+and signing keys each replica would generate for itself."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from cinema_grpc.settings import ConfigurationError, Settings
+from cinema_grpc.settings import ConfigurationError, Settings, describe_errors
 
 LIVE = {"stripe_secret_key": "sk_live_0123456789", "stripe_webhook_secret": "whsec_0123456789"}
+KEYS = {"token_signing_key": "t" * 48, "ticket_signing_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
 
 
 def test_production_refuses_the_local_stripe_test_server() -> None:
@@ -23,11 +26,69 @@ def test_production_refuses_a_stripe_test_mode_key() -> None:
 
 def test_production_refuses_a_live_key_without_a_webhook_secret() -> None:
     with pytest.raises(ConfigurationError, match="CINEMA_STRIPE_WEBHOOK_SECRET is unset"):
-        Settings(env="production", stripe_secret_key="sk_live_0123456789").check_production()
+        Settings(env="production", stripe_secret_key="sk_live_0123456789", **KEYS).check_production()
 
 
-def test_production_with_a_live_key_and_webhook_secret_starts_without_test_payments() -> None:
-    settings = Settings(env="production", **LIVE)
+def test_production_refuses_a_token_signing_key_generated_in_the_data_dir() -> None:
+    settings = Settings(env="production", **LIVE, ticket_signing_key=KEYS["ticket_signing_key"])
+    with pytest.raises(ConfigurationError, match="CINEMA_TOKEN_SIGNING_KEY is unset") as refused:
+        settings.check_production()
+    assert "CINEMA_TICKET_SIGNING_KEY" not in str(refused.value)
+
+
+def test_production_refuses_a_ticket_signing_key_generated_in_the_data_dir() -> None:
+    settings = Settings(env="production", **LIVE, token_signing_key=KEYS["token_signing_key"])
+    with pytest.raises(ConfigurationError, match="CINEMA_TICKET_SIGNING_KEY is unset") as refused:
+        settings.check_production()
+    assert "CINEMA_TOKEN_SIGNING_KEY" not in str(refused.value)
+
+
+def test_production_names_every_missing_setting_at_once() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(env="production").check_production()
+    for setting in (
+        "CINEMA_STRIPE_SECRET_KEY",
+        "CINEMA_STRIPE_WEBHOOK_SECRET",
+        "CINEMA_TOKEN_SIGNING_KEY",
+        "CINEMA_TICKET_SIGNING_KEY",
+    ):
+        assert f"{setting} is unset" in str(refused.value)
+
+
+def test_an_empty_signing_key_counts_as_unset_in_production() -> None:
+    settings = Settings(env="production", **LIVE, token_signing_key="", ticket_signing_key="")
+    with pytest.raises(ConfigurationError) as refused:
+        settings.check_production()
+    assert "CINEMA_TOKEN_SIGNING_KEY is unset" in str(refused.value)
+    assert "CINEMA_TICKET_SIGNING_KEY is unset" in str(refused.value)
+
+
+def test_development_generates_the_signing_keys_when_unset() -> None:
+    Settings(env="development").check_production()
+
+
+def test_a_token_signing_key_shorter_than_32_characters_is_a_configuration_error_that_hides_it() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(token_signing_key="short-secret-key")
+    described = describe_errors(refused.value)
+    assert described == "CINEMA_TOKEN_SIGNING_KEY: the token signing key must be at least 32 characters"
+
+
+def test_configuration_errors_name_each_setting_as_it_is_set_and_never_repeat_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CINEMA_GRPC_PORT", "99999")
+    monkeypatch.setenv("CINEMA_TOKEN_SIGNING_KEY", "a-secret-that-is-too-short")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@h/db")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    described = describe_errors(refused.value).splitlines()
+    assert [line.split(":")[0] for line in described] == ["CINEMA_GRPC_PORT", "CINEMA_TOKEN_SIGNING_KEY"]
+    assert not any("a-secret-that-is-too-short" in line or "99999" in line for line in described)
+
+
+def test_production_with_live_payments_and_both_signing_keys_starts_without_test_payments() -> None:
+    settings = Settings(env="production", **LIVE, **KEYS)
     settings.check_production()
     assert not settings.test_payments
 
