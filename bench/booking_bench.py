@@ -1205,7 +1205,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--showtimes", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--seats-per-row", type=int, default=20)
-    parser.add_argument("--customers", type=int, default=100, help="signed-in customers (99 holds each at most)")
+    parser.add_argument("--customers", type=int, default=64, help="signed-in customers (99 holds each at most)")
     parser.add_argument("--contention-clients", type=int, default=500)
     parser.add_argument("--contention-seats", type=int, default=10)
     parser.add_argument("--watchers", type=int, default=1000)

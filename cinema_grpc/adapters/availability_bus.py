@@ -202,7 +202,9 @@ class Outbox:
             if batch:
                 self._idle.clear()
                 try:
-                    await self._send(batch)  # the sender handles its own failures
+                    await self._send(batch)  # the sender handles the failures it expects
+                except Exception:  # one bad batch must not stop every later one
+                    log.exception("seat events could not be sent", outbox=self._name, events=len(batch))
                 finally:
                     if not self._waiting:
                         self._idle.set()

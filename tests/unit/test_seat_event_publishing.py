@@ -57,3 +57,25 @@ def test_the_in_process_bus_delivers_after_the_publisher_returns_in_order() -> N
     waiting_at_return, received = asyncio.run(scenario())
     assert waiting_at_return == 0
     assert received == events(showtime, 1, 5)
+
+
+def test_a_batch_that_fails_to_send_does_not_stop_the_later_ones() -> None:
+    showtime = uuid.uuid4()
+
+    async def scenario() -> list[SeatEvent]:
+        sent: list[SeatEvent] = []
+
+        async def flaky_send(batch: list[SeatEvent]) -> None:
+            if batch[0].version == 1:
+                raise RuntimeError("unexpected")
+            sent.extend(batch)
+
+        outbox = Outbox(flaky_send, "test-outbox")
+        outbox.put(events(showtime, 1, 1))
+        await asyncio.sleep(0)  # the first batch goes out (and fails) alone
+        await asyncio.sleep(0)
+        outbox.put(events(showtime, 2, 2))
+        await outbox.close()
+        return sent
+
+    assert asyncio.run(scenario()) == events(showtime, 2, 2)
