@@ -54,7 +54,7 @@ import loadgen
 import psycopg
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from proc_cpu import cpu_seconds, parent_of, tree_cpu_seconds
+from proc_cpu import TreeCpu, cpu_seconds, parent_of, tree_cpu, tree_cpu_seconds
 from sqlalchemy import make_url
 
 from cinema.common.v1 import money_pb2
@@ -448,6 +448,8 @@ class Row:
     pg_cpu_s: float = 0.0
     # PostgreSQL backends' CPU by application_name (cinema-grpc is the request pool)
     pg_by_application_s: dict[str, float] = field(default_factory=dict)
+    # All PostgreSQL processes' CPU by kind: "backend" (client connections), "walwriter", ...
+    pg_by_kind_s: dict[str, float] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     note: str = ""
 
@@ -463,6 +465,13 @@ class Row:
     def pg_ms(self) -> float:
         return self.pg_cpu_s * 1000 / self.calls if self.calls else float("nan")
 
+    @property
+    def pg_backend_ms(self) -> float:
+        """What the client backends (the server's connections) used per call."""
+        if not self.calls or not self.pg_by_kind_s:
+            return float("nan")
+        return self.pg_by_kind_s.get("backend", 0.0) * 1000 / self.calls
+
     def figures(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,
@@ -473,6 +482,10 @@ class Row:
             "p99_ms": self.p99_ms,
             "server_cpu_ms_per_call": self.server_ms,
             "pg_cpu_ms_per_call": self.pg_ms,
+            "pg_cpu_ms_per_call_by_kind": {
+                kind: seconds * 1000 / self.calls if self.calls else None
+                for kind, seconds in sorted(self.pg_by_kind_s.items())
+            },
             "pg_cpu_ms_per_call_by_application": {
                 name: seconds * 1000 / self.calls if self.calls else None
                 for name, seconds in sorted(self.pg_by_application_s.items())
@@ -503,9 +516,9 @@ class Meter:
     def by_application(self, backends: dict[int, str]) -> dict[int, float]:
         return {pid: cpu_seconds(pid) for pid in backends}
 
-    def cpu(self, server_pid: int) -> tuple[float, float]:
-        pg = tree_cpu_seconds(self.postmaster) if self.postmaster else float("nan")
-        return tree_cpu_seconds(server_pid), pg
+    def cpu(self, server_pid: int) -> tuple[float, TreeCpu | None]:
+        """The server's CPU seconds so far, and PostgreSQL's processes."""
+        return tree_cpu_seconds(server_pid), tree_cpu(self.postmaster) if self.postmaster else None
 
     def run(
         self,
@@ -543,6 +556,10 @@ class Meter:
             )
             for i in range(processes)
         ]
+        if self.db is not None:
+            # What earlier phases left to write out is written now, not in this row's window.
+            with contextlib.suppress(psycopg.Error):
+                self.db.execute("CHECKPOINT")
         futures = [self.pool.submit(loadgen.closed_loop, spec) for spec in specs]
         row = Row(name, c)
         return row, (futures, start, end, server_pid)
@@ -597,7 +614,11 @@ class Meter:
         row.p99_ms = loadgen.percentile(latencies, 99)
         if wait_window:
             row.server_cpu_s = after[0] - before[0]
-            row.pg_cpu_s = after[1] - before[1]
+            if after[1] is not None and before[1] is not None:
+                row.pg_by_kind_s = after[1].used_since(before[1])
+                row.pg_cpu_s = sum(row.pg_by_kind_s.values())
+            else:
+                row.pg_cpu_s = float("nan")
         else:  # stopped from outside at some moment: CPU per call would mean nothing
             row.server_cpu_s = row.pg_cpu_s = float("nan")
             row.pg_by_application_s = {}
@@ -959,7 +980,16 @@ def failures_text(failures: Counter[str]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in failures.most_common()) or "none"
 
 
-LOAD_HEADINGS = ("measure", "c", "rate /s", "p50 / p99 ms", "server CPU ms/call", "PG CPU ms/call", "of ceiling")
+LOAD_HEADINGS = (
+    "measure",
+    "c",
+    "rate /s",
+    "p50 / p99 ms",
+    "server CPU ms/call",
+    "PG CPU ms/call",
+    "of which backends",
+    "of ceiling",
+)
 
 
 def load_table(results: Results) -> Table:
@@ -975,6 +1005,7 @@ def load_table(results: Results) -> Table:
             f"{row.p50_ms:,.1f} / {row.p99_ms:,.1f}",
             f"{row.server_ms:.3f}",
             f"{row.pg_ms:.3f}",
+            f"{row.pg_backend_ms:.3f}",
             share,
             target,
             "" if ok is None else verdict(ok),
@@ -983,6 +1014,9 @@ def load_table(results: Results) -> Table:
             table.add(f"  failures: {failures_text(row.failures)}", verdict="!")
         if row.note:
             table.add(f"  stopped early: {row.note}")
+
+    def more_targets(target: str, ok: bool) -> None:
+        table.add(*[""] * len(LOAD_HEADINGS), target, verdict(ok))
 
     for row in results.ceilings:
         add(row)
@@ -997,31 +1031,11 @@ def load_table(results: Results) -> Table:
             add(row, f"<= {SEAT_MAP_CPU_TARGET} ms server", row.server_ms <= SEAT_MAP_CPU_TARGET)
         elif key == "hold_many":
             add(row, f">= {HOLD_RATE_TARGET:,.0f}/s", row.rate >= HOLD_RATE_TARGET)
-            table.add(
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                f">= {HOLD_SHARE_TARGET:.0%} of ceiling",
-                verdict(ceiling == ceiling and row.rate >= HOLD_SHARE_TARGET * ceiling),
+            more_targets(
+                f">= {HOLD_SHARE_TARGET:.0%} of ceiling", ceiling == ceiling and row.rate >= HOLD_SHARE_TARGET * ceiling
             )
-            table.add(
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "",
-                f"<= {HOLD_SERVER_CPU_TARGET} ms server",
-                verdict(row.server_ms <= HOLD_SERVER_CPU_TARGET),
-            )
-            table.add(
-                "", "", "", "", "", "", "", f"<= {HOLD_PG_CPU_TARGET} ms PG", verdict(row.pg_ms <= HOLD_PG_CPU_TARGET)
-            )
+            more_targets(f"<= {HOLD_SERVER_CPU_TARGET} ms server", row.server_ms <= HOLD_SERVER_CPU_TARGET)
+            more_targets(f"<= {HOLD_PG_CPU_TARGET} ms PG", row.pg_ms <= HOLD_PG_CPU_TARGET)
         elif key == "hold_one":
             add(row, f">= {ONE_SHOWTIME_RATE_TARGET:,.0f}/s", row.rate >= ONE_SHOWTIME_RATE_TARGET)
         elif key == "hold_many_2" and "hold_many" in rows and rows["hold_many"].rate:
@@ -1200,8 +1214,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=4, help="client channels in all (default 4)")
     parser.add_argument("--database-url", help="PostgreSQL server to use (a fresh database is made and dropped)")
     parser.add_argument("--redis-url", help="send seat events through this Redis")
-    parser.add_argument("--db-pool-size", type=int, default=16)
-    parser.add_argument("--db-max-overflow", type=int, default=16)
+    parser.add_argument("--db-pool-size", type=int, default=32, help="the server's pool (default 32)")
+    parser.add_argument(
+        "--db-max-overflow",
+        type=int,
+        default=0,
+        help="its overflow (default 0: overflow connections open and close under load)",
+    )
     parser.add_argument("--showtimes", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--seats-per-row", type=int, default=20)
