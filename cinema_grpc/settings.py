@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # "production" turns development conveniences that would be unsafe there into startup
     # errors: the local Stripe test server (any test card pays), Stripe test-mode keys, and
-    # token and ticket-code signing keys generated per data dir (each replica its own).
+    # token, ticket-code and audit keys generated per data dir (each replica its own).
     env: str = Field(default="development", pattern="^(development|production)$")
 
     # PostgreSQL 15+ URL (postgresql://user:pass@host:5432/db). Empty: an embedded PostgreSQL
@@ -213,11 +213,11 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("token_signing_key")
+    @field_validator("token_signing_key", "audit_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("the token signing key must be at least 32 characters")
+            raise ValueError("the key must be at least 32 characters")
         return value
 
     @model_validator(mode="after")
@@ -256,7 +256,8 @@ class Settings(BaseSettings):
         if self.stripe_webhook_secret is None:
             problems.append("CINEMA_STRIPE_WEBHOOK_SECRET is unset: set the signing secret of the Stripe webhook")
         # A key generated in one replica's data dir is known to that replica only: the others
-        # reject its tokens, and doors checked by another replica answer its tickets FORGED.
+        # reject its tokens, doors checked by another replica answer its tickets FORGED, and
+        # the audit chain they all append to is keyed by several keys, so it never verifies.
         if self.token_signing_key is None:
             problems.append(
                 "CINEMA_TOKEN_SIGNING_KEY is unset: every replica must sign and check tokens with the same key "
@@ -266,6 +267,11 @@ class Settings(BaseSettings):
             problems.append(
                 "CINEMA_TICKET_SIGNING_KEY is unset: every replica must sign ticket codes with the same key "
                 "(`cinema-grpc ticket-key new`), not one generated in its data dir"
+            )
+        if self.audit_key is None:
+            problems.append(
+                "CINEMA_AUDIT_KEY is unset: every replica and `audit verify` must key the one audit chain with the "
+                "same key (32+ random characters), not one generated in its data dir"
             )
         if problems:
             raise ConfigurationError("CINEMA_ENV=production, but " + "; ".join(problems))

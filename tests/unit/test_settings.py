@@ -9,7 +9,11 @@ from pydantic import ValidationError
 from cinema_grpc.settings import ConfigurationError, Settings, describe_errors
 
 LIVE = {"stripe_secret_key": "sk_live_0123456789", "stripe_webhook_secret": "whsec_0123456789"}
-KEYS = {"token_signing_key": "t" * 48, "ticket_signing_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+KEYS = {
+    "token_signing_key": "t" * 48,
+    "ticket_signing_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "audit_key": "a" * 48,
+}
 
 
 def test_production_refuses_the_local_stripe_test_server() -> None:
@@ -29,18 +33,20 @@ def test_production_refuses_a_live_key_without_a_webhook_secret() -> None:
         Settings(env="production", stripe_secret_key="sk_live_0123456789", **KEYS).check_production()
 
 
-def test_production_refuses_a_token_signing_key_generated_in_the_data_dir() -> None:
-    settings = Settings(env="production", **LIVE, ticket_signing_key=KEYS["ticket_signing_key"])
-    with pytest.raises(ConfigurationError, match="CINEMA_TOKEN_SIGNING_KEY is unset") as refused:
+@pytest.mark.parametrize(
+    ("unset", "setting"),
+    [
+        ("token_signing_key", "CINEMA_TOKEN_SIGNING_KEY"),
+        ("ticket_signing_key", "CINEMA_TICKET_SIGNING_KEY"),
+        ("audit_key", "CINEMA_AUDIT_KEY"),
+    ],
+)
+def test_production_refuses_a_key_generated_in_the_data_dir(unset: str, setting: str) -> None:
+    settings = Settings(env="production", **LIVE, **{name: key for name, key in KEYS.items() if name != unset})
+    with pytest.raises(ConfigurationError) as refused:
         settings.check_production()
-    assert "CINEMA_TICKET_SIGNING_KEY" not in str(refused.value)
-
-
-def test_production_refuses_a_ticket_signing_key_generated_in_the_data_dir() -> None:
-    settings = Settings(env="production", **LIVE, token_signing_key=KEYS["token_signing_key"])
-    with pytest.raises(ConfigurationError, match="CINEMA_TICKET_SIGNING_KEY is unset") as refused:
-        settings.check_production()
-    assert "CINEMA_TOKEN_SIGNING_KEY" not in str(refused.value)
+    assert str(refused.value).count(" is unset") == 1
+    assert f"{setting} is unset" in str(refused.value)
 
 
 def test_production_names_every_missing_setting_at_once() -> None:
@@ -51,6 +57,7 @@ def test_production_names_every_missing_setting_at_once() -> None:
         "CINEMA_STRIPE_WEBHOOK_SECRET",
         "CINEMA_TOKEN_SIGNING_KEY",
         "CINEMA_TICKET_SIGNING_KEY",
+        "CINEMA_AUDIT_KEY",
     ):
         assert f"{setting} is unset" in str(refused.value)
 
@@ -71,7 +78,13 @@ def test_a_token_signing_key_shorter_than_32_characters_is_a_configuration_error
     with pytest.raises(ValidationError) as refused:
         Settings(token_signing_key="short-secret-key")
     described = describe_errors(refused.value)
-    assert described == "CINEMA_TOKEN_SIGNING_KEY: the token signing key must be at least 32 characters"
+    assert described == "CINEMA_TOKEN_SIGNING_KEY: the key must be at least 32 characters"
+
+
+def test_a_configured_audit_key_shorter_than_32_characters_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(audit_key="short-audit-key")
+    assert describe_errors(refused.value) == "CINEMA_AUDIT_KEY: the key must be at least 32 characters"
 
 
 def test_configuration_errors_name_each_setting_as_it_is_set_and_never_repeat_the_value(
