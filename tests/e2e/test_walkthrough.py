@@ -24,8 +24,16 @@ SCRIPT = ROOT / "examples" / "walkthrough.sh"
 class Session:
     seed: subprocess.CompletedProcess[str]
     walk: subprocess.CompletedProcess[str]
+    readme: subprocess.CompletedProcess[str]
     server_stderr: str
     server_exit: int
+
+
+def readme_block() -> str:
+    """The walk-through's calls as the README shows them."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- walkthrough:begin -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
+    return "\n".join(line for line in block.splitlines() if not line.startswith("```"))
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +56,22 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     )
     try:
         wait_until_serving(port, server)
-        walk = subprocess.run(
-            ["bash", str(SCRIPT), f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        walk, readme = (
+            subprocess.run(
+                ["bash", "-c", program, "walkthrough", f"127.0.0.1:{port}"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            # The README's block as pasted into a shell (a second run: what exists is reused).
+            for program in (SCRIPT.read_text(), "set -euo pipefail\n" + readme_block())
         )
         server.send_signal(signal.SIGTERM)
         _, stderr = server.communicate(timeout=30)
-        yield Session(seed, walk, stderr, server.returncode)
+        yield Session(seed, walk, readme, stderr, server.returncode)
     finally:
         if server.poll() is None:
             server.kill()
@@ -81,14 +93,15 @@ def test_the_walkthrough_script_runs_green_against_a_freshly_served_demo(session
     assert '"refund_state": "REFUND_STATE_REFUNDED"' in out  # the cash paid back over the counter
 
 
-def test_the_readme_shows_the_walkthrough_calls_as_the_script_runs_them() -> None:
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- walkthrough:begin -->", 1)[1].split("<!-- walkthrough:end -->", 1)[0]
-    # Every command line (comments may say more than the script's) is a line of the script.
-    shown = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith(("```", "#"))]
+def test_the_readme_shows_the_walkthrough_calls_as_the_script_runs_them(session: Session) -> None:
+    # Every command line (comments may say more than the script's) is a line of the script...
+    shown = [line.strip() for line in readme_block().splitlines() if line.strip() and not line.startswith("#")]
     script = {line.strip() for line in SCRIPT.read_text().splitlines()}
     assert len(shown) > 20
     assert [line for line in shown if line not in script] == []
+    # ...and pasted into a shell, they run as they are.
+    assert session.readme.returncode == 0, session.readme.stdout[-3000:] + session.readme.stderr[-3000:]
+    assert '"cancel_reason": "customer changed plans"' in session.readme.stdout
 
 
 def test_a_served_session_reads_cleanly_no_scheduler_chatter_nor_runtime_dir_or_fork_warnings(
