@@ -421,7 +421,9 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     staff_console = None
     if console is not None:
-        staff_console = ConsoleServer(grpc_target(settings.grpc_host, server.port), console, settings.tls_cert_file)
+        staff_console = ConsoleServer(
+            grpc_target(settings.grpc_host, server.port), console, settings.tls_cert_file, server.gateway_proxy_key
+        )
         try:
             await staff_console.start()
         except BaseException:

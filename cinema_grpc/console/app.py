@@ -37,7 +37,7 @@ from cinema.payment.v1 import payment_pb2 as ppb
 from cinema.reports.v1 import reports_pb2 as rpb
 from cinema.screening.v1 import screening_pb2 as spb
 from cinema_grpc.console import charts
-from cinema_grpc.console.backend import Backend, CallFailed, FormErrors, call, failure_of
+from cinema_grpc.console.backend import Backend, CallFailed, FormErrors, Metadata, call, failure_of
 from cinema_grpc.console.layouts import (
     KIND_NAMES,
     KINDS,
@@ -58,6 +58,7 @@ from cinema_grpc.console.sessions import (
     set_cookie,
     valid_token,
 )
+from cinema_grpc.services.access import PROXY_KEY_HEADER
 
 HERE = Path(__file__).parent
 R = TypeVar("R")
@@ -156,17 +157,29 @@ class Page:
     def backend(self) -> Backend:
         return self.console.backend
 
+    @property
+    def forwarded(self) -> Metadata:
+        """The browser's address for the server, which believes it from its own proxies only
+        (the proxy key of `serve --console`, or CINEMA_TRUSTED_PROXIES for a separate console),
+        so throttles and stream budgets count each browser, not the console as one client."""
+        if self.request.client is None:
+            return ()
+        metadata: Metadata = (("x-forwarded-for", self.request.client.host),)
+        if self.backend.proxy_key:
+            metadata += ((PROXY_KEY_HEADER, self.backend.proxy_key),)
+        return metadata
+
     async def call(self, method: Callable[..., Awaitable[R]], message: Any) -> R:
         token = await valid_token(self.backend, self.session)
         try:
-            return await call(method, message, token)
+            return await call(method, message, token, self.forwarded)
         except CallFailed as failure:
             if failure.code != grpc.StatusCode.UNAUTHENTICATED:
                 raise
         # The access token was refused before its expiry (revoked, or a new signing key): one
         # refresh, one retry; a refused refresh signs the session out.
         await refresh(self.backend, self.session, token)
-        return await call(method, message, self.session.access_token)
+        return await call(method, message, self.session.access_token, self.forwarded)
 
     def value(self, name: str) -> str:
         raw = self.form.get(name) if self.form is not None else self.request.query_params.get(name)
@@ -295,13 +308,17 @@ async def login(page: Page) -> Response:
     pair: ipb.TokenPair | None = None
     if not errors:
         try:
-            pair = await call(page.backend.identity.Login, ipb.LoginRequest(email=email, password=str(password)))
+            pair = await call(
+                page.backend.identity.Login,
+                ipb.LoginRequest(email=email, password=str(password)),
+                extra=page.forwarded,
+            )
         except CallFailed as failure:
             errors = FormErrors.of(failure, {"email": "email", "password": "password"})
     if pair is not None and not STAFF_ROLES & set(pair.user.roles):
         # A customer's valid sign-in: refused here, and its fresh session revoked at once.
         with contextlib.suppress(CallFailed):
-            await call(page.backend.identity.Logout, ipb.LogoutRequest(), pair.access_token)
+            await call(page.backend.identity.Logout, ipb.LogoutRequest(), pair.access_token, page.forwarded)
         pair = None
         errors.general.append(
             "This console is for cinema staff and administrators. Customer accounts cannot sign in here."
@@ -327,7 +344,7 @@ async def logout(page: Page) -> Response:
     if page.session.signed_in:
         # An expired token needs no revoking; the session is forgotten either way.
         with contextlib.suppress(CallFailed):
-            await call(page.backend.identity.Logout, ipb.LogoutRequest(), page.session.access_token)
+            await call(page.backend.identity.Logout, ipb.LogoutRequest(), page.session.access_token, page.forwarded)
     page.console.sessions.forget(page.session)
     page.session = page.console.sessions.of(page.request)
     page.session.flash.append("You are signed out.")
@@ -848,7 +865,9 @@ async def seat_events(page: Page) -> Response:
     )
 
     async def events() -> AsyncIterator[str]:
-        stream = page.backend.booking.WatchSeatAvailability(request, metadata=(("authorization", f"Bearer {token}"),))
+        stream = page.backend.booking.WatchSeatAvailability(
+            request, metadata=(("authorization", f"Bearer {token}"), *page.forwarded)
+        )
         page.console.streams.add(stream)
         try:
             async for event in stream:
@@ -857,7 +876,10 @@ async def seat_events(page: Page) -> Response:
                 else:
                     version, changed = event.changes.version, {c.seat_id for c in event.changes.changes}
                 seat_map = await call(
-                    page.backend.booking.GetSeatMap, bpb.GetSeatMapRequest(showtime_id=showtime_id), token
+                    page.backend.booking.GetSeatMap,
+                    bpb.GetSeatMapRequest(showtime_id=showtime_id),
+                    token,
+                    page.forwarded,
                 )
                 seats = [seat_view(s) for s in seat_map.seats if s.seat_id in changed]
                 yield f"id: {version}\nevent: seats\ndata: {json.dumps({'version': version, 'seats': seats})}\n\n"

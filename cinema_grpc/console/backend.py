@@ -35,8 +35,11 @@ _FRIENDLY_CODES = {
 class Backend:
     """The stubs of every service, on one channel (a loopback one next to an in-process server)."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, proxy_key: str | None = None) -> None:
+        """``proxy_key``: the in-process server's key for its own proxies; with it, the server
+        takes the browser's address from X-Forwarded-For (sign-in throttle, stream budget)."""
         self.channel = channel
+        self.proxy_key = proxy_key
         self.screening = ScreeningServiceStub(channel)
         self.booking = BookingServiceStub(channel)
         self.payment = PaymentServiceStub(channel)
@@ -93,9 +96,14 @@ def failure_of(error: grpc.aio.AioRpcError) -> CallFailed:
     return failure
 
 
-async def call(method: Callable[..., Awaitable[Response]], request: Message, token: str | None = None) -> Response:
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def call(
+    method: Callable[..., Awaitable[Response]], request: Message, token: str | None = None, extra: Metadata = ()
+) -> Response:
     """One unary call; a refusal comes back as CallFailed, never as a raw RpcError."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = ((("authorization", f"Bearer {token}"),) if token else ()) + extra
     try:
         return await method(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
     except grpc.aio.AioRpcError as error:

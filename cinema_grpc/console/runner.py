@@ -40,8 +40,12 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class ConsoleServer:
-    def __init__(self, target: str, config: ConsoleConfig, grpc_ca: Path | None = None) -> None:
-        """``grpc_ca``: the server's gRPC port speaks TLS; trust this certificate (PEM) for it."""
+    def __init__(
+        self, target: str, config: ConsoleConfig, grpc_ca: Path | None = None, proxy_key: str | None = None
+    ) -> None:
+        """``grpc_ca``: the server's gRPC port speaks TLS; trust this certificate (PEM) for it.
+        ``proxy_key``: the in-process server's proxy key (see Backend)."""
+        self.proxy_key = proxy_key
         self.target = target
         self.config = config
         self.grpc_ca = grpc_ca
@@ -58,7 +62,7 @@ class ConsoleServer:
         else:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.grpc_ca.read_bytes())
             self._channel = grpc.aio.secure_channel(self.target, credentials)
-        self.app = app = create_app(Backend(self._channel))
+        self.app = app = create_app(Backend(self._channel, self.proxy_key))
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -3,6 +3,7 @@ shown on the form fields they concern, against the real server through its gRPC 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -402,3 +403,43 @@ def test_signing_in_returns_to_the_page_that_asked_for_it(
         token = csrf_of(client.get(asked.headers["location"]).text)
         data = {"email": user.email, "password": password, "csrf_token": token, "next": "/movies"}
         assert client.post("/login", data=data).headers["location"] == "/movies"
+
+
+def first_event(
+    client: httpx.Client, path: str, address: str, opened: contextlib.ExitStack, reading: list[Iterator[str]]
+) -> str:
+    """Opens a seat-map event stream as a browser at ``address`` and returns its first event
+    name; the stream stays open until ``opened`` closes (its line reader is kept in ``reading``:
+    a reader dropped half-way closes the connection)."""
+    response = opened.enter_context(client.stream("GET", path, headers={"x-forwarded-for": address}))
+    lines = response.iter_lines()
+    reading.append(lines)
+    for line in lines:
+        if line.startswith("event: "):
+            return line.removeprefix("event: ")
+    raise AssertionError("the stream ended without an event")
+
+
+def test_the_server_counts_each_browser_of_the_console_apart_for_its_stream_budget(
+    server_settings: Settings, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
+    sale = open_sale(screening)
+    running = RunningServer(server_settings.model_copy(update={"max_streams_per_address": 1}))
+    assert running.server is not None
+    console = ConsoleServer(
+        f"127.0.0.1:{running.port}", ConsoleConfig("127.0.0.1", 0), proxy_key=running.server.gateway_proxy_key
+    )
+    user, password = account(channel, db, "STAFF")
+    try:
+        running.run(console.start())
+        client = signed_in_client(console.url, user.email, password)
+        events = f"/showtimes/{sale.showtime.id}/events"
+        reading: list[Iterator[str]] = []
+        with contextlib.ExitStack() as opened:
+            assert first_event(client, events, "198.51.100.7", opened, reading) == "seats"
+            assert first_event(client, events, "198.51.100.8", opened, reading) == "seats"  # another browser
+            assert first_event(client, events, "198.51.100.7", opened, reading) == "ended"  # its second stream
+        client.close()
+    finally:
+        running.run(console.stop())
+        running.stop()
