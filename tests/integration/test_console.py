@@ -443,3 +443,10 @@ def test_the_server_counts_each_browser_of_the_console_apart_for_its_stream_budg
     finally:
         running.run(console.stop())
         running.stop()
+
+
+def test_the_session_cookie_is_secure_when_the_console_is_reached_over_https(console: ConsoleServer) -> None:
+    # A TLS proxy on this machine in front of the console says so with X-Forwarded-Proto.
+    with httpx.Client(base_url=console.url) as client:
+        page = client.get("/login", headers={"x-forwarded-proto": "https"})
+        assert "Secure" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
