@@ -20,7 +20,8 @@
 // omitted (proto3 JSON), and <, > and & are written as themselves. Every error, the gateway's own
 // included (malformed JSON, an unknown route, a refused body), is
 // {"error", "message", "code", "details"} with the google.rpc details of the gRPC status, an
-// ErrorInfo with a stable reason among them.
+// ErrorInfo with a stable reason among them; a stream that fails sends that envelope as its
+// last line (status 200 once a message was sent, else the error's status).
 // GET /openapi/... serves the generated Swagger 2.0 documents. SIGTERM/SIGINT: stop accepting,
 // end the watch streams, give other requests -grace to finish.
 package main
@@ -563,6 +564,11 @@ func (p *protoJSON) Marshal(v interface{}) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if chunk, ok := v.(map[string]proto.Message); ok && chunk["error"] != nil {
+		if raw, err = streamErrorEnvelope(raw); err != nil {
+			return nil, err
+		}
+	}
 	var out bytes.Buffer
 	if err := writeWithoutNulls(&out, raw); err != nil {
 		return nil, err
@@ -637,4 +643,50 @@ func writeJSONString(out *bytes.Buffer, text string) {
 	enc.SetEscapeHTML(false)
 	enc.Encode(text)
 	out.Truncate(out.Len() - 1) // Encode ends the value with a newline
+}
+
+// streamErrorEnvelope turns the error line of a stream, which v1.6.4 writes as
+// {"error": {"grpc_code", "http_code", "message", "http_status", "details"}}, into the envelope
+// of every other error: {"error", "message", "code", "details"}, an ErrorInfo among the details.
+func streamErrorEnvelope(raw []byte) ([]byte, error) {
+	var chunk struct {
+		Error struct {
+			GrpcCode int32             `json:"grpc_code"`
+			Message  string            `json:"message"`
+			Details  []json.RawMessage `json:"details"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(raw, &chunk); err != nil {
+		return nil, err
+	}
+	e := chunk.Error
+	details := e.Details
+	if details == nil {
+		details = []json.RawMessage{}
+	}
+	described := false
+	for _, d := range details {
+		var kind struct {
+			Type string `json:"@type"`
+		}
+		if json.Unmarshal(d, &kind) == nil && kind.Type == "type.googleapis.com/google.rpc.ErrorInfo" {
+			described = true
+		}
+	}
+	if !described {
+		reason := "GATEWAY_ERROR"
+		if codes.Code(e.GrpcCode) == codes.Unavailable {
+			reason = "BACKEND_UNAVAILABLE"
+		}
+		info, _ := json.Marshal(map[string]string{
+			"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "cinema",
+		})
+		details = append(details, info)
+	}
+	return json.Marshal(struct {
+		Error   string            `json:"error"`
+		Message string            `json:"message"`
+		Code    int32             `json:"code"`
+		Details []json.RawMessage `json:"details"`
+	}{e.Message, e.Message, e.GrpcCode, details})
 }

@@ -341,9 +341,9 @@ def test_seat_availability_streams_as_newline_delimited_json(gateway: str, sale:
     # an error before the first message: the HTTP status says it
     missing = requests.get(f"{gateway}/v1/showtimes/{uuid.uuid4()}/seats:watch", timeout=TIMEOUT)
     assert missing.status_code == 404
-    error = json.loads(missing.text.splitlines()[0])["error"]
-    assert error["grpc_code"] == 5 and error["http_code"] == 404
-    assert error["details"][0]["reason"] == "SHOWTIME_NOT_FOUND"
+    error = json.loads(missing.text.splitlines()[0])  # the envelope of every other error
+    assert error["code"] == 5 and error["message"] == error["error"] and "grpc_code" not in error
+    assert detail(error, "ErrorInfo")["reason"] == "SHOWTIME_NOT_FOUND"
 
 
 @pytest.fixture
