@@ -173,6 +173,22 @@ class RequestIdReused(DomainError):
         return (FieldViolation("request_id", self.reason, self.message),)
 
 
+class ClientScanIdReused(DomainError):
+    """A device's client scan id came back with another scan (another code, door or showtime):
+    it cannot be a retry, and answering it with the first scan's verdict could admit someone."""
+
+    kind = ErrorKind.INVALID_ARGUMENT
+    reason = "CLIENT_SCAN_ID_REUSED"
+
+    def __init__(self, message: str, field_path: str) -> None:
+        super().__init__(message)
+        self.field_path = field_path
+
+    @property
+    def field_violations(self) -> tuple[FieldViolation, ...]:
+        return (FieldViolation(self.field_path, self.reason, self.message),)
+
+
 class PreconditionFailed(DomainError):
     """The request is well formed but the system is not in a state that allows it."""
 

@@ -198,6 +198,7 @@ class SqlAdmissionRepository:
             seat_label=seat_label,
             movie_title=title,
             first_admission=first,
+            request_digest=row.request_digest or "",
         )
 
     async def admit(self, admission: Admission) -> bool:
@@ -241,6 +242,7 @@ class SqlAdmissionRepository:
                 scanned_at=scan.scanned_at,
                 recorded_at=scan.recorded_at,
                 offline=scan.offline,
+                request_digest=scan.request_digest or None,
             )
         )
 

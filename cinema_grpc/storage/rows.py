@@ -349,3 +349,5 @@ class ScanRow(Row):
     scanned_at: Mapped[datetime] = mapped_column(Timestamp)
     recorded_at: Mapped[datetime] = mapped_column(Timestamp)
     offline: Mapped[bool] = mapped_column(Boolean)
+    # SHA-256 of what was scanned (showtime, door, code); none on scans recorded before 0015.
+    request_digest: Mapped[str | None] = mapped_column(Text, nullable=True)

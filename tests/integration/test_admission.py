@@ -285,6 +285,51 @@ def test_a_retried_check_in_gets_the_first_answer_not_already_used(
     assert len(scans(db)) == 1
 
 
+def test_a_client_scan_id_sent_again_with_another_code_is_refused_not_answered_with_the_first_verdict(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    admitted, other = (t.id for t in sell(ana, clerk, soon, "D5", "D6").tickets)
+    first = check_in(door, soon, a_pass(ana, channel, admitted).code, device_id="gate-2", client_scan_id="s-1")
+    assert first.verdict == apb.SCAN_VERDICT_ADMITTED
+    # A device that reuses its scan ids (reset counter, second device with the same id) scans
+    # another code: answering it ADMITTED from the first scan would let its holder in unchecked.
+    forged = call_fails(door.admission.CheckInTicket, _check_in_request(soon, "ABC", "gate-2", "s-1"))
+    assert (forged.code, forged.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CLIENT_SCAN_ID_REUSED")
+    assert forged.fields == {"client_scan_id": "CLIENT_SCAN_ID_REUSED"}
+    other_code = a_pass(ana, channel, other).code
+    elsewhere = call_fails(door.admission.CheckInTicket, _check_in_request(soon, other_code, "gate-2", "s-1"))
+    assert elsewhere.reason == "CLIENT_SCAN_ID_REUSED"
+    # In an upload, the batch is refused whole, naming the scan.
+    doors_open = soon.showtime.start_time.ToDatetime(tzinfo=UTC) - timedelta(hours=1)
+    reused = apb.OfflineScan(
+        client_scan_id="s-1",
+        showtime_id=soon.showtime.id,
+        code=other_code,
+        door_id="left",
+        scan_time=_at(max(doors_open, datetime.now(UTC) - timedelta(minutes=1))),
+    )
+    fresh = apb.OfflineScan(
+        client_scan_id="s-2",
+        showtime_id=soon.showtime.id,
+        code=other_code,
+        door_id="left",
+        scan_time=reused.scan_time,
+    )
+    upload = call_fails(door.admission.UploadScans, apb.UploadScansRequest(device_id="gate-2", scans=[fresh, reused]))
+    assert upload.fields == {"scans[1].client_scan_id": "CLIENT_SCAN_ID_REUSED"}
+    assert len(scans(db)) == 1
+    # The real retry still gets the first answer, the code's case and spaces aside.
+    code = a_pass(ana, channel, admitted).code
+    retried = check_in(door, soon, f" {code.lower()} ", device_id="gate-2", client_scan_id="s-1")
+    assert retried == first
+
+
+def _check_in_request(sale: Sale, code: str, device_id: str, client_scan_id: str) -> apb.CheckInTicketRequest:
+    return apb.CheckInTicketRequest(
+        showtime_id=sale.showtime.id, code=code, door_id="left", device_id=device_id, client_scan_id=client_scan_id
+    )
+
+
 def test_check_in_refuses_malformed_requests_by_field_and_records_nothing(soon: Sale, door: Door, db: Db) -> None:
     failed = call_fails(
         door.admission.CheckInTicket,

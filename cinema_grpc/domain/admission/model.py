@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -147,6 +148,12 @@ class ScanRequest:
     scanned_at: datetime
     offline: bool
 
+    @property
+    def digest(self) -> str:
+        """What was scanned, where: a retry under the same client scan id carries the same."""
+        scanned = f"{self.showtime_id}\n{self.door_id}\n{self.code.strip().upper()}"
+        return hashlib.sha256(scanned.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Scan:
@@ -165,6 +172,8 @@ class Scan:
     movie_title: str = ""
     # With ALREADY_USED: the admission that used the ticket.
     first_admission: Admission | None = None
+    # ScanRequest.digest of the scan this records ("" for scans recorded before digests were kept).
+    request_digest: str = ""
 
 
 @dataclass(frozen=True)

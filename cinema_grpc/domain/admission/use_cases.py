@@ -26,6 +26,7 @@ from cinema_grpc.domain.admission.model import (
 from cinema_grpc.domain.errors import (
     AdmissionNotFound,
     CinemaNotFound,
+    ClientScanIdReused,
     ShowtimeNotFound,
     TicketAlreadyAdmitted,
     TicketNotFound,
@@ -78,13 +79,25 @@ def _device(violations: Violations, device_id: str, *, required: bool) -> str:
 
 
 async def _judge_and_record(
-    uow: UnitOfWork, codec: TicketCodec, caller: Caller, request: ScanRequest, now: datetime, rules: AdmissionRules
+    uow: UnitOfWork,
+    codec: TicketCodec,
+    caller: Caller,
+    request: ScanRequest,
+    now: datetime,
+    rules: AdmissionRules,
+    field_prefix: str = "",
 ) -> Scan:
     """One scan in the caller's transaction: the verdict, the admission if any, the record."""
     assert caller.user_id is not None
     if request.client_scan_id is not None:
         earlier = await uow.admission.scan_by_client_id(request.device_id, request.client_scan_id)
         if earlier is not None:
+            if earlier.request_digest and earlier.request_digest != request.digest:
+                raise ClientScanIdReused(
+                    f"client_scan_id {request.client_scan_id} of device {request.device_id} was already used for "
+                    "another scan (another code, door or showtime); give each scan an id of its own",
+                    f"{field_prefix}client_scan_id",
+                )
             return earlier
     door = await uow.admission.door_showtime(request.showtime_id)
     if door is None:
@@ -102,6 +115,7 @@ async def _judge_and_record(
         offline=request.offline,
         scanner_id=caller.user_id,
         movie_title=door.movie_title,
+        request_digest=request.digest,
     )
     try:
         code = codec.verify(request.code)
@@ -180,7 +194,7 @@ async def upload_scans(
         violations.add("scans", "REQUIRED", "must hold at least one scan")
     elif len(scans) > rules.max_batch:
         violations.add("scans", "TOO_MANY", f"must hold at most {rules.max_batch} scans per upload")
-    requests: list[ScanRequest] = []
+    requests: list[tuple[str, ScanRequest]] = []
     seen: set[str] = set()
     for i, scan in enumerate(scans[: rules.max_batch]):
         prefix = f"scans[{i}]."
@@ -197,11 +211,13 @@ async def upload_scans(
             if request.client_scan_id in seen:
                 violations.add(f"{prefix}client_scan_id", "DUPLICATE", "appears twice in this upload")
             seen.add(request.client_scan_id)
-            requests.append(request)
+            requests.append((prefix, request))
     violations.raise_if_any()
     async with uow:
         await uow.admission.lock_client_scans(device, sorted(seen))
-        results = [await _judge_and_record(uow, codec, caller, request, now, rules) for request in requests]
+        results = [
+            await _judge_and_record(uow, codec, caller, request, now, rules, prefix) for prefix, request in requests
+        ]
         await uow.commit()
     return UploadResult(results)
 
