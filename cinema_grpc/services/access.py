@@ -67,8 +67,15 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    # Some proxies forward "host:port" ("192.0.2.1:5123", "[2001:db8::1]:443"): the port is
+    # the client's, not part of who it is.
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
     try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     # An IPv4 client seen through an IPv6 socket is the IPv4 client.
@@ -77,13 +84,22 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def _client(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """What a client is throttled as: its IPv4 address, or the /64 of its IPv6 address. One
+    subscriber or host is handed a whole /64 and may use any address in it, so counting single
+    IPv6 addresses would give each client 2^64 allowances."""
+    if isinstance(address, ipaddress.IPv4Address) or address.is_loopback:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
 class ClientAddresses:
     """The address a call comes from, for throttling.
 
     The peer's address, unless the peer is a trusted proxy (in ``trusted`` networks, or the
     gateway started by ``serve``, which sends ``proxy_key``): then the nearest X-Forwarded-For
     entry that is not itself a trusted proxy. Anybody else's X-Forwarded-For is ignored, so a
-    client cannot choose the address it is throttled by.
+    client cannot choose the address it is throttled by. IPv6 clients are counted by /64.
     """
 
     def __init__(self, trusted: Sequence[IPNetwork] = (), proxy_key: str | None = None) -> None:
@@ -104,7 +120,7 @@ class ClientAddresses:
         key = next((v for k, v in metadata if k == PROXY_KEY_HEADER and isinstance(v, str)), None)
         from_gateway = self._proxy_key is not None and key is not None and hmac.compare_digest(key, self._proxy_key)
         if not from_gateway and not self._trusted_address(host):
-            return str(address) if address is not None else host[:_MAX_ADDRESS]
+            return _client(address) if address is not None else host[:_MAX_ADDRESS]
         forwarded = [
             entry.strip()
             for key_, value in metadata
@@ -116,10 +132,11 @@ class ClientAddresses:
         for entry in reversed(forwarded):
             if not self._trusted_address(entry):
                 forwarded_address = _ip(entry)
-                return str(forwarded_address) if forwarded_address is not None else entry[:_MAX_ADDRESS]
+                return _client(forwarded_address) if forwarded_address is not None else entry[:_MAX_ADDRESS]
         if forwarded:
-            return forwarded[0][:_MAX_ADDRESS]
-        return str(address) if address is not None else host[:_MAX_ADDRESS]
+            first = _ip(forwarded[0])
+            return _client(first) if first is not None else forwarded[0][:_MAX_ADDRESS]
+        return _client(address) if address is not None else host[:_MAX_ADDRESS]
 
 
 class AccessControl:

@@ -60,3 +60,18 @@ def test_an_ipv4_client_on_an_ipv6_socket_is_the_ipv4_client() -> None:
 
 def test_a_trusted_proxy_without_a_forwarded_address_is_the_client() -> None:
     assert of(PROXIES, "ipv4:10.1.2.3:5000") == "10.1.2.3"
+
+
+def test_ipv6_clients_are_counted_by_their_64_so_rotating_addresses_in_it_changes_nothing() -> None:
+    first = of(NOBODY, "ipv6:[2001:db8:5:6::1]:5000")
+    assert first == "2001:db8:5:6::/64"
+    assert of(NOBODY, "ipv6:[2001:db8:5:6:ffff:1234:abcd:9]:5001") == first
+    assert of(NOBODY, "ipv6:[2001:db8:5:7::1]:5000") == "2001:db8:5:7::/64"
+    assert of(PROXIES, "ipv4:10.1.2.3:5000", ("x-forwarded-for", "2001:db8:5:6::abcd")) == first
+
+
+def test_a_port_a_proxy_forwards_with_the_address_is_not_part_of_the_client() -> None:
+    assert of(PROXIES, "ipv4:10.1.2.3:5000", ("x-forwarded-for", "198.51.100.4:61234")) == "198.51.100.4"
+    assert of(PROXIES, "ipv4:10.1.2.3:5000", ("x-forwarded-for", "[2001:db8:5:6::1]:443")) == "2001:db8:5:6::/64"
+    behind_two = ("x-forwarded-for", "198.51.100.4:61234, 10.1.9.9:80")
+    assert of(PROXIES, "ipv4:10.1.2.3:5000", behind_two) == "198.51.100.4"
