@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CINEMA_", extra="ignore")
 
     # "production" turns development conveniences that would be unsafe there into startup
-    # errors: the local Stripe test server (any test card pays), Stripe test-mode keys, and
-    # token, ticket-code and audit keys generated per data dir (each replica its own).
+    # errors: the embedded PostgreSQL, the local Stripe test server (any test card pays),
+    # Stripe test-mode keys, and token, ticket-code and audit keys generated per data dir
+    # (each replica its own).
     env: str = Field(default="development", pattern="^(development|production)$")
 
     # PostgreSQL 15+ URL (postgresql://user:pass@host:5432/db). Empty: an embedded PostgreSQL
@@ -243,6 +244,11 @@ class Settings(BaseSettings):
         if self.env != "production":
             return
         problems = []
+        if self.database_url is None:
+            problems.append(
+                "DATABASE_URL is unset: the embedded PostgreSQL in the data dir is for development only, and "
+                "replicas that each start their own would each sell every seat"
+            )
         if self.stripe_secret_key is None:
             problems.append(
                 "CINEMA_STRIPE_SECRET_KEY is unset: the local Stripe test server, which accepts any test card, "

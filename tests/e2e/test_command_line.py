@@ -290,6 +290,7 @@ def test_production_refuses_to_start_without_a_live_stripe_key(tmp_path: Path) -
     assert "CINEMA_TOKEN_SIGNING_KEY is unset" in refused.stderr
     assert "CINEMA_TICKET_SIGNING_KEY is unset" in refused.stderr
     assert "CINEMA_AUDIT_KEY is unset" in refused.stderr
+    assert "DATABASE_URL is unset" in refused.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was started or written
 
 

@@ -3,12 +3,19 @@ and signing keys each replica would generate for itself."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 
 from cinema_grpc.settings import ConfigurationError, Settings, describe_errors
 
-LIVE = {"stripe_secret_key": "sk_live_0123456789", "stripe_webhook_secret": "whsec_0123456789"}
+LIVE = {
+    "database_url": "postgresql://cinema@db.internal:5432/cinema",
+    "stripe_secret_key": "sk_live_0123456789",
+    "stripe_webhook_secret": "whsec_0123456789",
+}
 KEYS = {
     "token_signing_key": "t" * 48,
     "ticket_signing_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
@@ -18,7 +25,7 @@ KEYS = {
 
 def test_production_refuses_the_local_stripe_test_server() -> None:
     with pytest.raises(ConfigurationError, match="CINEMA_STRIPE_SECRET_KEY is unset"):
-        Settings(env="production", stripe_webhook_secret="whsec_0123456789").check_production()
+        Settings(env="production", stripe_webhook_secret="whsec_0123456789", **KEYS).check_production()
 
 
 def test_production_refuses_a_stripe_test_mode_key() -> None:
@@ -53,6 +60,7 @@ def test_production_names_every_missing_setting_at_once() -> None:
     with pytest.raises(ConfigurationError) as refused:
         Settings(env="production").check_production()
     for setting in (
+        "DATABASE_URL",
         "CINEMA_STRIPE_SECRET_KEY",
         "CINEMA_STRIPE_WEBHOOK_SECRET",
         "CINEMA_TOKEN_SIGNING_KEY",
@@ -68,6 +76,14 @@ def test_an_empty_signing_key_counts_as_unset_in_production() -> None:
         settings.check_production()
     assert "CINEMA_TOKEN_SIGNING_KEY is unset" in str(refused.value)
     assert "CINEMA_TICKET_SIGNING_KEY is unset" in str(refused.value)
+
+
+def test_production_refuses_the_embedded_postgresql() -> None:
+    settings = Settings(env="production", **{**LIVE, "database_url": ""}, **KEYS)
+    with pytest.raises(ConfigurationError) as refused:
+        settings.check_production()
+    assert str(refused.value).count(" is unset") == 1
+    assert "DATABASE_URL is unset" in str(refused.value)
 
 
 def test_development_generates_the_signing_keys_when_unset() -> None:
@@ -115,3 +131,39 @@ def test_development_allows_test_payments_and_says_so() -> None:
 def test_an_unknown_environment_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="env"):
         Settings(env="prod")
+
+
+def _documented_settings() -> dict[str, str]:
+    """README's configuration table: variable -> its documented default, as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Command line")]
+    documented: dict[str, str] = {}
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names_cell, default_cell = (cell.strip() for cell in line.strip("|").split(" | ")[:2])
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", names_cell)
+        defaults = [d.strip() for d in default_cell.split(" / ")]
+        assert len(defaults) in (1, len(names)), line
+        for i, name in enumerate(names):
+            documented[name] = defaults[i] if len(defaults) == len(names) else default_cell
+    return documented
+
+
+def _variable(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CINEMA_{field.upper()}"
+
+
+def test_the_readme_documents_every_setting_with_its_default_and_no_other() -> None:
+    documented = _documented_settings()
+    in_code = {_variable(field): info.default for field, info in Settings.model_fields.items()}
+    assert sorted(set(in_code) - set(documented)) == [], "settings missing from README's configuration table"
+    assert sorted(set(documented) - set(in_code)) == [], "README documents settings the code does not read"
+    for name, default in in_code.items():
+        written = documented[name]
+        if default is None or default == "":
+            assert written.startswith("*("), f"{name}: README says {written}, the code has no default"
+        else:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert written == f"`{shown}`", f"{name}: README says {written}, the code's default is {shown}"
