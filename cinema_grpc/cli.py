@@ -127,10 +127,10 @@ def _days(value: str) -> int:
     return days
 
 
-def _open_database(settings: Settings) -> Database:
+def _open_database(settings: Settings, *, run_migrations: bool = True) -> Database:
     from cinema_grpc.storage.database import open_database
 
-    return open_database(settings)
+    return open_database(settings, run_migrations=run_migrations)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -351,6 +351,7 @@ def _dev_pay(settings: Settings, args: argparse.Namespace) -> int:
     """Confirms a card payment at the local Stripe test server, as a customer's card form would,
     then waits briefly for the server to settle it (the test server's webhook)."""
     import asyncio
+    import functools
     import json
     import uuid
 
@@ -383,7 +384,8 @@ def _dev_pay(settings: Settings, args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> dict[str, Any]:
-        database = await asyncio.to_thread(_open_database, settings)
+        # Only reads a payment of a running server, which migrated the schema.
+        database = await asyncio.to_thread(functools.partial(_open_database, settings, run_migrations=False))
 
         async def read() -> Payment | None:
             async with SqlUnitOfWork(database.sessions) as uow:
