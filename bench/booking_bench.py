@@ -176,6 +176,11 @@ class ServerProcess:
             "CINEMA_SWEEP_INTERVAL_SECONDS": "3600",
             "CINEMA_RECONCILE_INTERVAL_SECONDS": "3600",
             "CINEMA_MAX_ACTIVE_HOLDS_PER_CUSTOMER": "100",
+            # The load re-holds seats with few customers as fast as it can: the abuse limits off.
+            "CINEMA_MAX_HOLDS_PER_CUSTOMER_PER_WINDOW": "10000",
+            "CINEMA_HOLD_RATE_WINDOW_SECONDS": "1",
+            "CINEMA_REHOLD_COOLDOWN_SECONDS": "0",
+            "CINEMA_MAX_SEATS_PER_CUSTOMER_PER_SHOWTIME": "1000",
             "CINEMA_MAX_SEATS_PER_HOLD": "10",
             "CINEMA_DB_POOL_SIZE": str(args.db_pool_size),
             "CINEMA_DB_MAX_OVERFLOW": str(args.db_max_overflow),

@@ -47,6 +47,7 @@ from cinema_grpc.domain.payment.use_cases import (
     verify_audit_trail,
 )
 from cinema_grpc.domain.ports import Clock, UnitOfWork
+from cinema_grpc.domain.retention import Pruned, prune_old_records
 from cinema_grpc.gateway import GatewayConfig, GatewayError, GatewayProcess, gateway_tls, grpc_target
 from cinema_grpc.monitoring import DatabaseHealth, refresh_selling_gauges
 from cinema_grpc.services.access import AccessControl, ClientAddresses, declared_policies
@@ -159,15 +160,16 @@ class CinemaServer:
             IdentityServicer(uow, clock, self.hasher, tokens, authenticator, addresses, settings.throttle_rules()),
             self.grpc,
         )
-        booking_pb2_grpc.add_BookingServiceServicer_to_server(
-            BookingServicer(uow, clock, settings.booking_rules(), self.bus), self.grpc
-        )
         self.gateway = StripeGateway(
             settings.stripe_secret_key.get_secret_value(),
             settings.stripe_webhook_secret.get_secret_value(),
             api_base=settings.stripe_api_base or None,
             timeout_seconds=settings.stripe_timeout_seconds,
             threads=settings.stripe_threads,
+        )
+        booking_pb2_grpc.add_BookingServiceServicer_to_server(
+            BookingServicer(uow, clock, settings.booking_rules(), self.bus, self.gateway, settings.payment_rules()),
+            self.grpc,
         )
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(
             PaymentServicer(
@@ -258,6 +260,14 @@ class CinemaServer:
         except Exception:
             log.exception("could not write an audit checkpoint")
 
+    async def prune_old_records(self) -> Pruned:
+        """Retention: ended holds without a sale and old request-log rows (every replica; the
+        deletes skip rows another replica is deleting)."""
+        pruned = await prune_old_records(self.unit_of_work, self.clock, self.settings.retention_rules())
+        if pruned.holds or pruned.requests:
+            log.info("pruned old records", holds=pruned.holds, requests=pruned.requests)
+        return pruned
+
     async def prune_sign_in_records(self) -> int:
         """Deletes sign-in records past their retention and ended registration windows."""
         pruned = await prune_sign_in_records(self.unit_of_work(), self.clock, self.settings.throttle_rules())
@@ -302,6 +312,7 @@ class CinemaServer:
         )
         self._schedule("prune-sign-in-records", 3600, self.prune_sign_in_records, None)
         self._schedule("audit-checkpoint", settings.audit_checkpoint_seconds, self.checkpoint_audit_trail, None)
+        self._schedule("prune-old-records", 3600, self.prune_old_records, None)
         self._schedule("probe-database", settings.health_probe_interval_seconds, self.database_health.probe, None)
         self._schedule(
             "selling-gauges",

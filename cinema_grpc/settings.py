@@ -15,6 +15,7 @@ from cinema_grpc.domain.admission.model import AdmissionRules
 from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.identity.throttle import ThrottleRules
 from cinema_grpc.domain.payment.use_cases import PaymentRules
+from cinema_grpc.domain.retention import RetentionRules
 from cinema_grpc.services.call_budget import Budgets
 
 
@@ -152,6 +153,20 @@ class Settings(BaseSettings):
     max_seats_per_hold: int = Field(default=10, ge=1, le=100)
     max_active_holds_per_customer: int = Field(default=3, ge=1, le=100)
     customer_cancel_cutoff_minutes: int = Field(default=120, ge=0)
+    # Online sales (customers' holds, extensions, card payments) close this many minutes before
+    # a showtime starts; the box office sells until the start.
+    online_sales_close_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
+    # A customer may not hold a seat again for this long after their hold of it ended.
+    rehold_cooldown_seconds: int = Field(default=300, ge=0, le=24 * 3600)
+    # Holds one customer may start per window (across showtimes).
+    max_holds_per_customer_per_window: int = Field(default=20, ge=1, le=10_000)
+    hold_rate_window_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    # Seats one customer may have held and bought together for one showtime.
+    max_seats_per_customer_per_showtime: int = Field(default=10, ge=1, le=1000)
+    # Retention: ended holds (released or expired, with no payment) and their seat claims, and
+    # idempotency records of requests, are deleted once this old (hourly job).
+    ended_hold_retention_days: int = Field(default=30, ge=1, le=3650)
+    request_log_retention_days: int = Field(default=7, ge=1, le=3650)
     # How often the background job releases expired holds (every replica runs it; one at a time sweeps).
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Seat events a watcher may have waiting before it is sent a fresh seat map instead.
@@ -340,10 +355,21 @@ class Settings(BaseSettings):
             max_seats_per_hold=self.max_seats_per_hold,
             max_active_holds=self.max_active_holds_per_customer,
             customer_cancel_cutoff=timedelta(minutes=self.customer_cancel_cutoff_minutes),
+            online_sales_close=timedelta(minutes=self.online_sales_close_minutes),
+            rehold_cooldown=timedelta(seconds=self.rehold_cooldown_seconds),
+            max_holds_per_window=self.max_holds_per_customer_per_window,
+            hold_rate_window=timedelta(seconds=self.hold_rate_window_seconds),
+            max_seats_per_showtime=self.max_seats_per_customer_per_showtime,
         )
 
     def admission_rules(self) -> AdmissionRules:
         return AdmissionRules(admission_window=timedelta(minutes=self.admission_window_minutes))
+
+    def retention_rules(self) -> RetentionRules:
+        return RetentionRules(
+            ended_holds=timedelta(days=self.ended_hold_retention_days),
+            request_log=timedelta(days=self.request_log_retention_days),
+        )
 
     def payment_rules(self) -> PaymentRules:
         return PaymentRules(
@@ -352,4 +378,5 @@ class Settings(BaseSettings):
             retry_base_delay=timedelta(seconds=self.stripe_retry_base_seconds),
             retry_max_delay=timedelta(seconds=max(self.stripe_retry_max_seconds, self.stripe_retry_base_seconds)),
             refund_max_attempts=self.refund_max_attempts,
+            online_sales_close=timedelta(minutes=self.online_sales_close_minutes),
         )

@@ -469,6 +469,12 @@ class CancellationClosed(PreconditionFailed):
     reason = "CANCELLATION_CLOSED"
 
 
+class OnlineSalesClosed(PreconditionFailed):
+    """Online sales of the showtime have closed (the box office sells until it starts)."""
+
+    reason = "ONLINE_SALES_CLOSED"
+
+
 class NoCounterRefundDue(PreconditionFailed):
     """Recording a counter refund for a booking that is not a cancelled counter sale awaiting one."""
 
@@ -528,6 +534,32 @@ class RateLimited(LimitExceeded):
 
 class SyncRateLimited(RateLimited):
     reason = "SYNC_RATE_LIMITED"
+
+
+class HoldRateLimited(RateLimited):
+    reason = "HOLD_RATE_LIMITED"
+
+
+class TooManySeatsForShowtime(LimitExceeded):
+    reason = "TOO_MANY_SEATS_FOR_SHOWTIME"
+
+
+class RecentlyHeldSeats(LimitExceeded):
+    """The customer held these seats until moments ago: others get a chance at them first."""
+
+    reason = "REHOLD_COOLDOWN"
+
+    def __init__(self, seat_labels: dict[str, str], retry_after_seconds: float) -> None:
+        labels = ", ".join(sorted(seat_labels.values()))
+        super().__init__(
+            f"seat(s) {labels} were held by you moments ago; you may hold them again later (others may now)",
+            metadata={"seat_ids": ",".join(sorted(seat_labels)), "retry_after_seconds": f"{retry_after_seconds:.3g}"},
+        )
+        self._retry_after = max(retry_after_seconds, 0.001)
+
+    @property
+    def retry_after_seconds(self) -> float | None:
+        return self._retry_after
 
 
 class TooManySeats(LimitExceeded):

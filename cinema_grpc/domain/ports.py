@@ -175,6 +175,10 @@ class RequestLog(Protocol):
 
     async def record(self, scope: str, request_id: str, fingerprint: str, resource_id: uuid.UUID) -> None: ...
 
+    async def prune(self, older_than: datetime, limit: int) -> int:
+        """Forgets at most ``limit`` requests recorded before ``older_than``; returns how many."""
+        ...
+
 
 class UserRepository(Protocol):
     async def add(self, user: User) -> None:
@@ -305,6 +309,11 @@ class BookingRepository(Protocol):
 
     async def prune_events(self, older_than: datetime) -> int: ...
 
+    async def prune_ended_holds(self, ended_before: datetime, limit: int) -> int:
+        """Deletes at most ``limit`` holds that were released or expired before ``ended_before``
+        and that no payment refers to, with their seat claims; returns how many holds."""
+        ...
+
 
 class InventoryRepository(Protocol):
     """Seat inventories of showtimes, loaded locked. The unit of work persists the inventories
@@ -368,6 +377,10 @@ class PaymentRepository(Protocol):
 
     async def owed_by_cancelled_bookings(self, limit: int) -> list[Payment]:
         """Paid payments whose booking was cancelled and which have no refund pending or failed."""
+        ...
+
+    async def open_for_hold(self, hold_id: uuid.UUID) -> Payment | None:
+        """The hold's INITIALIZED payment, if any (there is at most one)."""
         ...
 
     async def check_again(self, payment_id: uuid.UUID, at: datetime, failures: int) -> None:

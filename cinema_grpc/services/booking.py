@@ -25,7 +25,9 @@ from cinema_grpc.domain.booking.model import (
 from cinema_grpc.domain.errors import Violations, invalid
 from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.pagination import page_request
-from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, UnitOfWork
+from cinema_grpc.domain.payment import use_cases as payment_uc
+from cinema_grpc.domain.payment.use_cases import PaymentRules
+from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, PaymentGateway, UnitOfWork
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, require_id, timestamp
@@ -170,12 +172,20 @@ class _StreamMessages:
 
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
     def __init__(
-        self, unit_of_work: Callable[[], UnitOfWork], clock: Clock, rules: BookingRules, bus: AvailabilityBus
+        self,
+        unit_of_work: Callable[[], UnitOfWork],
+        clock: Clock,
+        rules: BookingRules,
+        bus: AvailabilityBus,
+        gateway: PaymentGateway,
+        payment_rules: PaymentRules,
     ) -> None:
         self._uow = unit_of_work
         self._clock = clock
         self._rules = rules
         self._bus = bus
+        self._gateway = gateway
+        self._payment_rules = payment_rules
         self._seat_maps = uc.SharedSeatMapReads(unit_of_work, clock)
         self._stream_messages = _StreamMessages()
 
@@ -233,7 +243,10 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
 
     async def ReleaseHold(self, request: pb.ReleaseHoldRequest, context: Context) -> pb.Hold:
         hold_id = require_id("hold_id", request.hold_id)
-        return self._hold(await uc.release_hold(self._uow(), self._clock, current_caller(), hold_id))
+        hold = await payment_uc.release_hold(
+            self._uow, self._gateway, self._clock, self._payment_rules, current_caller(), hold_id
+        )
+        return self._hold(hold)
 
     async def SellHoldAtCounter(self, request: pb.SellHoldAtCounterRequest, context: Context) -> pb.Booking:
         violations = Violations()
@@ -276,7 +289,15 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
 
     async def ForceReleaseHold(self, request: pb.ForceReleaseHoldRequest, context: Context) -> pb.Hold:
         hold_id = require_id("hold_id", request.hold_id)
-        hold = await uc.force_release_hold(self._uow(), self._clock, current_caller(), hold_id, request.reason)
+        hold = await payment_uc.release_hold(
+            self._uow,
+            self._gateway,
+            self._clock,
+            self._payment_rules,
+            current_caller(),
+            hold_id,
+            override_reason=request.reason,
+        )
         return self._hold(hold)
 
     async def ForceCancelBooking(self, request: pb.ForceCancelBookingRequest, context: Context) -> pb.Booking:

@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, tuple_, update
+from sqlalchemy import delete, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.booking.model import (
@@ -258,6 +258,30 @@ class SqlBookingRepository:
             .returning(BookingRow.id)
         )
         return changed is not None
+
+    async def prune_ended_holds(self, ended_before: datetime, limit: int) -> int:
+        # Holds a payment refers to stay (the payment and its audit trail name them); converted
+        # holds are not ended ones (their booking refers to them). Claims go first, in the same
+        # statement: the foreign key is checked at its end.
+        result = await self._session.execute(
+            text(
+                """
+                WITH doomed AS (
+                    SELECT hold.id FROM booking.holds AS hold
+                    WHERE hold.state IN ('RELEASED', 'EXPIRED') AND hold.ended_at < :ended_before
+                      AND NOT EXISTS (SELECT 1 FROM payment.payments AS payment WHERE payment.hold_id = hold.id)
+                    ORDER BY hold.ended_at
+                    LIMIT :limit
+                    FOR UPDATE SKIP LOCKED
+                ), claims AS (
+                    DELETE FROM booking.seat_claims AS claim USING doomed WHERE claim.hold_id = doomed.id
+                )
+                DELETE FROM booking.holds AS hold USING doomed WHERE hold.id = doomed.id
+                """
+            ),
+            {"ended_before": ended_before, "limit": limit},
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def prune_events(self, older_than: datetime) -> int:
         result = await self._session.execute(delete(SeatEventRow).where(SeatEventRow.created_at < older_than))

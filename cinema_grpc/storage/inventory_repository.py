@@ -148,7 +148,26 @@ SELECT {_SHOWTIME_COLUMNS},
         FROM wanted),
        (SELECT array_agg(claim.seat_id) FROM wanted JOIN booking.seat_claims AS claim
             ON claim.showtime_id = %(showtime_id)s AND claim.seat_id = wanted.id
-        WHERE claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s))
+        WHERE claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)),
+       -- The customer limits (not read for staff): when the customer's latest holds started,
+       (SELECT array_agg(recent.created_at ORDER BY recent.created_at DESC)
+        FROM (SELECT hold.created_at FROM booking.holds AS hold
+              WHERE %(limited)s AND hold.customer_id = %(customer_id)s AND hold.created_at > %(rate_since)s
+              ORDER BY hold.created_at DESC LIMIT %(rate_limit)s) AS recent),
+       -- how many seats of the showtime they hold (unlapsed) or bought,
+       (SELECT count(*) FROM booking.seat_claims AS claim JOIN booking.holds AS hold ON hold.id = claim.hold_id
+        WHERE %(limited)s AND claim.showtime_id = %(showtime_id)s AND hold.customer_id = %(customer_id)s
+          AND claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)),
+       -- and the seats of their holds of the showtime that ended (or lapsed) since the cooldown began.
+       (SELECT json_agg(json_build_array(ended.seat_id, ended.at))
+        FROM (SELECT claim.seat_id, max(coalesce(hold.ended_at, greatest(hold.expires_at, hold.payment_deadline))) AS at
+              FROM booking.holds AS hold JOIN booking.seat_claims AS claim ON claim.hold_id = hold.id
+              WHERE %(limited)s AND hold.customer_id = %(customer_id)s AND hold.showtime_id = %(showtime_id)s
+                AND ((hold.state IN ('RELEASED', 'EXPIRED') AND hold.ended_at > %(cooldown_since)s)
+                     OR (hold.state = 'ACTIVE'
+                         AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s
+                         AND greatest(hold.expires_at, hold.payment_deadline) > %(cooldown_since)s))
+              GROUP BY claim.seat_id) AS ended)
 FROM showtime
 """
 
@@ -179,7 +198,16 @@ SELECT booking.require(
          WHERE seat.id = ANY(%(seat_ids)s::uuid[]) AND seat.retired_at IS NULL AND seat.in_service)
         = cardinality(%(seat_ids)s::uuid[])
     AND (SELECT count(*) FROM booking.holds AS hold WHERE hold.id = ANY(%(lapsed)s::uuid[]) AND hold.state = 'ACTIVE')
-        = cardinality(%(lapsed)s::uuid[]),
+        = cardinality(%(lapsed)s::uuid[])
+    -- the customer limits: their recent holds and their seats of the showtime are as read
+    AND (NOT %(limited)s OR (
+        (SELECT count(*) FROM (SELECT FROM booking.holds AS hold
+                               WHERE hold.customer_id = %(customer_id)s AND hold.created_at > %(rate_since)s
+                               LIMIT %(rate_limit)s) AS recent) = %(recent_holds)s
+        AND (SELECT count(*) FROM booking.seat_claims AS claim JOIN booking.holds AS hold ON hold.id = claim.hold_id
+             WHERE claim.showtime_id = %(showtime_id)s AND hold.customer_id = %(customer_id)s
+               AND claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s))
+            = %(seats_of_customer)s)),
     'the seats changed while the hold was decided')
 """
 STALE_DECISION = "CIN01"
@@ -421,6 +449,11 @@ class SqlInventoryRepository:
             "active_holds": offer.active_holds,
             "seat_ids": [s.seat_id for w in inventory.writes if isinstance(w, HoldAdded) for s in w.hold.seats],
             "lapsed": [w.hold.id for w in inventory.writes if isinstance(w, HoldEnded)],
+            "limited": not new_hold.staff,
+            "rate_since": new_hold.rate_since or now,
+            "rate_limit": new_hold.rate_limit,
+            "recent_holds": len(offer.recent_holds),
+            "seats_of_customer": offer.seats_of_customer,
         }
         return [(_LOCK_FOR_HOLD, locks), (_CHECK_NEW_HOLD, check)]
 
@@ -477,6 +510,10 @@ class SqlInventoryRepository:
             "now": now,
             "all_seats": new_hold.seat_ids is None,
             "seat_ids": list(new_hold.seat_ids or ()),
+            "limited": not new_hold.staff,
+            "rate_since": new_hold.rate_since or now,
+            "rate_limit": new_hold.rate_limit,
+            "cooldown_since": new_hold.cooldown_since or now,
         }
         if new_hold.lock_first:
             rows = await self._pipeline((_LOCK_FOR_HOLD, locks), (_LOAD_FOR_HOLD, read))
@@ -492,7 +529,7 @@ class SqlInventoryRepository:
             return SeatInventory(showtime_id, None, offer=HoldOffer(new_hold.customer_id, 0, (), frozenset()))
         row = rows[0]
         showtime = _showtime(showtime_id, row[:10])
-        lapsed, active_holds, seats, taken = row[10:]
+        lapsed, active_holds, seats, taken, recent, seats_of_customer, ended = row[10:]
         offer = HoldOffer(
             new_hold.customer_id,
             int(active_holds),
@@ -501,6 +538,10 @@ class SqlInventoryRepository:
                 for seat_id, label, number, column, kind, in_service, reason in seats or ()
             ),
             frozenset(taken or ()),
+            staff=new_hold.staff,
+            recent_holds=tuple(recent or ()),
+            seats_of_customer=int(seats_of_customer),
+            recently_ended=tuple((uuid.UUID(seat_id), datetime.fromisoformat(at)) for seat_id, at in ended or ()),
         )
         inventory = SeatInventory(
             showtime_id, showtime, holds=[_hold(showtime_id, item) for item in lapsed or ()], offer=offer

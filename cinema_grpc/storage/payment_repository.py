@@ -210,6 +210,9 @@ class SqlPaymentRepository:
         )
         return await self._many(query)
 
+    async def open_for_hold(self, hold_id: uuid.UUID) -> Payment | None:
+        return await self._one((PaymentRow.hold_id == hold_id) & (PaymentRow.state == "INITIALIZED"))
+
     async def check_again(self, payment_id: uuid.UUID, at: datetime, failures: int) -> None:
         await self._session.execute(
             update(PaymentRow).where(PaymentRow.id == payment_id).values(next_check_at=at, check_failures=failures)

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -513,6 +513,18 @@ class SqlRequestLog:
         await self._session.execute(select(func.pg_advisory_xact_lock(key)))
         row = await self._session.get(RequestLogRow, (scope, request_id))
         return RecordedRequest(row.fingerprint, row.resource_id) if row else None
+
+    async def prune(self, older_than: datetime, limit: int) -> int:
+        doomed = (
+            select(RequestLogRow.scope, RequestLogRow.request_id)
+            .where(RequestLogRow.created_at < older_than)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self._session.execute(
+            delete(RequestLogRow).where(tuple_(RequestLogRow.scope, RequestLogRow.request_id).in_(doomed))
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def record(self, scope: str, request_id: str, fingerprint: str, resource_id: uuid.UUID) -> None:
         await self._session.execute(

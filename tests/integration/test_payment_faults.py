@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.payment.v1 import payment_pb2 as ppb
 from cinema.payment.v1.payment_pb2_grpc import PaymentServiceStub
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
@@ -38,6 +39,7 @@ from tests.stripe_proxy import FaultyStripe
 Db = psycopg.Connection[tuple[object, ...]]
 MAX_REFUND_ATTEMPTS = 3
 SYNC_PER_MINUTE, SYNC_CACHE_SECONDS = 8, 1.0
+ONLINE_CLOSE_MINUTES = 30
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,7 @@ def behind_proxy(server_settings: Settings, proxy: FaultyStripe, server: Running
             "refund_max_attempts": MAX_REFUND_ATTEMPTS,
             "sync_payment_per_minute": SYNC_PER_MINUTE,
             "sync_payment_cache_seconds": SYNC_CACHE_SECONDS,
+            "online_sales_close_minutes": ONLINE_CLOSE_MINUTES,
         }
     )
     running = RunningServer(settings)
@@ -458,3 +461,38 @@ def test_sync_payment_is_rate_limited_per_caller_with_retry_info(
         # Another caller has a budget of their own (and a payment that is not theirs stays hidden).
         hidden = call_fails(ana_pays.SyncPayment, ppb.SyncPaymentRequest(payment_id=payment.id))
         assert hidden.reason == "PAYMENT_NOT_FOUND"
+
+
+def test_online_sales_close_before_the_start_while_the_box_office_sells_until_it(
+    behind_proxy: RunningServer, ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    channel, ana_pays = stub_on(behind_proxy, ana)
+    other, terminal = stub_on(behind_proxy, clerk)
+    with channel, other:
+        ana_booking = BookingServiceStub(with_token(channel, ana.token))
+        clerk_booking = BookingServiceStub(with_token(other, clerk.token))
+        held = ana_booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("F1")]))
+        # 20 minutes before the start: online sales closed 10 minutes ago.
+        db.execute(
+            "UPDATE screening.showtimes SET starts_at = now() + interval '20 minutes' WHERE id = %s",
+            (sale.showtime.id,),
+        )
+        for call, request in (
+            (ana_booking.HoldSeats, bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("F2")])),
+            (ana_booking.ExtendHold, bpb.ExtendHoldRequest(hold_id=held.id)),
+            (ana_pays.CreatePayment, ppb.CreatePaymentRequest(hold_id=held.id)),
+        ):
+            closed = call_fails(call, request)
+            assert (closed.code, closed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ONLINE_SALES_CLOSED")
+            assert "close_time" in closed.metadata
+        assert count(db, "payment.payments") == 0
+        # The box office holds, extends and charges until the start.
+        assert (
+            clerk_booking.HoldSeats(
+                bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[sale.seat("F3")])
+            ).state
+            == bpb.HOLD_STATE_ACTIVE
+        )
+        assert clerk_booking.ExtendHold(bpb.ExtendHoldRequest(hold_id=held.id)).extensions_left == 1
+        paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
+        assert paid.state == ppb.PAYMENT_STATE_SUCCESS and paid.booking_id

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+import stripe
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
@@ -539,3 +540,80 @@ def test_a_hold_with_a_payment_in_flight_shows_the_deadline_that_keeps_it_alive(
     converted = ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id))
     assert converted.state == bpb.HOLD_STATE_CONVERTED
     assert not converted.HasField("keep_until") and not converted.HasField("payment_deadline")
+
+
+def intent_status(local_stripe: LocalStripe, intent_id: str) -> str:
+    return str(stripe_client(local_stripe).v1.payment_intents.retrieve(intent_id).status)
+
+
+def test_money_that_arrives_after_the_showtime_started_is_refunded_and_no_booking_is_made(
+    channel: grpc.Channel, ana: Customer, sale: Sale, local_stripe: LocalStripe, db: Db
+) -> None:
+    stub = payments(channel, ana)
+    held = hold(ana, sale, "D3")
+    unpaid = hold(ana, sale, "D4")
+    payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    db.execute(
+        "UPDATE screening.showtimes SET starts_at = now() - interval '1 minute' WHERE id = %s", (sale.showtime.id,)
+    )
+    late = call_fails(stub.CreatePayment, ppb.CreatePaymentRequest(hold_id=unpaid.id))
+    assert (late.code, late.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SHOWTIME_ALREADY_STARTED")
+    assert confirm_card(local_stripe, payment.intent_id) == "succeeded"
+    after = wait_for(stub, payment.id, settled)
+    assert (after.state, after.booking_id, after.refunded.amount_minor) == (ppb.PAYMENT_STATE_REFUNDED, "", 1200)
+    assert after.refund_reason.startswith("the showtime had started before the payment arrived")
+    assert count(db, "booking.bookings") == 0
+    ended = ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id))
+    assert ended.state == bpb.HOLD_STATE_RELEASED
+
+
+def test_releasing_a_hold_while_its_payment_is_in_flight_cancels_the_intent_at_stripe(
+    channel: grpc.Channel, ana: Customer, clerk: Customer, sale: Sale, local_stripe: LocalStripe
+) -> None:
+    stub = payments(channel, ana)
+    released = hold(ana, sale, "E1")
+    first = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=released.id))
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=released.id))
+    forced = hold(ana, sale, "E2")
+    second = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=forced.id))
+    clerk.booking.ForceReleaseHold(bpb.ForceReleaseHoldRequest(hold_id=forced.id, reason="customer left"))
+    for payment in (first, second):
+        after = stub.GetPayment(ppb.GetPaymentRequest(payment_id=payment.id))
+        assert after.state == ppb.PAYMENT_STATE_FAILED
+        assert after.failure_reason.startswith("the hold ended before the card was charged")
+        # The card can no longer be charged for it.
+        assert intent_status(local_stripe, payment.intent_id) == "canceled"
+        with pytest.raises(stripe.InvalidRequestError):
+            confirm_card(local_stripe, payment.intent_id)
+
+
+@pytest.mark.usefixtures("lost_webhooks")
+def test_a_hold_released_after_its_card_was_charged_gets_the_money_back(
+    channel: grpc.Channel, ana: Customer, sale: Sale, local_stripe: LocalStripe, db: Db
+) -> None:
+    stub = payments(channel, ana)
+    held = hold(ana, sale, "E3")
+    payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=held.id))
+    assert confirm_card(local_stripe, payment.intent_id) == "succeeded"
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    after = stub.GetPayment(ppb.GetPaymentRequest(payment_id=payment.id))
+    assert (after.state, after.refunded.amount_minor, after.booking_id) == (ppb.PAYMENT_STATE_REFUNDED, 1200, "")
+    assert count(db, "booking.bookings") == 0
+
+
+def test_reconciliation_cancels_the_intent_of_a_hold_that_ended_with_its_showtime(
+    server: RunningServer,
+    screening: ScreeningServiceStub,
+    channel: grpc.Channel,
+    ana: Customer,
+    sale: Sale,
+    local_stripe: LocalStripe,
+) -> None:
+    stub = payments(channel, ana)
+    payment = stub.CreatePayment(ppb.CreatePaymentRequest(hold_id=hold(ana, sale, "E4").id))
+    screening.CancelShowtime(spb.CancelShowtimeRequest(showtime_id=sale.showtime.id, reason="projector"))
+    assert server.server is not None
+    server.run(server.server.reconcile_payments())
+    after = stub.GetPayment(ppb.GetPaymentRequest(payment_id=payment.id))
+    assert after.state == ppb.PAYMENT_STATE_FAILED
+    assert intent_status(local_stripe, payment.intent_id) == "canceled"

@@ -112,6 +112,11 @@ def replica_env(database_url: str, redis_url: str | None, stripe: LocalStripe, *
         "CINEMA_LOG_LEVEL": "WARNING",
         # Every soak customer registers from this machine's address.
         "CINEMA_REGISTRATIONS_PER_ADDRESS": "100000",
+        # A few customers hold and release as fast as they can: the customer hold limits off.
+        "CINEMA_MAX_HOLDS_PER_CUSTOMER_PER_WINDOW": "10000",
+        "CINEMA_HOLD_RATE_WINDOW_SECONDS": "1",
+        "CINEMA_REHOLD_COOLDOWN_SECONDS": "0",
+        "CINEMA_MAX_SEATS_PER_CUSTOMER_PER_SHOWTIME": "1000",
         **extra,
     }
 

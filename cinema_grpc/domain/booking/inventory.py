@@ -30,6 +30,13 @@ from cinema_grpc.domain.booking.model import (
     total,
     with_companions,
 )
+from cinema_grpc.domain.booking.selling_rules import (
+    check_cooldown,
+    check_hold_rate,
+    check_on_sale,
+    check_showtime_share,
+    cooling_seats,
+)
 from cinema_grpc.domain.errors import (
     BookingNotFound,
     HoldExtensionLimit,
@@ -62,6 +69,36 @@ class NewHold:
     # checked (StaleDecision if what it read changed). True: locked before the read, as every
     # other change; a decision taken so cannot go stale.
     lock_first: bool = False
+    # Staff at the box office: the customer limits (online sales cut-off, hold rate, seats per
+    # showtime, re-hold cooldown) do not apply, and nothing is read for them.
+    staff: bool = False
+    # For the limits: the customer's holds started after ``rate_since`` (the newest
+    # ``rate_limit`` of them), and their holds of the showtime that ended after ``cooldown_since``.
+    rate_since: datetime | None = None
+    rate_limit: int = 0
+    cooldown_since: datetime | None = None
+
+    @classmethod
+    def of(
+        cls,
+        customer_id: uuid.UUID,
+        seat_ids: tuple[uuid.UUID, ...] | None,
+        *,
+        lock_first: bool,
+        staff: bool,
+        rules: BookingRules,
+        now: datetime,
+    ) -> NewHold:
+        if staff:
+            return cls(customer_id, seat_ids, lock_first, staff=True)
+        return cls(
+            customer_id,
+            seat_ids,
+            lock_first,
+            rate_since=now - rules.hold_rate_window,
+            rate_limit=rules.max_holds_per_window,
+            cooldown_since=now - rules.rehold_cooldown,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,11 @@ class HoldOffer:
     active_holds: int  # the customer's holds that are active now, on any showtime
     seats: tuple[Seat, ...]  # the hall's current seats that were asked for, in layout order
     taken: frozenset[uuid.UUID]  # which of those are sold, or held by a hold that has not lapsed
+    staff: bool = False  # the customer limits do not apply (see NewHold)
+    recent_holds: tuple[datetime, ...] = ()  # when the customer's latest holds started, newest first
+    seats_of_customer: int = 0  # seats of the showtime the customer holds (unlapsed) or bought
+    # Seats of the showtime the customer held until recently: seat -> when that hold ended.
+    recently_ended: tuple[tuple[uuid.UUID, datetime], ...] = ()
 
 
 # ---------------------------------------------------------------- what the unit of work writes
@@ -224,6 +266,9 @@ class SeatInventory:
             elif not seat.in_service:
                 violations.add(f"seat_ids[{i}]", "SEAT_OUT_OF_SERVICE", f"seat {seat.label} is out of service")
         violations.raise_if_any()
+        if not offer.staff:
+            cooling = cooling_seats(dict(offer.recently_ended), rules, now)
+            check_cooldown(seat_ids, cooling, {s.id: s.label for s in offer.seats}, now)
         requested = [by_id[seat_id] for seat_id in seat_ids]
         wheelchair_rows = {s.row_label for s in requested if s.kind is SeatKind.WHEELCHAIR}
         row_seats = [s for s in offer.seats if s.row_label in wheelchair_rows]
@@ -236,7 +281,9 @@ class SeatInventory:
         """Holds the best block of ``count`` adjacent free seats of ``kind`` (wheelchair spaces
         each with their companion seat)."""
         offer = self._open_offer(now, rules)
-        block = best_available(offer.seats, offer.taken, count, kind)
+        # Seats the customer held until moments ago are not offered to them again yet.
+        cooling = frozenset() if offer.staff else frozenset(cooling_seats(dict(offer.recently_ended), rules, now))
+        block = best_available(offer.seats, offer.taken | cooling, count, kind)
         if block is None:
             raise NoAdjacentSeats(
                 f"no {count} adjacent free {kind.lower()} seats", subject=f"showtimes/{self.showtime_id}"
@@ -245,14 +292,20 @@ class SeatInventory:
 
     def _open_offer(self, now: datetime, rules: BookingRules) -> HoldOffer:
         assert self._offer is not None, "load the inventory with a NewHold to hold seats"
-        check_sellable(self.showtime, self.showtime_id, now)
+        showtime = check_sellable(self.showtime, self.showtime_id, now)
+        if not self._offer.staff:
+            check_on_sale(showtime, rules.online_sales_close, now, at_counter=False)
         if self._offer.active_holds >= rules.max_active_holds:
             raise TooManyActiveHolds(f"at most {rules.max_active_holds} active holds per customer")
+        if not self._offer.staff:
+            check_hold_rate(self._offer.recent_holds, rules, now)
         return self._offer
 
     def _new_hold(self, offer: HoldOffer, seats: Sequence[Seat], rules: BookingRules, now: datetime) -> Hold:
         if len(seats) > rules.max_seats_per_hold:
             raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold, companion seats included")
+        if not offer.staff:
+            check_showtime_share(offer.seats_of_customer, len(seats), rules)
         showtime = self.showtime
         assert showtime is not None
         # Prices are copied from the showtime now: later price changes do not touch this claim.
@@ -279,7 +332,11 @@ class SeatInventory:
             )
         )
         self._offer = replace(
-            offer, active_holds=offer.active_holds + 1, taken=offer.taken | {s.seat_id for s in claimed}
+            offer,
+            active_holds=offer.active_holds + 1,
+            taken=offer.taken | {s.seat_id for s in claimed},
+            recent_holds=(now, *offer.recent_holds),
+            seats_of_customer=offer.seats_of_customer + len(claimed),
         )
         self._record(HoldAdded(hold), (s.seat_id for s in claimed), SeatState.HELD)
         return hold

@@ -57,6 +57,17 @@ class BookingRules:
     max_active_holds: int = 3
     # Customers may cancel until this long before the showtime; staff until it starts.
     customer_cancel_cutoff: timedelta = timedelta(hours=2)
+    # Online sales (customers' holds, extensions and card payments) close this long before the
+    # showtime starts; the box office sells until the start.
+    online_sales_close: timedelta = timedelta(0)
+    # After a customer's hold of a seat ended (released or expired), the same customer may not
+    # hold that seat again for this long (others may at once).
+    rehold_cooldown: timedelta = timedelta(minutes=5)
+    # Holds one customer may start per hold_rate_window (across showtimes).
+    max_holds_per_window: int = 20
+    hold_rate_window: timedelta = timedelta(hours=1)
+    # Seats one customer may have held or bought at once for one showtime.
+    max_seats_per_showtime: int = 10
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from cinema_grpc.domain.booking.model import (
     SeatMap,
     seat_states,
 )
+from cinema_grpc.domain.booking.selling_rules import check_on_sale
 from cinema_grpc.domain.errors import (
     BookingNotFound,
     CancellationClosed,
@@ -90,7 +91,10 @@ async def _hold(
         now = clock.now()
         # Holding a seat reads only the seats asked for (and the rows of requested wheelchair
         # spaces, for their companion seats); the best available needs the whole hall.
-        new_hold = NewHold(caller.user_id, cmd.seat_ids if isinstance(cmd, HoldSeats) else None, lock_first)
+        seat_ids = cmd.seat_ids if isinstance(cmd, HoldSeats) else None
+        new_hold = NewHold.of(
+            caller.user_id, seat_ids, lock_first=lock_first, staff=caller.is_staff, rules=rules, now=now
+        )
         inventory = await uow.inventories.get_locked(cmd.showtime_id, now, new_hold=new_hold)
         if isinstance(cmd, HoldSeats):
             hold = inventory.hold_seats(cmd.seat_ids, rules, now)
@@ -124,6 +128,8 @@ async def extend_hold(uow: UnitOfWork, clock: Clock, rules: BookingRules, caller
     async with uow:
         now = clock.now()
         inventory = await locked_hold(uow, caller, hold_id, now)
+        if inventory.showtime is not None:
+            check_on_sale(inventory.showtime, rules.online_sales_close, now, at_counter=caller.is_staff)
         hold = inventory.extend(hold_id, rules, now)
         await uow.commit()
     return hold

@@ -11,8 +11,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.access import Caller, PermissionDenied
+from cinema_grpc.domain.booking import use_cases as booking
 from cinema_grpc.domain.booking.inventory import SeatInventory
-from cinema_grpc.domain.booking.model import BookingRules, HoldState, SaleChannel
+from cinema_grpc.domain.booking.model import BookingRules, Hold, HoldState, SaleChannel
+from cinema_grpc.domain.booking.selling_rules import check_on_sale
 from cinema_grpc.domain.booking.use_cases import cancel_in, locked_hold
 from cinema_grpc.domain.errors import (
     DomainError,
@@ -62,6 +64,9 @@ class PaymentRules:
     retry_base_delay: timedelta = timedelta(seconds=30)
     retry_max_delay: timedelta = timedelta(hours=1)
     refund_max_attempts: int = 8
+    # Online payments start until this long before the showtime (BookingRules.online_sales_close);
+    # money that arrives once the showtime has started is refunded.
+    online_sales_close: timedelta = timedelta(0)
 
 
 def _actor(caller: Caller) -> str:
@@ -116,6 +121,10 @@ async def _start(
         hold = inventory.hold_of(hold_id)
         if not hold.active(now):
             raise HoldNotActive(f"the hold is {hold.shown_state(now).lower()}", subject=f"holds/{hold.id}")
+        if inventory.showtime is not None:
+            check_on_sale(
+                inventory.showtime, rules.online_sales_close, now, at_counter=channel is PaymentChannel.TERMINAL
+            )
         amount = hold.total
         if amount.amount_minor <= 0:
             raise NothingToPay("this hold costs nothing; sell it at the counter instead", subject=f"holds/{hold.id}")
@@ -258,6 +267,66 @@ async def _mark_failed(
     return failed
 
 
+# ---------------------------------------------------------------- a hold ending under a payment
+
+HOLD_ENDED = "the hold ended before the card was charged; the payment was cancelled at Stripe"
+
+
+async def release_hold(
+    unit_of_work: UnitOfWorkFactory,
+    gateway: PaymentGateway,
+    clock: Clock,
+    rules: PaymentRules,
+    caller: Caller,
+    hold_id: uuid.UUID,
+    *,
+    override_reason: str | None = None,
+) -> Hold:
+    """ReleaseHold, and ForceReleaseHold with ``override_reason``: the hold ends now. A card
+    payment still in flight for it is then cancelled at Stripe, so the card can no longer be
+    charged; money that got through first is refunded like any that arrives too late."""
+    if override_reason is None:
+        hold = await booking.release_hold(unit_of_work(), clock, caller, hold_id)
+    else:
+        hold = await booking.force_release_hold(unit_of_work(), clock, caller, hold_id, override_reason)
+    if hold.payment_deadline is not None:
+        await cancel_payment_of_ended_hold(unit_of_work, gateway, clock, rules, hold.id)
+    return hold
+
+
+async def cancel_payment_of_ended_hold(
+    unit_of_work: UnitOfWorkFactory, gateway: PaymentGateway, clock: Clock, rules: PaymentRules, hold_id: uuid.UUID
+) -> None:
+    """After the hold ended (committed): its open payment is cancelled at Stripe and fails; if
+    Stripe had already taken the money, the payment succeeds and is refunded. Trouble with Stripe
+    leaves it to the reconciliation job, which cancels the intents of ended holds too."""
+    async with unit_of_work() as uow:
+        payment = await uow.payments.open_for_hold(hold_id)
+    if payment is None:
+        return
+    if not payment.intent_id:
+        await _fail(unit_of_work, clock, payment.id, HOLD_ENDED, SYSTEM)
+        return
+    try:
+        intent = await gateway.cancel_intent(payment.intent_id)
+    except DomainError as exc:
+        log.warning(
+            "could not cancel the payment of an ended hold; reconciliation will",
+            extra={"payment_id": str(payment.id), "reason": exc.reason},
+        )
+        return
+    if intent.failed:
+        await _fail(unit_of_work, clock, payment.id, HOLD_ENDED, SYSTEM)
+    else:
+        await settle(unit_of_work, gateway, clock, rules, payment.id, intent, STRIPE)
+
+
+async def _hold_ended(unit_of_work: UnitOfWorkFactory, hold_id: uuid.UUID) -> bool:
+    async with unit_of_work() as uow:
+        hold = await uow.booking.get_hold(hold_id)
+    return hold is None or hold.state is not HoldState.ACTIVE
+
+
 # ---------------------------------------------------------------- settling
 
 
@@ -276,6 +345,12 @@ async def settle_in(
     assert current is not None
     if intent.succeeded and current.state in (PaymentState.INITIALIZED, PaymentState.FAILED):
         hold = inventory.find_hold(current.hold_id)
+        started = inventory.showtime is None or inventory.showtime.has_started(now)
+        if hold is not None and hold.state is HoldState.ACTIVE and started:
+            # Too late for the film: no booking; the seats are let go and the money goes back.
+            inventory.release(hold.id, now, reason="the showtime started before the payment arrived")
+            why = "the showtime had started before the payment arrived; the payment is refunded in full"
+            return await _refund_unbooked(uow, current, intent, why, actor, now)
         if hold is not None and hold.state is HoldState.ACTIVE:
             booking = inventory.sell(hold.id, SaleChannel.ONLINE, None, now)
             paid = current.moved(PaymentState.SUCCESS, now, booking_id=booking.id, intent_id=intent.intent_id)
@@ -283,14 +358,21 @@ async def settle_in(
             await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note=f"booking {booking.id}")
             return paid, None
         why = "the hold had ended before the payment arrived; the payment is refunded in full"
-        paid = current.moved(PaymentState.SUCCESS, now, refund_reason=why, intent_id=intent.intent_id)
-        await uow.payments.update(paid)
-        await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note="no hold to turn into a booking")
-        refund = await _request_refund(uow, paid, paid.amount, why, SYSTEM, now, kind="auto_refund_requested")
-        return paid, refund
+        return await _refund_unbooked(uow, current, intent, why, actor, now)
     if intent.failed and current.state is PaymentState.INITIALIZED:
         return await _mark_failed(uow, inventory, current, intent.failure_reason or intent.status, actor, now), None
     return current, None
+
+
+async def _refund_unbooked(
+    uow: UnitOfWork, current: Payment, intent: IntentStatus, why: str, actor: str, now: datetime
+) -> tuple[Payment, Refund]:
+    """The money arrived but no booking can come of it: the payment succeeds and is refunded in full."""
+    paid = current.moved(PaymentState.SUCCESS, now, refund_reason=why, intent_id=intent.intent_id)
+    await uow.payments.update(paid)
+    await _audit(uow, paid, "succeeded", actor, now, amount=paid.amount, note="no hold to turn into a booking")
+    refund = await _request_refund(uow, paid, paid.amount, why, SYSTEM, now, kind="auto_refund_requested")
+    return paid, refund
 
 
 async def settle(
@@ -595,8 +677,11 @@ async def reconcile(
             continue
         try:
             intent = await gateway.retrieve_intent(payment.intent_id)
-            if intent.unfinished and payment.created_at <= now - rules.payment_deadline:
-                # An abandoned checkout: close it at Stripe so no late card can still pay it.
+            if intent.unfinished and (
+                payment.created_at <= now - rules.payment_deadline or await _hold_ended(unit_of_work, payment.hold_id)
+            ):
+                # An abandoned checkout, or one whose hold ended (released, expired, its showtime
+                # cancelled): close it at Stripe so no late card can still pay it.
                 intent = await gateway.cancel_intent(payment.intent_id)
             after = await settle(unit_of_work, gateway, clock, rules, payment.id, intent, SYSTEM)
         except DomainError as exc:
