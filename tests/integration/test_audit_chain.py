@@ -330,6 +330,7 @@ def test_the_server_works_normally_as_the_runtime_role(
             running.run(running.server.sweep_expired_holds())
             running.run(running.server.reconcile_payments())
             running.run(running.server.prune_sign_in_records())
+            running.run(running.server.prune_old_records())
             assert running.run(running.server.checkpoint_audit_trail()) is not None
             verdict = PaymentServiceStub(with_token(channel, token.access_token)).VerifyAuditTrail(
                 ppb.VerifyAuditTrailRequest()
@@ -343,4 +344,4 @@ def test_the_server_works_normally_as_the_runtime_role(
 
 def test_serve_without_migrations_names_a_schema_that_is_behind(db_admin: Db, database_url: str) -> None:
     url = database(db_admin, database_url)
-    assert schema_behind(sqlalchemy_url(url)) == "the database schema is at migration (none), this server needs 0014"
+    assert schema_behind(sqlalchemy_url(url)) == "the database schema is at migration (none), this server needs 0015"

@@ -5,6 +5,7 @@ ended holds and old request records (and keeps what payments, bookings and repor
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psycopg
@@ -15,7 +16,7 @@ from cinema_grpc.domain.retention import prune_old_records
 from tests.booking_data import Customer, Sale, hold
 from tests.conftest import RunningServer
 from tests.integration.test_cinemas_and_movies import count
-from tests.rpc_errors import call_fails
+from tests.rpc_errors import call_fails, failure
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -141,3 +142,21 @@ def test_retention_deletes_old_ended_holds_and_request_records_and_keeps_what_pa
     assert db.execute("SELECT count(*) FROM booking.seat_claims WHERE hold_id = %s", (old.id,)).fetchone() == (0,)
     assert count(db, "api.request_log") == 0
     assert clerk.booking.GetHold(bpb.GetHoldRequest(hold_id=sold.id)).state == bpb.HOLD_STATE_CONVERTED
+
+
+def test_concurrent_holds_of_one_customer_cannot_pass_the_showtime_share_together(
+    ana: Customer, sale: Sale, db: Db
+) -> None:
+    def attempt(labels: tuple[str, ...]) -> str:
+        try:
+            hold(ana, sale, *labels)
+        except grpc.RpcError as error:
+            return failure(error).reason
+        return "held"
+
+    rows = [tuple(f"{row}{n}" for n in range(1, 7)) for row in "BCDE"]
+    for _ in range(3):
+        db.execute("TRUNCATE booking.holds, booking.seat_claims, booking.bookings CASCADE")
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(attempt, rows[:2]))
+        assert outcomes == ["TOO_MANY_SEATS_FOR_SHOWTIME", "held"]
