@@ -2,15 +2,15 @@
 the re-hold cooldown read them under the customer's lock), ended holds by end time and request
 log rows by age (the retention job deletes the old ones).
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
