@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from cinema_grpc.adapters.tokens import check_private_file
+from cinema_grpc.adapters.tokens import check_private_file, private_key_file
 from cinema_grpc.domain.payment.audit import AuditCheckpoint
 from cinema_grpc.settings import ConfigurationError
 
@@ -27,16 +27,7 @@ def audit_key(configured: str | None, data_dir: Path) -> bytes:
     if configured:
         return configured.encode()
     path = data_dir / KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as new_key:
-            new_key.write(secrets.token_urlsafe(48))
-    check_private_file(path, "the audit chain key")
-    key = path.read_text().strip()
+    key = private_key_file(path, "the audit chain key", lambda: secrets.token_urlsafe(48))
     if len(key) < 32:
         raise ConfigurationError(f"the audit chain key in {path} is shorter than 32 characters")
     return key.encode()

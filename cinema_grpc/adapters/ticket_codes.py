@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 import struct
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from cinema_grpc.adapters.tokens import check_private_file
+from cinema_grpc.adapters.tokens import private_key_file
 from cinema_grpc.domain.admission.model import CodeRejected, TicketCode, VerificationKey
 from cinema_grpc.settings import ConfigurationError
 
@@ -76,19 +73,7 @@ def signing_key_text(configured: str | None, data_dir: Path) -> str:
     file someone else owns or may read or write is refused."""
     if configured:
         return configured
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{KEY_FILE}.")  # mode 0600
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(new_private_key())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    check_private_file(path, "the ticket signing key")
-    return path.read_text().strip()
+    return private_key_file(data_dir / KEY_FILE, "the ticket signing key", new_private_key)
 
 
 class Ed25519TicketCodec:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -42,16 +44,34 @@ def signing_key(configured: str | None, data_dir: Path) -> str:
     """
     if configured:
         return configured
-    path = data_dir / "jwt-signing-key"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as new_key:
-            new_key.write(secrets.token_urlsafe(48))
-    check_private_file(path, "the token signing key")
+    key = private_key_file(data_dir / "jwt-signing-key", "the token signing key", lambda: secrets.token_urlsafe(48))
+    if len(key) < 32:
+        raise ConfigurationError(
+            f"the token signing key in {data_dir / 'jwt-signing-key'} is shorter than 32 characters: "
+            "delete the file to have a new one generated"
+        )
+    return key
+
+
+def private_key_file(path: Path, what: str, make: Callable[[], str]) -> str:
+    """The key kept in ``path``, made by ``make`` and written there first if there is none.
+
+    The file appears whole and once: the key is written to a 0600 temporary file that is then
+    linked into place, so processes starting together (``serve --workers``, ``audit verify``
+    next to ``serve``) agree on one key, and none reads a file half written or, after a crash,
+    empty. The file is then checked as ``check_private_file`` says.
+    """
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(make())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    check_private_file(path, what)
     return path.read_text().strip()
 
 

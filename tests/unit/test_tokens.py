@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import stat
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
 import pytest
 
+from cinema_grpc.adapters.audit_checkpoints import audit_key
 from cinema_grpc.adapters.tokens import JwtTokenCodec, signing_key
 from cinema_grpc.domain.access import Role
 from cinema_grpc.domain.errors import TokenExpired, TokenInvalid, TokenNotYetValid, TokenRejected, WrongTokenType
@@ -182,3 +185,33 @@ def test_a_key_file_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
 def test_a_configured_key_needs_no_file(tmp_path: Path) -> None:
     assert signing_key(KEY, tmp_path / "absent") == KEY
     assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [lambda data_dir: signing_key(None, data_dir), lambda data_dir: audit_key(None, data_dir)],
+    ids=["token key", "audit key"],
+)
+def test_a_generated_key_file_appears_only_once_it_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_key: Callable[[Path], object]
+) -> None:
+    # Another process starting now (serve --workers, audit verify next to serve) must find no
+    # file or the finished one, never an empty file it would then read as the key.
+    seen_while_writing: list[list[str]] = []
+    real = secrets.token_urlsafe
+
+    def watched(length: int) -> str:
+        seen_while_writing.append(sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")))
+        return real(length)
+
+    monkeypatch.setattr("cinema_grpc.adapters.tokens.secrets.token_urlsafe", watched)
+    make_key(tmp_path)
+    assert seen_while_writing == [[]]
+    assert [p.name for p in tmp_path.iterdir()] in (["jwt-signing-key"], ["audit-chain-key"])
+
+
+def test_an_empty_key_file_left_by_a_crash_is_a_configuration_error_naming_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "jwt-signing-key"
+    path.touch(mode=0o600)
+    with pytest.raises(ConfigurationError, match="shorter than 32 characters: delete the file"):
+        signing_key(None, tmp_path)
