@@ -219,6 +219,12 @@ class ShowtimePriceMissing(PreconditionFailed):
     reason = "SHOWTIME_PRICE_MISSING"
 
 
+class ShowtimeHasSales(PreconditionFailed):
+    """Seats of the showtime are held or sold, so it cannot be moved."""
+
+    reason = "SHOWTIME_HAS_SALES"
+
+
 @dataclass(frozen=True)
 class HallSuggestion:
     """A hall offered instead of a busy one."""

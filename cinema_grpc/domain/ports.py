@@ -151,11 +151,21 @@ class ShowtimeRepository(Protocol):
 
     async def update_state(self, showtime: Showtime) -> None: ...
 
-    async def first_overlapping(self, hall_id: uuid.UUID, starts_at: datetime, busy_until: datetime) -> Showtime | None:
-        """The earliest scheduled showtime of the hall whose busy period meets the given one."""
+    async def move(self, showtime: Showtime) -> None:
+        """Writes the showtime's hall and busy period. Raises HallSlotTaken when the database
+        finds an overlap with another showtime of the hall (the transaction stays usable)."""
         ...
 
-    async def busy_hall_ids(self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime) -> set[str]: ...
+    async def first_overlapping(
+        self, hall_id: uuid.UUID, starts_at: datetime, busy_until: datetime, *, besides: uuid.UUID | None = None
+    ) -> Showtime | None:
+        """The earliest scheduled showtime of the hall whose busy period meets the given one
+        (other than ``besides``)."""
+        ...
+
+    async def busy_hall_ids(
+        self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime, *, besides: uuid.UUID | None = None
+    ) -> set[str]: ...
 
     async def upcoming_for_hall(self, hall_id: uuid.UUID, now: datetime) -> list[Showtime]:
         """Scheduled showtimes of the hall that have not ended."""

@@ -350,6 +350,17 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         showtime_id = require_id("showtime_id", request.showtime_id)
         return showtime_message(await uc.cancel_showtime(self._uow(), self._clock, showtime_id, request.reason))
 
+    async def RescheduleShowtime(self, request: pb.RescheduleShowtimeRequest, context: Context) -> pb.Showtime:
+        violations = Violations()
+        showtime_id = parse_id(violations, "showtime_id", request.showtime_id)
+        starts_at = parse_time(violations, "start_time", request, "start_time")
+        hall_id = parse_id(violations, "hall_id", request.hall_id, required=False)
+        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        violations.raise_if_any()
+        assert showtime_id is not None and starts_at is not None
+        cmd = uc.RescheduleShowtime(showtime_id, starts_at, hall_id, key)
+        return showtime_message(await uc.reschedule_showtime(self._uow(), self._clock, cmd))
+
     async def FindFreeHalls(self, request: pb.FindFreeHallsRequest, context: Context) -> pb.FindFreeHallsResponse:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id)

@@ -8,9 +8,10 @@ An inventory loaded for a change of existing holds or bookings is locked as it i
 locks and the read go out together, the read in a statement of its own so that its snapshot is
 taken with every lock held. An inventory loaded for a new hold (the hot path) is read without
 locks; its locks are taken in the pipeline that writes the hold, where a check re-reads, under
-the locks, everything the decision depended on (the showtime still on sale, the customer's
-active holds, every seat claimed still free and in service, the lapsed holds it expires still
-active) and aborts the whole pipeline when anything changed (StaleDecision: decide again).
+the locks, everything the decision depended on (the showtime still on sale, in the slot and hall
+it was read in; the customer's active holds; every seat claimed still free and in service; the
+lapsed holds it expires still active) and aborts the whole pipeline when anything changed
+(StaleDecision: decide again).
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ GROUP BY hold.showtime_id
 _CHECK_NEW_HOLD = """
 SELECT booking.require(
     (SELECT showtime.state = 'SCHEDULED' AND showtime.starts_at > %(now)s
+            AND showtime.starts_at = %(starts_at)s AND showtime.hall_id = %(hall_id)s
      FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s)
     AND (SELECT count(*) FROM booking.holds AS hold
          WHERE hold.customer_id = %(customer_id)s AND hold.state = 'ACTIVE'
@@ -442,8 +444,12 @@ class SqlInventoryRepository:
             "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(inventory.showtime_id)),
             "showtime_id": inventory.showtime_id,
         }
+        assert inventory.showtime is not None
         check = {
             "showtime_id": inventory.showtime_id,
+            # A move between the read and the locks changes the slot or the seats' hall.
+            "starts_at": inventory.showtime.starts_at,
+            "hall_id": inventory.showtime.hall_id,
             "customer_id": new_hold.customer_id,
             "now": now,
             "active_holds": offer.active_holds,

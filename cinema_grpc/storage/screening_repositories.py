@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.errors import CinemaNameTaken, HallNameTaken, HallSuggestion
@@ -351,13 +352,18 @@ class SqlMovieRepository:
 # ---------------------------------------------------------------- showtimes
 
 
-def _busy_during(starts_at: datetime, busy_until: datetime) -> ColumnElement[bool]:
+# SQLSTATE of an exclusion constraint refusing a row (showtimes_no_overlap).
+_EXCLUSION_VIOLATION = "23P01"
+
+
+def _busy_during(starts_at: datetime, busy_until: datetime, besides: uuid.UUID | None = None) -> ColumnElement[bool]:
     # The same half-open test as the exclusion constraint, so it can use the same answer.
-    return and_(
+    condition = and_(
         ShowtimeRow.state == ShowtimeState.SCHEDULED.value,
         ShowtimeRow.starts_at < busy_until,
         ShowtimeRow.busy_until > starts_at,
     )
+    return condition if besides is None else and_(condition, ShowtimeRow.id != besides)
 
 
 class SqlShowtimeRepository:
@@ -463,19 +469,46 @@ class SqlShowtimeRepository:
             .values(state=showtime.state.value, cancel_reason=showtime.cancel_reason)
         )
 
-    async def first_overlapping(self, hall_id: uuid.UUID, starts_at: datetime, busy_until: datetime) -> Showtime | None:
+    async def move(self, showtime: Showtime) -> None:
+        hall_key = select(HallRow.key).where(HallRow.id == showtime.hall_id).scalar_subquery()
+        statement = (
+            update(ShowtimeRow)
+            .where(ShowtimeRow.id == showtime.id)
+            .values(
+                hall_id=showtime.hall_id,
+                hall_key=hall_key,
+                starts_at=showtime.period.starts_at,
+                ends_at=showtime.period.ends_at,
+                busy_until=showtime.period.busy_until,
+            )
+        )
+        # An UPDATE has no ON CONFLICT: the savepoint keeps the transaction usable when the
+        # exclusion constraint refuses the new slot, so the caller can say what is in the way.
+        try:
+            async with self._session.begin_nested():
+                await self._session.execute(statement)
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _EXCLUSION_VIOLATION:
+                raise
+            raise HallSlotTaken(str(showtime.hall_id)) from exc
+
+    async def first_overlapping(
+        self, hall_id: uuid.UUID, starts_at: datetime, busy_until: datetime, *, besides: uuid.UUID | None = None
+    ) -> Showtime | None:
         query = (
             select(ShowtimeRow)
-            .where(ShowtimeRow.hall_id == hall_id, _busy_during(starts_at, busy_until))
+            .where(ShowtimeRow.hall_id == hall_id, _busy_during(starts_at, busy_until, besides))
             .order_by(ShowtimeRow.starts_at)
             .limit(1)
         )
         row = await self._session.scalar(query)
         return (await self._with_prices([row]))[0] if row else None
 
-    async def busy_hall_ids(self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime) -> set[str]:
+    async def busy_hall_ids(
+        self, cinema_id: uuid.UUID, starts_at: datetime, busy_until: datetime, *, besides: uuid.UUID | None = None
+    ) -> set[str]:
         query = select(ShowtimeRow.hall_id).where(
-            ShowtimeRow.cinema_id == cinema_id, _busy_during(starts_at, busy_until)
+            ShowtimeRow.cinema_id == cinema_id, _busy_during(starts_at, busy_until, besides)
         )
         return {str(hall_id) for hall_id in await self._session.scalars(query)}
 

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -172,6 +172,21 @@ def test_a_customer_buys_and_refunds_over_rest(
     assert ana.ok("POST", "/v1/sessions:logout", {}) == {}
     revoked = ana.call("GET", "/v1/users/me")
     assert revoked.status_code == 401 and detail(revoked.json(), "ErrorInfo")["reason"] == "TOKEN_REVOKED"
+
+
+def test_staff_move_a_showtime_over_rest(gateway: str, screening: ScreeningServiceStub, admin_token: str) -> None:
+    sale = open_sale(screening, cinema_name="Moves")
+    admin = Rest(gateway, admin_token)
+    start = sale.showtime.start_time.ToDatetime(tzinfo=UTC) + timedelta(minutes=10)
+    moved = admin.ok(
+        "POST", f"/v1/showtimes/{sale.showtime.id}:reschedule", {"start_time": start.isoformat().replace("+00:00", "Z")}
+    )
+    assert (moved["id"], moved["hall_id"]) == (sale.showtime.id, sale.hall.id)
+    assert moved["start_time"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    refused = Rest(gateway).call(
+        "POST", f"/v1/showtimes/{sale.showtime.id}:reschedule", {"start_time": moved["start_time"]}
+    )
+    assert refused.status_code == 401
 
 
 def test_door_admission_over_rest(gateway: str, screening: ScreeningServiceStub, admin_token: str) -> None:

@@ -18,7 +18,9 @@ from cinema_grpc.domain.errors import (
     NotFound,
     SeatNotFound,
     ShowtimeAlreadyStarted,
+    ShowtimeCancelled,
     ShowtimeConflict,
+    ShowtimeHasSales,
     ShowtimeNotFound,
     ShowtimeOverlap,
     ShowtimePriceMissing,
@@ -405,6 +407,84 @@ async def cancel_showtime(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID,
 
 
 @dataclass(frozen=True)
+class RescheduleShowtime:
+    showtime_id: uuid.UUID
+    starts_at: datetime
+    hall_id: uuid.UUID | None = None  # None: the showtime's own hall
+    request: RequestKey | None = None
+
+
+async def reschedule_showtime(uow: UnitOfWork, clock: Clock, cmd: RescheduleShowtime) -> Showtime:
+    """Moves a showtime with no held or sold seat to another slot (and hall) of its cinema. Its
+    own current slot does not block the move: the row is updated in place under the overlap
+    constraint, so the database still refuses a clash with any other showtime."""
+    now = clock.now()
+    violations = Violations()
+    if cmd.starts_at <= now:
+        violations.add("start_time", "IN_PAST", "must be in the future")
+    elif cmd.starts_at > now + MAX_SCHEDULE_AHEAD:
+        violations.add("start_time", "OUT_OF_RANGE", "must be within two years")
+    violations.raise_if_any()
+    async with uow:
+        if (earlier := await earlier_result(uow, "RescheduleShowtime", cmd.request)) is not None:
+            return await _showtime(uow, earlier)
+        # The seats' lock before the row lock, as every seat decision takes them: no hold can
+        # be decided on the old slot while the move is, and none is left when it commits.
+        inventory = await uow.inventories.get_locked(cmd.showtime_id, now, all_sales=True)
+        showtime = await _showtime(uow, cmd.showtime_id, for_update=True)
+        subject = f"showtimes/{showtime.id}"
+        if showtime.state is ShowtimeState.CANCELLED:
+            raise ShowtimeCancelled(f"showtime {showtime.id} is cancelled", subject=subject)
+        if showtime.has_started(now):
+            raise ShowtimeAlreadyStarted(
+                f"showtime {showtime.id} started at {showtime.starts_at.isoformat()}", subject=subject
+            )
+        inventory.expire(now)  # lapsed holds do not keep it in place
+        held = sum(len(h.seats) for h in inventory.holds if h.active(now))
+        sold = sum(1 for b in inventory.bookings for t in b.tickets if t.valid)
+        if held or sold:
+            raise ShowtimeHasSales(
+                f"{held} seat(s) of showtime {showtime.id} are held and {sold} sold; "
+                "it can move once they are released or refunded",
+                subject=subject,
+                metadata={"held_seats": str(held), "sold_seats": str(sold)},
+            )
+        hall_id = cmd.hall_id or showtime.hall_id
+        await uow.halls.share_lock(hall_id)  # the layout (and its seat kinds) stays as read
+        hall = await _hall(uow, hall_id)
+        if hall.cinema_id != showtime.cinema_id:
+            raise invalid("hall_id", "OTHER_CINEMA", "must be a hall of the showtime's cinema")
+        unpriced = sorted(hall.seat_kinds - set(showtime.prices))
+        if unpriced:
+            raise ShowtimePriceMissing(
+                f"showtime {showtime.id} has no price for seat kind {', '.join(unpriced)} of hall {hall.name}",
+                subject=subject,
+            )
+        period = BusyPeriod.for_screening(cmd.starts_at, showtime.period.ends_at - showtime.period.starts_at)
+        moved = replace(showtime, hall_id=hall.id, period=period)
+        in_the_way = await uow.showtimes.first_overlapping(
+            hall.id, period.starts_at, period.busy_until, besides=showtime.id
+        )
+        if in_the_way is None:
+            try:
+                await uow.showtimes.move(moved)
+            except HallSlotTaken:
+                in_the_way = await uow.showtimes.first_overlapping(
+                    hall.id, period.starts_at, period.busy_until, besides=showtime.id
+                )
+                if in_the_way is None:  # the winner was cancelled meanwhile; let the client retry
+                    raise
+        if in_the_way is not None:
+            free = await _free_halls(uow, hall.cinema_id, period, hall.seat_count, exclude=hall.id, besides=showtime.id)
+            raise ShowtimeOverlap(
+                ShowtimeConflict(str(in_the_way.id), in_the_way.starts_at, in_the_way.period.busy_until, free)
+            )
+        await remember_result(uow, "RescheduleShowtime", cmd.request, showtime.id)
+        await uow.commit()
+    return moved
+
+
+@dataclass(frozen=True)
 class FindFreeHalls:
     cinema_id: uuid.UUID
     starts_at: datetime
@@ -426,10 +506,17 @@ async def find_free_halls(uow: UnitOfWork, query: FindFreeHalls) -> tuple[HallSu
 
 
 async def _free_halls(
-    uow: UnitOfWork, cinema_id: uuid.UUID, period: BusyPeriod, min_seats: int, *, exclude: uuid.UUID | None = None
+    uow: UnitOfWork,
+    cinema_id: uuid.UUID,
+    period: BusyPeriod,
+    min_seats: int,
+    *,
+    exclude: uuid.UUID | None = None,
+    besides: uuid.UUID | None = None,
 ) -> tuple[HallSuggestion, ...]:
+    """``besides``: a showtime being moved, which does not make its own hall busy."""
     capacities = await uow.halls.capacities(cinema_id)
-    busy = await uow.showtimes.busy_hall_ids(cinema_id, period.starts_at, period.busy_until)
+    busy = await uow.showtimes.busy_hall_ids(cinema_id, period.starts_at, period.busy_until, besides=besides)
     return choose_free_halls(capacities, busy, min_seats=min_seats, exclude_hall_id=str(exclude) if exclude else None)
 
 

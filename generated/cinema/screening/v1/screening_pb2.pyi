@@ -1006,6 +1006,42 @@ class CancelShowtimeRequest(_message.Message):
 Global___CancelShowtimeRequest: _TypeAlias = CancelShowtimeRequest  # noqa: Y015
 
 @_typing.final
+class RescheduleShowtimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOWTIME_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    HALL_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    showtime_id: _builtins.str
+    hall_id: _builtins.str
+    """Another hall of the same cinema; empty keeps the current hall. Every seat kind of the
+    new hall must have a price in the showtime.
+    """
+    request_id: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The new start; must be in the future and within two years. The end and the busy period
+        follow from the movie's duration.
+        """
+
+    def __init__(
+        self,
+        *,
+        showtime_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        hall_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hall_id", b"hall_id", "request_id", b"request_id", "showtime_id", b"showtime_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RescheduleShowtimeRequest: _TypeAlias = RescheduleShowtimeRequest  # noqa: Y015
+
+@_typing.final
 class FindFreeHallsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

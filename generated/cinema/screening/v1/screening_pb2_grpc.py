@@ -124,6 +124,11 @@ class ScreeningServiceStub:
                 request_serializer=cinema_dot_screening_dot_v1_dot_screening__pb2.CancelShowtimeRequest.SerializeToString,
                 response_deserializer=cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.FromString,
                 _registered_method=True)
+        self.RescheduleShowtime = channel.unary_unary(
+                '/cinema.screening.v1.ScreeningService/RescheduleShowtime',
+                request_serializer=cinema_dot_screening_dot_v1_dot_screening__pb2.RescheduleShowtimeRequest.SerializeToString,
+                response_deserializer=cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.FromString,
+                _registered_method=True)
         self.FindFreeHalls = channel.unary_unary(
                 '/cinema.screening.v1.ScreeningService/FindFreeHalls',
                 request_serializer=cinema_dot_screening_dot_v1_dot_screening__pb2.FindFreeHallsRequest.SerializeToString,
@@ -265,6 +270,18 @@ class ScreeningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RescheduleShowtime(self, request, context):
+        """Moves a showtime that has not started to a new start time, and optionally to another hall
+        of the same cinema, in one transaction. The showtime's own current slot does not block
+        the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
+        ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
+        seat is held or sold (a hold cannot be taken while the move is decided), and with
+        SHOWTIME_CANCELLED for a cancelled showtime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FindFreeHalls(self, request, context):
         """Lists the halls of a cinema that are free for a slot and seat at least min_seats.
         """
@@ -358,6 +375,11 @@ def add_ScreeningServiceServicer_to_server(servicer, server):
             'CancelShowtime': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelShowtime,
                     request_deserializer=cinema_dot_screening_dot_v1_dot_screening__pb2.CancelShowtimeRequest.FromString,
+                    response_serializer=cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.SerializeToString,
+            ),
+            'RescheduleShowtime': grpc.unary_unary_rpc_method_handler(
+                    servicer.RescheduleShowtime,
+                    request_deserializer=cinema_dot_screening_dot_v1_dot_screening__pb2.RescheduleShowtimeRequest.FromString,
                     response_serializer=cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.SerializeToString,
             ),
             'FindFreeHalls': grpc.unary_unary_rpc_method_handler(
@@ -829,6 +851,33 @@ class ScreeningService:
             target,
             '/cinema.screening.v1.ScreeningService/CancelShowtime',
             cinema_dot_screening_dot_v1_dot_screening__pb2.CancelShowtimeRequest.SerializeToString,
+            cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RescheduleShowtime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.screening.v1.ScreeningService/RescheduleShowtime',
+            cinema_dot_screening_dot_v1_dot_screening__pb2.RescheduleShowtimeRequest.SerializeToString,
             cinema_dot_screening_dot_v1_dot_screening__pb2.Showtime.FromString,
             options,
             channel_credentials,

@@ -85,6 +85,14 @@ class ScreeningServiceStub:
     """Cancels a showtime that has not started. Cancelling a cancelled showtime returns it
     unchanged.
     """
+    RescheduleShowtime: _grpc.UnaryUnaryMultiCallable[_screening_pb2.RescheduleShowtimeRequest, _screening_pb2.Showtime]
+    """Moves a showtime that has not started to a new start time, and optionally to another hall
+    of the same cinema, in one transaction. The showtime's own current slot does not block
+    the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
+    ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
+    seat is held or sold (a hold cannot be taken while the move is decided), and with
+    SHOWTIME_CANCELLED for a cancelled showtime.
+    """
     FindFreeHalls: _grpc.UnaryUnaryMultiCallable[_screening_pb2.FindFreeHallsRequest, _screening_pb2.FindFreeHallsResponse]
     """Lists the halls of a cinema that are free for a slot and seat at least min_seats."""
 
@@ -144,6 +152,14 @@ class ScreeningServiceAsyncStub(ScreeningServiceStub):
     CancelShowtime: _aio.UnaryUnaryMultiCallable[_screening_pb2.CancelShowtimeRequest, _screening_pb2.Showtime]  # type: ignore[assignment]
     """Cancels a showtime that has not started. Cancelling a cancelled showtime returns it
     unchanged.
+    """
+    RescheduleShowtime: _aio.UnaryUnaryMultiCallable[_screening_pb2.RescheduleShowtimeRequest, _screening_pb2.Showtime]  # type: ignore[assignment]
+    """Moves a showtime that has not started to a new start time, and optionally to another hall
+    of the same cinema, in one transaction. The showtime's own current slot does not block
+    the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
+    ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
+    seat is held or sold (a hold cannot be taken while the move is decided), and with
+    SHOWTIME_CANCELLED for a cancelled showtime.
     """
     FindFreeHalls: _aio.UnaryUnaryMultiCallable[_screening_pb2.FindFreeHallsRequest, _screening_pb2.FindFreeHallsResponse]  # type: ignore[assignment]
     """Lists the halls of a cinema that are free for a slot and seat at least min_seats."""
@@ -303,6 +319,20 @@ class ScreeningServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_screening_pb2.Showtime, _abc.Awaitable[_screening_pb2.Showtime]]:
         """Cancels a showtime that has not started. Cancelling a cancelled showtime returns it
         unchanged.
+        """
+
+    @_abc_1.abstractmethod
+    def RescheduleShowtime(
+        self,
+        request: _screening_pb2.RescheduleShowtimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_screening_pb2.Showtime, _abc.Awaitable[_screening_pb2.Showtime]]:
+        """Moves a showtime that has not started to a new start time, and optionally to another hall
+        of the same cinema, in one transaction. The showtime's own current slot does not block
+        the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
+        ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
+        seat is held or sold (a hold cannot be taken while the move is decided), and with
+        SHOWTIME_CANCELLED for a cancelled showtime.
         """
 
     @_abc_1.abstractmethod
