@@ -502,7 +502,9 @@ class AdmissionRepository(Protocol):
 
     async def set_issue(self, ticket_id: uuid.UUID, issue: int, now: datetime, by: uuid.UUID, reason: str) -> None: ...
 
-    async def undo(self, admission: Admission) -> None: ...
+    async def undo(self, admission: Admission) -> bool:
+        """Marks the admission undone unless it was undone already; whether it was."""
+        ...
 
     async def scanner_showtimes(
         self, cinema_id: uuid.UUID, starts_from: datetime, starts_before: datetime

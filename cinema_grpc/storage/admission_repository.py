@@ -254,12 +254,16 @@ class SqlAdmissionRepository:
             .on_conflict_do_update(index_elements=["ticket_id"], set_=values)
         )
 
-    async def undo(self, admission: Admission) -> None:
-        await self._session.execute(
+    async def undo(self, admission: Admission) -> bool:
+        # Only while not undone: a second undo that waited for the first finds no row, instead
+        # of running into the trigger that lets an admission be undone once.
+        undone = await self._session.execute(
             update(AdmissionRow)
-            .where(AdmissionRow.id == admission.id)
+            .where(AdmissionRow.id == admission.id, AdmissionRow.undone_at.is_(None))
             .values(undone_at=admission.undone_at, undone_by=admission.undone_by, undo_reason=admission.undo_reason)
+            .returning(AdmissionRow.id)
         )
+        return undone.first() is not None
 
     async def scanner_showtimes(
         self, cinema_id: uuid.UUID, starts_from: datetime, starts_before: datetime

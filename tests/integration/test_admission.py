@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,8 @@ from cinema_grpc.services.metrics import REGISTRY
 from cinema_grpc.settings import Settings
 from tests.auth_client import PASSWORD, register, with_token
 from tests.booking_data import Customer, Sale, hold, open_sale
-from tests.conftest import RunningServer
-from tests.rpc_errors import call_fails
+from tests.conftest import RunningServer, _libpq
+from tests.rpc_errors import call_fails, failure
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -260,6 +261,39 @@ def test_staff_undo_an_admission_with_a_reason_and_the_ticket_admits_again(
         db.execute("UPDATE admission.admissions SET undo_reason = 'nothing happened'")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         db.execute("DELETE FROM admission.scans")
+
+
+def test_two_staff_undoing_one_admission_at_once_undo_it_once_and_the_other_is_told_it_is_gone(
+    ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db, database_url: str
+) -> None:
+    ticket = sell(ana, clerk, soon, "C4").tickets[0]
+    assert check_in(door, soon, a_pass(ana, channel, ticket.id).code).verdict == apb.SCAN_VERDICT_ADMITTED
+    staff = admission_of(clerk, channel)
+    # Both undos read the admission, then wait at its row, held here, so both write after reading.
+    with psycopg.connect(_libpq(database_url)) as holder:
+        holder.execute("SELECT 1 FROM admission.admissions WHERE ticket_id = %s FOR UPDATE", (ticket.id,))
+        with ThreadPoolExecutor(2) as pool:
+            calls = [
+                pool.submit(staff.UndoAdmission.with_call, apb.UndoAdmissionRequest(ticket_id=ticket.id, reason=why))
+                for why in ("wrong phone", "scanned twice")
+            ]
+            deadline = time.monotonic() + 20
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s"
+            while db.execute(waiting, ("UPDATE admission.admissions%",)).fetchone() != (2,):
+                assert time.monotonic() < deadline, "the undos never reached the admission's row"
+                time.sleep(0.05)
+            holder.commit()
+            outcomes = []
+            for call in calls:
+                try:
+                    call.result()
+                    outcomes.append("OK")
+                except grpc.RpcError as exc:
+                    outcomes.append(failure(exc).reason)
+    assert sorted(outcomes) == ["ADMISSION_NOT_FOUND", "OK"]
+    assert db.execute(
+        "SELECT count(*), count(undone_at) FROM admission.admissions WHERE ticket_id = %s", (ticket.id,)
+    ).fetchone() == (1, 1)
 
 
 def test_a_pass_is_reissued_a_limited_number_of_times(

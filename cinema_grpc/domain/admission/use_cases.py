@@ -283,7 +283,8 @@ async def undo_admission(
         if admission is None:
             raise AdmissionNotFound(ticket_id)
         undone = replace(admission, undone_at=now, undone_by=caller.user_id, undo_reason=why)
-        await uow.admission.undo(undone)
+        if not await uow.admission.undo(undone):
+            raise AdmissionNotFound(ticket_id)  # another member of staff undid it a moment ago
         await uow.commit()
     return undone
 
