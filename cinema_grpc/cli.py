@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from cinema_grpc.log_config import configure_logging
-    from cinema_grpc.settings import Settings, describe_errors
+    from cinema_grpc.settings import Settings, describe_errors, unknown_variables
 
     try:
         settings = Settings()
@@ -644,6 +644,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cinema-grpc: bad configuration:\n{describe_errors(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        import structlog
+
+        structlog.get_logger("cinema_grpc.settings").warning(
+            "environment variables that no setting reads are ignored (misspelt?); see README, Configuration",
+            variables=unknown,
+        )
     return int(args.run(settings, args))
 
 

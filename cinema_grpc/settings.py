@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +27,21 @@ class ConfigurationError(RuntimeError):
 LIVE_STRIPE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# CINEMA_* variables that are not settings but are read by something else on purpose.
+NOT_SETTINGS = frozenset({"CINEMA_GATEWAY_PROXY_KEY"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """CINEMA_* variables no setting reads: a misspelt name (CINEMA_TRUSTED_PROXY) would
+    otherwise leave its setting at the development default without a word."""
+    known = set(NOT_SETTINGS)
+    for name, info in Settings.model_fields.items():
+        known.add(f"CINEMA_{name.upper()}")
+        if isinstance(info.validation_alias, AliasChoices):
+            known.update(str(choice) for choice in info.validation_alias.choices)
+    return sorted(name for name in environ if name.upper().startswith("CINEMA_") and name.upper() not in known)
 
 
 def describe_errors(error: ValidationError) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import AliasChoices, ValidationError
 
-from cinema_grpc.settings import ConfigurationError, Settings, describe_errors
+from cinema_grpc.settings import ConfigurationError, Settings, describe_errors, unknown_variables
 
 LIVE = {
     "database_url": "postgresql://cinema@db.internal:5432/cinema",
@@ -167,3 +167,16 @@ def test_the_readme_documents_every_setting_with_its_default_and_no_other() -> N
         else:
             shown = f"{default:g}" if isinstance(default, float) else str(default)
             assert written == f"`{shown}`", f"{name}: README says {written}, the code's default is {shown}"
+
+
+def test_a_misspelt_setting_is_named_as_unknown_instead_of_ignored_in_silence() -> None:
+    environ = {
+        "CINEMA_TRUSTED_PROXY": "10.0.0.0/8",  # CINEMA_TRUSTED_PROXIES
+        "CINEMA_TRUSTED_PROXIES": "10.0.0.0/8",
+        "DATABASE_URL": "postgresql://db/cinema",
+        "CINEMA_DATABASE_URL": "postgresql://db/cinema",
+        "cinema_log_level": "INFO",
+        "CINEMA_GATEWAY_PROXY_KEY": "read by the gateway",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == ["CINEMA_TRUSTED_PROXY"]
