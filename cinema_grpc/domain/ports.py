@@ -359,12 +359,25 @@ class InventoryRepository(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PaymentFilter:
+    """Payments of a hold, or of the hold a booking was bought from; of one customer if set."""
+
+    booking_id: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None
+    customer_id: uuid.UUID | None = None
+
+
 class PaymentRepository(Protocol):
     async def add(self, payment: Payment) -> None:
         """Raises PaymentInProgress when the hold has a payment that has not failed."""
         ...
 
     async def get(self, payment_id: uuid.UUID, *, for_update: bool = False) -> Payment | None: ...
+
+    async def list_page(self, wanted: PaymentFilter, page: PageRequest) -> Page[Payment]:
+        """Oldest first."""
+        ...
 
     async def by_intent(self, intent_id: str) -> Payment | None: ...
 

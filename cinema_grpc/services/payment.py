@@ -10,10 +10,11 @@ from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.errors import Violations
 from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.pagination import page_request
 from cinema_grpc.domain.payment import use_cases as uc
 from cinema_grpc.domain.payment.audit import AuditVerdict
 from cinema_grpc.domain.payment.model import AuditEntry, Payment, PaymentState
-from cinema_grpc.domain.ports import Clock, PaymentGateway, UnitOfWork
+from cinema_grpc.domain.ports import Clock, PaymentFilter, PaymentGateway, UnitOfWork
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, parse_money, require_id, timestamp
 
@@ -109,6 +110,19 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.Payment:
         payment_id = require_id("payment_id", request.payment_id)
         return self._message(await uc.get_payment(self._uow(), current_caller(), payment_id))
+
+    async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> pb.ListPaymentsResponse:
+        violations = Violations()
+        booking_id = parse_id(violations, "booking_id", request.booking_id, required=False)
+        hold_id = parse_id(violations, "hold_id", request.hold_id, required=False)
+        violations.raise_if_any()
+        caller = current_caller()
+        wanted = PaymentFilter(booking_id=booking_id, hold_id=hold_id)
+        page = page_request(request.page_size, request.page_token, "ListPayments", wanted, caller.owner_key())
+        result = await uc.list_payments(self._uow(), caller, wanted, page)
+        return pb.ListPaymentsResponse(
+            payments=[self._message(p) for p in result.items], next_page_token=result.next_page_token(page)
+        )
 
     async def SyncPayment(self, request: pb.SyncPaymentRequest, context: Context) -> pb.Payment:
         payment_id = require_id("payment_id", request.payment_id)

@@ -7,13 +7,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.errors import PaymentInProgress
 from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.payment.model import (
     GENESIS_HASH,
     AuditEntry,
@@ -24,6 +25,7 @@ from cinema_grpc.domain.payment.model import (
     Refund,
     RefundState,
 )
+from cinema_grpc.domain.ports import PaymentFilter
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 from cinema_grpc.storage.rows import AuditLogRow, BookingRow, PaymentRow, RefundRow, WebhookEventRow
 
@@ -86,6 +88,26 @@ class SqlPaymentRepository:
 
     async def _many(self, query: Any) -> list[Payment]:
         return [_payment(row, pending) for row, pending in await self._session.execute(query)]
+
+    async def list_page(self, wanted: PaymentFilter, page: PageRequest) -> Page[Payment]:
+        # payments_hold_idx serves both filters: a booking's payments are its hold's.
+        key = (PaymentRow.created_at, PaymentRow.id)
+        query = select(PaymentRow, _PENDING).order_by(*key).limit(page.size + 1)
+        if wanted.booking_id is not None:
+            of_booking = select(BookingRow.hold_id).where(BookingRow.id == wanted.booking_id).scalar_subquery()
+            query = query.where(PaymentRow.hold_id == of_booking)
+        if wanted.hold_id is not None:
+            query = query.where(PaymentRow.hold_id == wanted.hold_id)
+        if wanted.customer_id is not None:
+            query = query.where(PaymentRow.customer_id == wanted.customer_id)
+        if page.after is not None:
+            try:
+                created, payment_id = datetime.fromisoformat(page.after[0]), uuid.UUID(page.after[1])
+            except (ValueError, IndexError) as exc:
+                raise bad_page_token() from exc
+            query = query.where(tuple_(*key) > tuple_(created, payment_id))
+        payments = await self._many(query)
+        return Page.of(payments, page, lambda p: (p.created_at.isoformat(), str(p.id)))
 
     async def add(self, payment: Payment) -> None:
         try:

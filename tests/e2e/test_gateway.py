@@ -167,6 +167,8 @@ def test_a_customer_buys_and_refunds_over_rest(
     refunded = ana.ok("POST", f"/v1/payments/{payment['id']}:refund", {"reason": "cannot come"})
     assert refunded["state"] == "PAYMENT_STATE_REFUNDED" and refunded["refunded"]["amount_minor"] == "2400"
     assert ana.ok("GET", f"/v1/bookings/{booking['id']}")["state"] == "BOOKING_STATE_CANCELLED"
+    listed = ana.ok("GET", "/v1/payments", params={"booking_id": booking["id"]})["payments"]
+    assert [(p["id"], p["state"]) for p in listed] == [(payment["id"], "PAYMENT_STATE_REFUNDED")]
 
     # signing out over REST ends the session: the token no longer works
     assert ana.ok("POST", "/v1/sessions:logout", {}) == {}

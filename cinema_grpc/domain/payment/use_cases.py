@@ -26,9 +26,11 @@ from cinema_grpc.domain.errors import (
     PaymentRefused,
     SyncRateLimited,
     Violations,
+    invalid,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
 from cinema_grpc.domain.money import Money
+from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.audit import AuditCheckpoint, AuditVerdict, extends, verify_chain
 from cinema_grpc.domain.payment.model import (
     AuditEntry,
@@ -41,7 +43,7 @@ from cinema_grpc.domain.payment.model import (
     check_card_amount,
     retry_delay,
 )
-from cinema_grpc.domain.ports import AuditCheckpoints, Clock, PaymentGateway, UnitOfWork
+from cinema_grpc.domain.ports import AuditCheckpoints, Clock, PaymentFilter, PaymentGateway, UnitOfWork
 from cinema_grpc.domain.rate_limits import RecentMoments, TokenBuckets
 from cinema_grpc.domain.text import clean_text
 
@@ -100,6 +102,16 @@ async def get_payment(uow: UnitOfWork, caller: Caller, payment_id: uuid.UUID) ->
 
 
 # ---------------------------------------------------------------- starting a payment
+
+
+async def list_payments(uow: UnitOfWork, caller: Caller, wanted: PaymentFilter, page: PageRequest) -> Page[Payment]:
+    """The payments of a booking or a hold: customers see their own only, staff anyone's."""
+    if wanted.booking_id is None and wanted.hold_id is None:
+        raise invalid("booking_id", "REQUIRED", "name a booking_id or a hold_id")
+    if not caller.is_staff:
+        wanted = replace(wanted, customer_id=caller.user_id)
+    async with uow:
+        return await uow.payments.list_page(wanted, page)
 
 
 async def _start(

@@ -56,6 +56,11 @@ class PaymentServiceStub:
                 request_serializer=cinema_dot_payment_dot_v1_dot_payment__pb2.GetPaymentRequest.SerializeToString,
                 response_deserializer=cinema_dot_payment_dot_v1_dot_payment__pb2.Payment.FromString,
                 _registered_method=True)
+        self.ListPayments = channel.unary_unary(
+                '/cinema.payment.v1.PaymentService/ListPayments',
+                request_serializer=cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsRequest.SerializeToString,
+                response_deserializer=cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsResponse.FromString,
+                _registered_method=True)
         self.SyncPayment = channel.unary_unary(
                 '/cinema.payment.v1.PaymentService/SyncPayment',
                 request_serializer=cinema_dot_payment_dot_v1_dot_payment__pb2.SyncPaymentRequest.SerializeToString,
@@ -111,6 +116,14 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPayments(self, request, context):
+        """Lists the payments of one booking (every attempt for the hold it was bought from) or of
+        one hold, oldest first. Customers get their own payments only; staff get anyone's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SyncPayment(self, request, context):
         """Asks Stripe about the payment now instead of waiting for its webhook (e.g. right after the
         frontend confirmed the card), and settles it.
@@ -160,6 +173,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.GetPayment,
                     request_deserializer=cinema_dot_payment_dot_v1_dot_payment__pb2.GetPaymentRequest.FromString,
                     response_serializer=cinema_dot_payment_dot_v1_dot_payment__pb2.Payment.SerializeToString,
+            ),
+            'ListPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPayments,
+                    request_deserializer=cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsRequest.FromString,
+                    response_serializer=cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsResponse.SerializeToString,
             ),
             'SyncPayment': grpc.unary_unary_rpc_method_handler(
                     servicer.SyncPayment,
@@ -270,6 +288,33 @@ class PaymentService:
             '/cinema.payment.v1.PaymentService/GetPayment',
             cinema_dot_payment_dot_v1_dot_payment__pb2.GetPaymentRequest.SerializeToString,
             cinema_dot_payment_dot_v1_dot_payment__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cinema.payment.v1.PaymentService/ListPayments',
+            cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsRequest.SerializeToString,
+            cinema_dot_payment_dot_v1_dot_payment__pb2.ListPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class PaymentServiceStub:
     """
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]
     """Returns a payment."""
+    ListPayments: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]
+    """Lists the payments of one booking (every attempt for the hold it was bought from) or of
+    one hold, oldest first. Customers get their own payments only; staff get anyone's.
+    """
     SyncPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.SyncPaymentRequest, _payment_pb2.Payment]
     """Asks Stripe about the payment now instead of waiting for its webhook (e.g. right after the
     frontend confirmed the card), and settles it.
@@ -88,6 +92,10 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """
     GetPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     """Returns a payment."""
+    ListPayments: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]  # type: ignore[assignment]
+    """Lists the payments of one booking (every attempt for the hold it was bought from) or of
+    one hold, oldest first. Customers get their own payments only; staff get anyone's.
+    """
     SyncPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.SyncPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     """Asks Stripe about the payment now instead of waiting for its webhook (e.g. right after the
     frontend confirmed the card), and settles it.
@@ -141,6 +149,16 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
         """Returns a payment."""
+
+    @_abc_1.abstractmethod
+    def ListPayments(
+        self,
+        request: _payment_pb2.ListPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.ListPaymentsResponse, _abc.Awaitable[_payment_pb2.ListPaymentsResponse]]:
+        """Lists the payments of one booking (every attempt for the hold it was bought from) or of
+        one hold, oldest first. Customers get their own payments only; staff get anyone's.
+        """
 
     @_abc_1.abstractmethod
     def SyncPayment(
