@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -26,6 +26,24 @@ BUILD_DIR = REPO_ROOT / "build" / "gateway"
 OPENAPI_DIR = REPO_ROOT / "generated" / "openapi"
 # The environment variable by which the gateway learns the key it sends as x-cinema-proxy-key.
 PROXY_KEY_VARIABLE = "CINEMA_GATEWAY_PROXY_KEY"
+# The server's settings that hold secrets by other names than CINEMA_*.
+_SERVER_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL"})
+
+
+def gateway_environment(environ: Mapping[str, str], proxy_key: str | None) -> dict[str, str]:
+    """The gateway's environment: this one without the server's settings (the database URL,
+    Stripe, token, ticket and audit keys), which the internet-facing gateway never needs, plus
+    the proxy key, given here rather than on the command line, which every local user can read."""
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if not name.upper().startswith("CINEMA_") and name.upper() not in _SERVER_VARIABLES
+    }
+    if proxy_key:
+        kept[PROXY_KEY_VARIABLE] = proxy_key
+    return kept
+
+
 TOOLCHAIN_MISSING = 3  # build-gateway.sh's exit status when the Debian packages are not installed
 
 
@@ -208,8 +226,7 @@ class GatewayProcess:
             stderr=self._output,
             text=True,
             start_new_session=True,
-            # In the environment, not the command line, which every local user can read.
-            env={**os.environ, PROXY_KEY_VARIABLE: proxy_key} if proxy_key else None,
+            env=gateway_environment(os.environ, proxy_key),
         )
         deadline = time.monotonic() + timeout
         while not _accepts(http_host, http_port):
