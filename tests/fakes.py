@@ -26,7 +26,16 @@ from cinema_grpc.domain.booking.inventory import (
     SeatInventory,
     one_version,
 )
-from cinema_grpc.domain.booking.model import ActiveClaim, Booking, Hold, HoldState, SeatEvent, SeatState
+from cinema_grpc.domain.booking.model import (
+    ActiveClaim,
+    Booking,
+    Hold,
+    HoldState,
+    SeatEvent,
+    SeatMap,
+    SeatState,
+    seat_states,
+)
 from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
@@ -245,11 +254,16 @@ class FakeBookingReads:
         due = {h.showtime_id for h in self._store.holds.values() if h.state is HoldState.ACTIVE and not h.active(now)}
         return sorted(due)[:limit]
 
-    async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
-        return self._store.claims(showtime_id, now)
-
     async def current_version(self, showtime_id: uuid.UUID) -> int:
         return self._store.versions.get(showtime_id, 0)
+
+    async def seat_map(self, showtime_id: uuid.UUID, now: datetime) -> SeatMap | None:
+        showtime = self._store.showtimes.get(showtime_id)
+        if showtime is None:
+            return None
+        seats = self._store.halls[showtime.hall_id].seats
+        version = self._store.versions.get(showtime_id, 0)
+        return SeatMap(showtime_id, version, seat_states(seats, self._store.claims(showtime_id, now)))
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
         if version > self._store.versions.get(showtime_id, 0):

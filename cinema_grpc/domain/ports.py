@@ -20,7 +20,7 @@ from cinema_grpc.domain.admission.model import (
     TicketFacts,
 )
 from cinema_grpc.domain.booking.inventory import NewHold, SeatInventory
-from cinema_grpc.domain.booking.model import ActiveClaim, Booking, Hold, SeatEvent
+from cinema_grpc.domain.booking.model import Booking, Hold, SeatEvent, SeatMap
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
 from cinema_grpc.domain.identity.throttle import SignInRecord
@@ -306,11 +306,12 @@ class BookingRepository(Protocol):
 
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]: ...
 
-    async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
-        """Seats sold, or held by a hold that has not expired."""
-        ...
-
     async def current_version(self, showtime_id: uuid.UUID) -> int: ...
+
+    async def seat_map(self, showtime_id: uuid.UUID, now: datetime) -> SeatMap | None:
+        """The showtime's current seats with their states and its version, read in one
+        snapshot (None: no such showtime)."""
+        ...
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
         """The events after ``version`` in order, read in one snapshot with the current version,

@@ -7,11 +7,10 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text, tuple_, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cinema_grpc.domain.booking.model import (
-    ActiveClaim,
     Booking,
     BookingState,
     ClaimedSeat,
@@ -22,13 +21,15 @@ from cinema_grpc.domain.booking.model import (
     SaleChannel,
     SeatChange,
     SeatEvent,
+    SeatMap,
     SeatState,
+    SeatStatus,
     Ticket,
 )
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.ports import BookingFilter, HoldFilter
-from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.storage.rows import (
     BookingRow,
     HoldRow,
@@ -65,6 +66,25 @@ ORDER BY event.version
 """
 
 
+# A showtime's seat map in one statement, so one snapshot: the version, and each current seat of
+# its hall in layout order with its active claim (sold, or held and not lapsed), if any.
+_SEAT_MAP = """
+SELECT coalesce((SELECT version FROM booking.showtime_versions WHERE showtime_id = showtime.id), 0),
+       showtime.hall_id,
+       (SELECT json_agg(json_build_array(seat.id, seat.row_label, seat.number, seat.grid_column, seat.kind,
+                                         seat.in_service, seat.out_of_service_reason,
+                                         claim.status, hold.customer_id, claim.hold_id)
+                        ORDER BY seat.row_index, seat.grid_column)
+        FROM screening.seats AS seat
+        LEFT JOIN booking.seat_claims AS claim
+               ON claim.showtime_id = showtime.id AND claim.seat_id = seat.id AND claim.status IN ('HELD', 'SOLD')
+              AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)
+        LEFT JOIN booking.holds AS hold ON hold.id = claim.hold_id
+        WHERE seat.hall_id = showtime.hall_id AND seat.retired_at IS NULL)
+FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
+"""
+
+
 def _claimed_seat_columns() -> tuple[Any, ...]:
     return (
         SeatClaimRow.seat_id,
@@ -95,21 +115,6 @@ class SqlBookingRepository:
     async def showtimes_with_expired_holds(self, now: datetime, limit: int) -> list[uuid.UUID]:
         result = await self._run(_SHOWTIMES_WITH_DUE_HOLDS, {"now": now, "limit": limit})
         return [showtime_id for (showtime_id,) in result]
-
-    async def active_claims(self, showtime_id: uuid.UUID, now: datetime) -> list[ActiveClaim]:
-        query = (
-            select(SeatClaimRow.seat_id, SeatClaimRow.status, HoldRow.customer_id, SeatClaimRow.hold_id)
-            .join(HoldRow, HoldRow.id == SeatClaimRow.hold_id)
-            .where(
-                SeatClaimRow.showtime_id == showtime_id,
-                SeatClaimRow.status.in_(ACTIVE),
-                or_(SeatClaimRow.status == "SOLD", SeatClaimRow.expires_at > now),
-            )
-        )
-        return [
-            ActiveClaim(seat_id, SeatState(status), customer, hold_id)
-            for seat_id, status, customer, hold_id in await self._session.execute(query)
-        ]
 
     async def _seats_of(self, condition: Any) -> dict[uuid.UUID, list[tuple[uuid.UUID, str, ClaimedSeat]]]:
         query = (
@@ -222,6 +227,20 @@ class SqlBookingRepository:
             select(ShowtimeVersionRow.version).where(ShowtimeVersionRow.showtime_id == showtime_id)
         )
         return int(version or 0)
+
+    async def seat_map(self, showtime_id: uuid.UUID, now: datetime) -> SeatMap | None:
+        row = (await self._run(_SEAT_MAP, {"showtime_id": showtime_id, "now": now})).first()
+        if row is None:
+            return None
+        version, hall_id, seats = row
+        statuses = []
+        for seat_id, label, number, column, kind, in_service, reason, status, holder, hold_id in seats or ():
+            seat = Seat(uuid.UUID(seat_id), hall_id, label, number, column, SeatKind(kind), in_service, reason)
+            if status is not None:
+                statuses.append(SeatStatus(seat, SeatState(status), uuid.UUID(holder), uuid.UUID(hold_id)))
+            else:
+                statuses.append(SeatStatus(seat, SeatState.FREE if in_service else SeatState.OUT_OF_SERVICE, None))
+        return SeatMap(showtime_id, int(version), tuple(statuses))
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
         # One statement, so the current version and the events come from one snapshot: read

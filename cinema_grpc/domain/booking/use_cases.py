@@ -22,7 +22,6 @@ from cinema_grpc.domain.booking.model import (
     SaleChannel,
     SeatEvent,
     SeatMap,
-    seat_states,
 )
 from cinema_grpc.domain.booking.selling_rules import check_on_sale
 from cinema_grpc.domain.errors import (
@@ -274,16 +273,10 @@ async def seat_map(uow: UnitOfWork, clock: Clock, caller: Caller, showtime_id: u
 
 async def _full_seat_map(uow: UnitOfWork, clock: Clock, showtime_id: uuid.UUID) -> SeatMap:
     async with uow:
-        # Version and claims are read in one snapshot so they agree with each other.
-        await uow.snapshot()
-        showtime = await uow.showtimes.get(showtime_id)
-        if showtime is None:
-            raise ShowtimeNotFound(showtime_id)
-        hall = await uow.halls.get(showtime.hall_id)
-        assert hall is not None
-        version = await uow.booking.current_version(showtime_id)
-        claims = await uow.booking.active_claims(showtime_id, clock.now())
-    return SeatMap(showtime_id, version, seat_states(hall.seats, claims))
+        seat_map = await uow.booking.seat_map(showtime_id, clock.now())
+    if seat_map is None:
+        raise ShowtimeNotFound(showtime_id)
+    return seat_map
 
 
 def _as_seen_by(caller: Caller, full: SeatMap) -> SeatMap:
