@@ -251,3 +251,37 @@ def test_a_hold_whose_seats_were_taken_while_it_was_decided_decides_again_under_
     anas = {str(seat.seat_id) for seat in result[0].seats}
     assert len(anas) == 2 and anas.isdisjoint(seat.seat_id for seat in bens.seats)
     assert db.execute(DOUBLE_CLAIMS).fetchone() == (0,)
+
+
+def test_missed_events_and_the_current_version_come_from_one_snapshot(
+    server: RunningServer, database_url: str, ana: Customer, sale: Sale
+) -> None:
+    """A watcher catching up reads the version and the events after its own over a slow link;
+    holds committed meanwhile must not look like a gap (which would cost it a whole seat map)."""
+    hold(ana, sale, "E1")
+    link, settings = _slow_link(server, database_url)
+    showtime_id = uuid.UUID(sale.showtime.id)
+    read_sent = threading.Event()
+
+    async def catch_up() -> list[int] | None:
+        database = open_database(settings, run_migrations=False)
+        try:
+            async with SqlUnitOfWork(database.sessions) as uow:
+                await uow.booking.get_hold(uuid.uuid4())  # connected, in a transaction
+                read_sent.set()
+                missed = await uow.booking.events_since(showtime_id, 0)
+            return None if missed is None else [event.version for event in missed]
+        finally:
+            await database.close()
+
+    result: list[list[int] | None] = []
+    try:
+        reader = threading.Thread(target=lambda: result.append(server.run(catch_up())))
+        reader.start()
+        assert read_sent.wait(10)
+        time.sleep(ANSWER_DELAY / 3)  # the read has run; its answer is on the way
+        hold(ana, sale, "E2")
+        reader.join(10)
+    finally:
+        link.close()
+    assert result == [[1]]
