@@ -216,7 +216,7 @@ def test_bad_flags_and_configuration_fail_with_a_clear_message(tmp_path: Path) -
     bad_config = subprocess.run(
         [str(BIN / "cinema-grpc"), "migrate"], env=env, capture_output=True, text=True, check=False
     )
-    assert bad_config.returncode == 2 and "grpc_port" in bad_config.stderr
+    assert bad_config.returncode == 2 and "CINEMA_GRPC_PORT" in bad_config.stderr
 
 
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX userland")
