@@ -234,14 +234,27 @@ def _create_admin(settings: Settings, args: argparse.Namespace) -> int:
 def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from cinema_grpc.adapters.audit_checkpoints import CHECKPOINT_FILE, FileCheckpoints, audit_key
+    from cinema_grpc.adapters.audit_checkpoints import CHECKPOINT_FILE, KEY_FILE, FileCheckpoints, audit_key
     from cinema_grpc.domain.payment.audit import AuditVerdict
     from cinema_grpc.domain.payment.use_cases import verify_audit_trail
+    from cinema_grpc.settings import ConfigurationError
     from cinema_grpc.storage.database import open_database
     from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 
     configured = settings.audit_key.get_secret_value() if settings.audit_key else None
-    key = audit_key(configured, settings.data_dir)
+    if configured is None and not os.path.lexists(settings.data_dir / KEY_FILE):
+        # A key made up here would call every keyed entry altered: verify with the servers' key.
+        print(
+            f"cinema-grpc: no audit key: set CINEMA_AUDIT_KEY to the servers' key, or CINEMA_DATA_DIR to the data "
+            f"dir of a server that generated one ({settings.data_dir / KEY_FILE} does not exist)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        key = audit_key(configured, settings.data_dir)
+    except ConfigurationError as exc:
+        print(f"cinema-grpc: {exc}", file=sys.stderr)
+        return 2
     checkpoints = FileCheckpoints(args.checkpoint or settings.data_dir / CHECKPOINT_FILE)
 
     async def run() -> AuditVerdict:

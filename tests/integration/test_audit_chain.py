@@ -245,6 +245,28 @@ def test_deleting_the_newest_entries_is_caught_by_the_checkpoint(fresh: str, tmp
     assert "BROKEN at entry 3: ENTRIES_MISSING" in command.stderr
 
 
+def test_verify_without_the_audit_key_says_so_instead_of_calling_the_trail_broken(fresh: str, tmp_path: Path) -> None:
+    append(fresh, 2)
+    data_dir = tmp_path / "ops-box"
+    env = {k: v for k, v in os.environ.items() if k != "CINEMA_AUDIT_KEY"}
+    env.update(DATABASE_URL=fresh, CINEMA_DATA_DIR=str(data_dir))
+    command = subprocess.run([CLI, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert command.returncode == 2
+    assert "no audit key: set CINEMA_AUDIT_KEY" in command.stderr and "BROKEN" not in command.stderr
+    assert not (data_dir / "audit-chain-key").exists()  # no key of its own made up
+    # A key file others may read is named, without a traceback.
+    data_dir.mkdir()
+    (data_dir / "audit-chain-key").write_text(TEST_AUDIT_KEY)
+    (data_dir / "audit-chain-key").chmod(0o644)
+    command = subprocess.run([CLI, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert command.returncode == 2
+    assert "has mode 0644" in command.stderr and "Traceback" not in command.stderr
+    (data_dir / "audit-chain-key").chmod(0o600)
+    command = subprocess.run([CLI, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert command.returncode == 0, command.stderr
+    assert "audit trail intact: 2 entries checked" in command.stdout
+
+
 def test_an_edited_checkpoint_is_reported(fresh: str, tmp_path: Path) -> None:
     checkpoints = FileCheckpoints(tmp_path / "checkpoint.json")
     append(fresh, 2)
