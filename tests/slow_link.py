@@ -13,7 +13,7 @@ class SlowLink:
     def __init__(self, upstream_host: str, upstream_port: int, delay: float) -> None:
         """``upstream_host`` may be a directory: then PostgreSQL's Unix socket in it."""
         self.upstream = (upstream_host, upstream_port)
-        self.delay = delay
+        self.delay = delay  # may be changed at any time; applies to answers arriving after
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()

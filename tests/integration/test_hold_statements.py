@@ -145,7 +145,8 @@ def _slow_link(server: RunningServer, database_url: str) -> tuple[SlowLink, Sett
     """A slow link to the test database, and the server's settings with it as the database."""
     url = make_url(database_url)
     socket_dir = url.query.get("host")  # the embedded PostgreSQL listens on a Unix socket
-    link = SlowLink(str(socket_dir or url.host), url.port or 5432, ANSWER_DELAY)
+    # No delay until the work measured: connecting takes several round trips.
+    link = SlowLink(str(socket_dir or url.host), url.port or 5432, 0.0)
     through_link = url.set(host="127.0.0.1", port=link.port, query={})
     return link, server.settings.model_copy(update={"database_url": SecretStr(through_link.render_as_string(False))})
 
@@ -169,6 +170,7 @@ def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
         try:
             async with SqlUnitOfWork(database.sessions) as warm:  # the connection is made before
                 await warm.booking.current_version(cmd.showtime_id)
+            link.delay = ANSWER_DELAY
             uow, clock = SqlUnitOfWork(database.sessions), SystemClock()
             started = time.monotonic()
             if hold_id is None:
@@ -199,6 +201,7 @@ def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
             finally:
                 watching.clear()
                 watcher.join(5)
+                link.delay = 0.0
         return elapsed, (seen[-1] - seen[0]) if seen else 0.0, done
 
     try:
@@ -230,6 +233,7 @@ def test_a_hold_whose_seats_were_taken_while_it_was_decided_decides_again_under_
         try:
             async with SqlUnitOfWork(database.sessions) as warm:
                 await warm.booking.current_version(cmd.showtime_id)
+            link.delay = ANSWER_DELAY
             read_sent.set()
             return await hold_seats(SqlUnitOfWork(database.sessions), SystemClock(), BookingRules(), caller, cmd)
         finally:
@@ -268,6 +272,7 @@ def test_missed_events_and_the_current_version_come_from_one_snapshot(
         try:
             async with SqlUnitOfWork(database.sessions) as uow:
                 await uow.booking.get_hold(uuid.uuid4())  # connected, in a transaction
+                link.delay = ANSWER_DELAY
                 read_sent.set()
                 missed = await uow.booking.events_since(showtime_id, 0)
             return None if missed is None else [event.version for event in missed]
