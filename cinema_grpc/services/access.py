@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import structlog
 from google.protobuf.descriptor import ServiceDescriptor
 
 from cinema.access.v1 import access_pb2
@@ -60,6 +61,8 @@ def _bearer(context: Context) -> str | None:
     return token.strip()
 
 
+log = structlog.get_logger("cinema_grpc.access")
+
 # Metadata by which the gateway that serve starts proves it is that gateway (a per-process key).
 PROXY_KEY_HEADER = "x-cinema-proxy-key"
 _MAX_ADDRESS = 64
@@ -102,9 +105,26 @@ class ClientAddresses:
     client cannot choose the address it is throttled by. IPv6 clients are counted by /64.
     """
 
+    # Private peers whose X-Forwarded-For was ignored, each warned about once (at most this many).
+    WARN_AT_MOST = 1000
+
     def __init__(self, trusted: Sequence[IPNetwork] = (), proxy_key: str | None = None) -> None:
         self._trusted = tuple(trusted)
         self._proxy_key = proxy_key
+        self._warned: set[str] = set()
+
+    def _ignored_forwarding(self, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> None:
+        """A balancer on the private network that is not listed makes every client behind it
+        one address: one registration window and one sign-in allowance for all. Say so once."""
+        if peer is None or not peer.is_private or peer.is_loopback or len(self._warned) >= self.WARN_AT_MOST:
+            return
+        if str(peer) not in self._warned:
+            self._warned.add(str(peer))
+            log.warning(
+                "X-Forwarded-For from a peer that is not a trusted proxy is ignored: every client behind it is "
+                "throttled as this one address; if it is your balancer or gateway, add it to CINEMA_TRUSTED_PROXIES",
+                peer=str(peer),
+            )
 
     def _trusted_address(self, text: str) -> bool:
         address = _ip(text)
@@ -120,6 +140,8 @@ class ClientAddresses:
         key = next((v for k, v in metadata if k == PROXY_KEY_HEADER and isinstance(v, str)), None)
         from_gateway = self._proxy_key is not None and key is not None and hmac.compare_digest(key, self._proxy_key)
         if not from_gateway and not self._trusted_address(host):
+            if any(k == "x-forwarded-for" for k, _ in metadata):
+                self._ignored_forwarding(address)
             return _client(address) if address is not None else host[:_MAX_ADDRESS]
         forwarded = [
             entry.strip()

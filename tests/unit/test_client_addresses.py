@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from structlog.testing import capture_logs
+
 from cinema_grpc.services.access import PROXY_KEY_HEADER, ClientAddresses
 
 
@@ -75,3 +77,17 @@ def test_a_port_a_proxy_forwards_with_the_address_is_not_part_of_the_client() ->
     assert of(PROXIES, "ipv4:10.1.2.3:5000", ("x-forwarded-for", "[2001:db8:5:6::1]:443")) == "2001:db8:5:6::/64"
     behind_two = ("x-forwarded-for", "198.51.100.4:61234, 10.1.9.9:80")
     assert of(PROXIES, "ipv4:10.1.2.3:5000", behind_two) == "198.51.100.4"
+
+
+def test_an_unlisted_balancer_on_the_private_network_is_named_once_in_a_warning() -> None:
+    addresses = ClientAddresses([ipaddress.ip_network("10.1.0.0/16")])
+    with capture_logs() as logs:
+        for client in ("198.51.100.4", "198.51.100.5"):
+            assert of(addresses, "ipv4:10.9.0.7:5000", ("x-forwarded-for", client)) == "10.9.0.7"
+        of(addresses, "ipv4:10.9.0.7:5000")  # no forwarding: nothing to say
+        of(addresses, "ipv4:81.2.69.160:5000", ("x-forwarded-for", "198.51.100.4"))  # a client on the internet
+        of(addresses, "ipv4:127.0.0.1:5000", ("x-forwarded-for", "198.51.100.4"))  # a local client
+        of(addresses, "ipv4:10.1.2.3:5000", ("x-forwarded-for", "198.51.100.4"))  # a listed proxy
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [entry["peer"] for entry in warnings] == ["10.9.0.7"]
+    assert "CINEMA_TRUSTED_PROXIES" in warnings[0]["event"]
