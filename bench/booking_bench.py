@@ -204,8 +204,14 @@ class ServerProcess:
             command += ["--workers", str(workers)]
         self.log = log_dir / f"server-{self.port}.log"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_serving(self.address, self.process, "the server")
+            # Run from the log directory: `python -m` puts the working directory first on the
+            # path, and the code measured is the one this process imports (PYTHONPATH included).
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir)
+        try:
+            wait_serving(self.address, self.process, "the server")
+        except RuntimeError:
+            print(self.log.read_text()[-3000:], file=sys.stderr)
+            raise
         self.pid = self.process.pid
 
     def stop(self) -> None:
@@ -238,7 +244,11 @@ class BareServer:
 def supports_workers() -> bool:
     """Whether this code's `serve` has --workers (the comparison is skipped on code without it)."""
     shown = subprocess.run(
-        [sys.executable, "-m", "cinema_grpc.cli", "serve", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "cinema_grpc.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tempfile.gettempdir(),  # as the server runs: the code on the path, not the working directory
     )
     return "--workers" in shown.stdout
 
