@@ -619,7 +619,6 @@ async def schedule(
         movies=movie_list.movies,
         errors=errors or FormErrors(),
         conflict=conflict,
-        replaces=page.value("replaces"),
         kinds=list(KINDS),
         form={
             "movie_id": form.get("movie_id") if form else "",
@@ -674,17 +673,6 @@ async def create_showtime(page: Page) -> Response:
     prices = _prices(page, week.cinema.currency_code, errors)
     if errors or start is None:
         return await schedule(page, errors, 400)
-    moved = page.value("replaces")
-    if moved:
-        occupancy = await page.call(
-            page.backend.reports.GetShowtimeOccupancy, rpb.GetShowtimeOccupancyRequest(showtime_id=moved)
-        )
-        if occupancy.sold or occupancy.held:
-            errors.general.append(
-                f"Not moved: {occupancy.sold} seats are sold and {occupancy.held} held. Cancel the showtime "
-                "(customers are refunded) and schedule a new one instead."
-            )
-            return await schedule(page, errors, 409)
     request = spb.CreateShowtimeRequest(
         hall_id=hall_id,
         movie_id=page.value("movie_id"),
@@ -696,8 +684,6 @@ async def create_showtime(page: Page) -> Response:
         created = await page.call(page.backend.screening.CreateShowtime, request)
     except CallFailed as failure:
         return await _refused_showtime(page, failure, week, prices)
-    if moved:
-        return await _finish_move(page, moved, created, week)
     local = when(created.start_time, week.zone)
     return page.redirect(
         f"/halls/{created.hall_id}/schedule?week={local.date().isoformat()}",
@@ -707,61 +693,93 @@ async def create_showtime(page: Page) -> Response:
 
 async def _refused_showtime(page: Page, failure: CallFailed, week: HallWeek, prices: list[spb.SeatPrice]) -> Response:
     errors = FormErrors.of(failure, _showtime_fields(prices))
-    conflict = None
-    if failure.conflict is not None:
-        blocking = failure.conflict
-        conflict = {
-            "reason": failure.reason,
-            "showtime_id": blocking.conflicting_showtime_id,
-            "start": when(blocking.conflicting_start_time, week.zone),
-            "busy_until": when(blocking.conflicting_busy_until, week.zone),
-            "free_halls": list(blocking.free_halls),
-        }
+    conflict = _conflict(failure, week.zone)
+    if conflict is not None:
         if not errors.fields.get("start_time"):
             errors.add("start_time", "This hall is busy then (cleaning time included).")
         errors.general = []  # the conflict panel says it, with the alternatives
     return await schedule(page, errors, 409 if conflict else 400, conflict)
 
 
-async def _finish_move(page: Page, old_id: str, created: spb.Showtime, week: HallWeek) -> Response:
-    """The new slot is taken; the old showtime is cancelled. If that fails, the new one is
-    cancelled again so the schedule is as before (a showtime with claimed seats is not moved)."""
-    try:
-        await page.call(
-            page.backend.screening.CancelShowtime,
-            spb.CancelShowtimeRequest(showtime_id=old_id, reason=f"moved to showtime {created.id}"),
-        )
-    except CallFailed as failure:
-        await page.call(
-            page.backend.screening.CancelShowtime,
-            spb.CancelShowtimeRequest(showtime_id=created.id, reason="move undone: the old showtime stays"),
-        )
-        return page.render("error.html", 409, title="Not moved", message=failure.summary)
-    local = when(created.start_time, week.zone)
-    return page.redirect(
-        f"/halls/{created.hall_id}/schedule?week={local.date().isoformat()}",
-        f"Showtime moved to {local:%a %d %b %H:%M} in {week.hall.name}.",
-    )
+def _conflict(failure: CallFailed, zone: ZoneInfo) -> dict[str, Any] | None:
+    """A SHOWTIME_OVERLAP's blocking showtime and the halls free instead, for the page."""
+    if failure.conflict is None:
+        return None
+    blocking = failure.conflict
+    return {
+        "reason": failure.reason,
+        "showtime_id": blocking.conflicting_showtime_id,
+        "start": when(blocking.conflicting_start_time, zone),
+        "busy_until": when(blocking.conflicting_busy_until, zone),
+        "free_halls": list(blocking.free_halls),
+    }
 
 
-async def move_showtime_form(page: Page) -> Response:
+_MOVE_FIELDS = {"start_time": "start_time", "hall_id": "hall_id"}
+
+
+async def move_showtime_form(
+    page: Page, errors: FormErrors | None = None, status: int = 200, conflict: dict[str, Any] | None = None
+) -> Response:
     showtime = await page.call(
         page.backend.screening.GetShowtime, spb.GetShowtimeRequest(showtime_id=page.request.path_params["showtime_id"])
     )
-    occupancy = await page.call(
-        page.backend.reports.GetShowtimeOccupancy, rpb.GetShowtimeOccupancyRequest(showtime_id=showtime.id)
+    occupancy, week = await asyncio.gather(
+        page.call(page.backend.reports.GetShowtimeOccupancy, rpb.GetShowtimeOccupancyRequest(showtime_id=showtime.id)),
+        _hall_week(page, showtime.hall_id),
     )
-    week = await _hall_week(page, showtime.hall_id)
+    halls = await page.call(
+        page.backend.screening.ListHalls, spb.ListHallsRequest(cinema_id=week.cinema.id, page_size=100)
+    )
     start = when(showtime.start_time, week.zone)
     return page.render(
         "move.html",
+        status,
         showtime=showtime,
         hall=week.hall,
+        halls=halls.halls,
         start=start,
         occupancy=occupancy,
-        prices={
-            KIND_NAMES.get(p.kind, "standard"): money_text(p.price).split()[0].replace(",", "") for p in showtime.prices
+        errors=errors or FormErrors(),
+        conflict=conflict,
+        form={
+            "day": page.value("day") or start.date().isoformat(),
+            "start": page.value("start") or start.strftime("%H:%M"),
+            "hall_id": page.value("hall_id") or showtime.hall_id,
         },
+    )
+
+
+async def move_showtime(page: Page) -> Response:
+    """Moves the showtime in one call (RescheduleShowtime): a SHOWTIME_OVERLAP shows the
+    blocking showtime and the halls free for the new slot, each one click away; a showtime with
+    held or sold seats stays where it is."""
+    showtime_id = page.request.path_params["showtime_id"]
+    showtime = await page.call(page.backend.screening.GetShowtime, spb.GetShowtimeRequest(showtime_id=showtime_id))
+    hall_id = page.value("hall_id") or showtime.hall_id
+    week = await _hall_week(page, hall_id)
+    errors = FormErrors()
+    start = _start_time(page, week.zone, errors)
+    if errors or start is None:
+        return await move_showtime_form(page, errors, 400)
+    request = spb.RescheduleShowtimeRequest(
+        showtime_id=showtime_id,
+        start_time=ts(start),
+        hall_id=hall_id,
+        request_id=page.value("request_id") or request_id(),
+    )
+    try:
+        moved = await page.call(page.backend.screening.RescheduleShowtime, request)
+    except CallFailed as failure:
+        errors = FormErrors.of(failure, _MOVE_FIELDS)
+        conflict = _conflict(failure, week.zone)
+        if conflict is not None:
+            errors.general = []  # the conflict panel says it, with the alternatives
+        return await move_showtime_form(page, errors, _http_status(failure.code), conflict)
+    local = when(moved.start_time, week.zone)
+    return page.redirect(
+        f"/halls/{moved.hall_id}/schedule?week={local.date().isoformat()}",
+        f"Showtime moved to {local:%a %d %b %H:%M} in {week.hall.name}.",
     )
 
 
@@ -996,10 +1014,20 @@ async def bookings(page: Page) -> Response:
 
 
 async def booking_detail(page: Page, errors: FormErrors | None = None, status: int = 200) -> Response:
-    booking = await page.call(
-        page.backend.booking.GetBooking, bpb.GetBookingRequest(booking_id=page.request.path_params["booking_id"])
+    booking_id = page.request.path_params["booking_id"]
+    booking, paid = await asyncio.gather(
+        page.call(page.backend.booking.GetBooking, bpb.GetBookingRequest(booking_id=booking_id)),
+        # Every card attempt for the booking's hold (a booking rarely has more than a few).
+        page.call(page.backend.payment.ListPayments, ppb.ListPaymentsRequest(booking_id=booking_id, page_size=100)),
     )
-    return page.render("booking.html", status, booking=booking, errors=errors or FormErrors())
+    return page.render(
+        "booking.html",
+        status,
+        booking=booking,
+        payments=paid.payments,
+        more_payments=bool(paid.next_page_token),
+        errors=errors or FormErrors(),
+    )
 
 
 async def force_cancel(page: Page) -> Response:
@@ -1148,6 +1176,7 @@ def create_app(backend: Backend) -> Starlette:
         Route("/movies/{movie_id}", page(update_movie), methods=["POST"]),
         Route("/showtimes/{showtime_id}", page(showtime_detail)),
         Route("/showtimes/{showtime_id}/move", page(move_showtime_form)),
+        Route("/showtimes/{showtime_id}/move", page(move_showtime), methods=["POST"]),
         Route("/showtimes/{showtime_id}/cancel", page(cancel_showtime), methods=["POST"]),
         Route("/showtimes/{showtime_id}/events", page(seat_events)),
         Route("/showtimes/{showtime_id}/seats/{seat_id}", page(seat_panel)),

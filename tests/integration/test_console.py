@@ -285,46 +285,75 @@ def test_a_seat_taken_out_of_service_shows_so_on_the_hall(staff: httpx.Client, s
     assert not screening.GetHall(spb.GetHallRequest(hall_id=hall.id)).seats[2].in_service
 
 
-def test_a_showtime_moves_to_a_free_slot_and_one_with_held_seats_does_not(
-    staff: httpx.Client, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+def test_a_showtime_moves_ten_minutes_in_its_hall_keeping_its_id(
+    staff: httpx.Client, screening: ScreeningServiceStub
 ) -> None:
     sale = open_sale(screening)
     start = sale.showtime.start_time.ToDatetime(UTC).astimezone(ZONE)
-    later = start + timedelta(hours=4)
+    later = start + timedelta(minutes=10)
     form = staff.get(f"/showtimes/{sale.showtime.id}/move")
-    assert form.status_code == 200
+    assert form.status_code == 200 and 'id="move-showtime"' in form.text
     moved = staff.post(
-        f"/halls/{sale.hall.id}/showtimes",
-        data={
-            "replaces": sale.showtime.id,
-            "movie_id": sale.showtime.movie_id,
-            "day": later.date().isoformat(),
-            "start": later.strftime("%H:%M"),
-            **{f"price_{kind}": "12.00" for kind in ("standard", "premium", "wheelchair", "companion")},
-            "csrf_token": csrf_of(form.text),
-        },
+        f"/showtimes/{sale.showtime.id}/move",
+        data={"day": later.date().isoformat(), "start": later.strftime("%H:%M"), "csrf_token": csrf_of(form.text)},
+        follow_redirects=True,
     )
-    assert moved.status_code == 303, moved.text
+    assert f"Showtime moved to {later:%a %d %b %H:%M} in Main." in moved.text
     listed = screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=sale.hall.id, include_cancelled=True))
-    by_state = {s.state: s for s in listed.showtimes}
-    assert by_state[spb.SHOWTIME_STATE_CANCELLED].id == sale.showtime.id
-    assert by_state[spb.SHOWTIME_STATE_SCHEDULED].start_time.ToDatetime(UTC) == later.astimezone(UTC)
+    assert [(s.id, s.start_time.ToDatetime(UTC)) for s in listed.showtimes] == [
+        (sale.showtime.id, later.astimezone(UTC))
+    ]
+
+
+def test_a_move_into_a_busy_slot_offers_the_free_halls_and_one_click_moves_it_there(
+    staff: httpx.Client, screening: ScreeningServiceStub
+) -> None:
+    cinema = make_cinema(screening)
+    hall = make_hall(screening, cinema.id, "Hall 1", grid("AB", 6))
+    spare = make_hall(screening, cinema.id, "Hall 2", grid("AB", 8))
+    movie = make_movie(screening, 100)
+    start = tomorrow_at(14)
+    first = screening.CreateShowtime(showtime_request(hall, movie, start))
+    second = screening.CreateShowtime(showtime_request(hall, movie, start + timedelta(hours=3)))
+    target = (start + timedelta(hours=2)).astimezone(ZONE)
+    form = staff.get(f"/showtimes/{first.id}/move")
+    refused = staff.post(
+        f"/showtimes/{first.id}/move",
+        data={"day": target.date().isoformat(), "start": target.strftime("%H:%M"), "csrf_token": csrf_of(form.text)},
+    )
+    assert refused.status_code == 409
+    assert "SHOWTIME_OVERLAP" in refused.text and f'href="/showtimes/{second.id}"' in refused.text
+    assert "Move to Hall 2 (16 seats) instead" in refused.text
+    assert screening.GetShowtime(spb.GetShowtimeRequest(showtime_id=first.id)) == first
+    alternative = staff.post(
+        f"/showtimes/{first.id}/move",
+        data={
+            "hall_id": spare.id,
+            "day": target.date().isoformat(),
+            "start": target.strftime("%H:%M"),
+            "csrf_token": csrf_of(refused.text),
+        },
+        follow_redirects=True,
+    )
+    assert f"Showtime moved to {target:%a %d %b %H:%M} in Hall 2." in alternative.text
+    moved = screening.GetShowtime(spb.GetShowtimeRequest(showtime_id=first.id))
+    assert (moved.hall_id, moved.start_time.ToDatetime(UTC)) == (spare.id, target.astimezone(UTC))
+
+
+def test_a_showtime_with_held_seats_is_not_moved_and_says_why(
+    staff: httpx.Client, screening: ScreeningServiceStub, channel: grpc.Channel, db: Db
+) -> None:
     busy = open_sale(screening, cinema_name="Rex")
     hold(customer(channel, db), busy, "C3")
-    assert "1 held: a showtime with" in staff.get(f"/showtimes/{busy.showtime.id}/move").text.replace("\n", " ")
+    form = staff.get(f"/showtimes/{busy.showtime.id}/move")
+    assert "1 held: a showtime with" in form.text.replace("\n", " ")
+    later = busy.showtime.start_time.ToDatetime(UTC).astimezone(ZONE) + timedelta(hours=4)
     refused = staff.post(
-        f"/halls/{busy.hall.id}/showtimes",
-        data={
-            "replaces": busy.showtime.id,
-            "movie_id": busy.showtime.movie_id,
-            "day": later.date().isoformat(),
-            "start": later.strftime("%H:%M"),
-            "price_standard": "12.00",
-            "csrf_token": csrf_of(form.text),
-        },
+        f"/showtimes/{busy.showtime.id}/move",
+        data={"day": later.date().isoformat(), "start": later.strftime("%H:%M"), "csrf_token": csrf_of(form.text)},
     )
-    assert refused.status_code == 409 and "Not moved: 0 seats are sold and 1 held." in refused.text
-    assert len(screening.ListShowtimes(spb.ListShowtimesRequest(hall_id=busy.hall.id)).showtimes) == 1
+    assert refused.status_code == 409 and "[SHOWTIME_HAS_SALES]" in refused.text
+    assert screening.GetShowtime(spb.GetShowtimeRequest(showtime_id=busy.showtime.id)) == busy.showtime
 
 
 def test_admins_see_who_holds_a_seat_by_name_and_e_mail(
@@ -363,6 +392,8 @@ def test_a_card_payment_shows_its_audit_trail_and_takes_a_partial_refund(
         follow_redirects=True,
     )
     assert "Refund requested." in refunded.text
+    booking_page = staff.get(f"/bookings/{payment.booking_id}").text
+    assert f'href="/payments/{payment.id}"' in booking_page.split('id="payments"', 1)[1]
     events = PaymentServiceStub(admin_channel).ListPaymentEvents(ppb.ListPaymentEventsRequest(payment_id=payment.id))
     assert all(event.hash[:12] in refunded.text for event in events.events)
     assert any("goodwill" in event.note for event in events.events)
