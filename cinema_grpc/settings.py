@@ -292,6 +292,11 @@ class Settings(BaseSettings):
             )
         if self.stripe_webhook_secret is None:
             problems.append("CINEMA_STRIPE_WEBHOOK_SECRET is unset: set the signing secret of the Stripe webhook")
+        if self.stripe_api_base and not self.stripe_api_base.lower().startswith("https://"):
+            problems.append(
+                "CINEMA_STRIPE_API_BASE is not an https:// URL: the live Stripe key would cross the network in clear "
+                "(unset it to call Stripe itself)"
+            )
         # A key generated in one replica's data dir is known to that replica only: the others
         # reject its tokens, doors checked by another replica answer its tickets FORGED, and
         # the audit chain they all append to is keyed by several keys, so it never verifies.

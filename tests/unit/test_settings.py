@@ -78,6 +78,14 @@ def test_an_empty_signing_key_counts_as_unset_in_production() -> None:
     assert "CINEMA_TICKET_SIGNING_KEY is unset" in str(refused.value)
 
 
+@pytest.mark.parametrize("base", ["http://stripe.internal:12111", "localhost:12111"])
+def test_production_refuses_a_stripe_api_base_that_is_not_https(base: str) -> None:
+    settings = Settings(env="production", **LIVE, **KEYS, stripe_api_base=base)
+    with pytest.raises(ConfigurationError, match="CINEMA_STRIPE_API_BASE is not an https:// URL"):
+        settings.check_production()
+    Settings(env="production", **LIVE, **KEYS, stripe_api_base="https://stripe-proxy.internal").check_production()
+
+
 def test_production_refuses_the_embedded_postgresql() -> None:
     settings = Settings(env="production", **{**LIVE, "database_url": ""}, **KEYS)
     with pytest.raises(ConfigurationError) as refused:
