@@ -496,3 +496,19 @@ def test_online_sales_close_before_the_start_while_the_box_office_sells_until_it
         assert clerk_booking.ExtendHold(bpb.ExtendHoldRequest(hold_id=held.id)).extensions_left == 1
         paid = terminal.ChargeAtTerminal(ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa"))
         assert paid.state == ppb.PAYMENT_STATE_SUCCESS and paid.booking_id
+
+
+def test_a_terminal_confirmation_stripe_refuses_for_good_fails_the_payment_and_keeps_the_hold(
+    behind_proxy: RunningServer, proxy: FaultyStripe, ana: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    channel, terminal = stub_on(behind_proxy, clerk)
+    with channel:
+        held = hold(ana, sale, "D6")
+        proxy.fail(r"/confirm$", status=400, error_type="invalid_request_error", code="payment_intent_unexpected_state")
+        refused = call_fails(
+            terminal.ChargeAtTerminal, ppb.ChargeAtTerminalRequest(hold_id=held.id, payment_method="pm_card_visa")
+        )
+        assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PAYMENT_REFUSED_BY_PROVIDER")
+        row = db.execute("SELECT state, failure_reason FROM payment.payments WHERE hold_id = %s", (held.id,)).fetchone()
+        assert row is not None and row[0] == "FAILED" and "payment_intent_unexpected_state" in str(row[1])
+        assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
