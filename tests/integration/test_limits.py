@@ -242,6 +242,33 @@ def test_one_address_and_one_caller_get_only_their_share_of_streams(
     assert _refused_count(running, "stream", "STREAM_LIMIT_REACHED", "caller") == before + 1
 
 
+def test_a_client_cannot_widen_its_address_share_of_streams_by_forwarding_other_addresses(
+    start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
+) -> None:
+    # The loopback peer is not a trusted proxy: each stream names another client, all count as one.
+    channel = start_server(max_streams=100, max_streams_per_address=2, max_streams_per_caller=100)[1]
+    sale = _sale_and_customer(channel, db)[0]
+    public = BookingServiceStub(channel)
+    request = bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+    watchers = [
+        StreamReader(public.WatchSeatAvailability(request, metadata=(("x-forwarded-for", f"198.51.100.{i}"),)))
+        for i in (1, 2)
+    ]
+    try:
+        for watcher in watchers:
+            watcher.next()
+        third = public.WatchSeatAvailability(request, timeout=10, metadata=(("x-forwarded-for", "198.51.100.3"),))
+        refused = _refusal_of(third)
+    finally:
+        for watcher in watchers:
+            watcher.close()
+    assert (refused.reason, refused.metadata["scope"], refused.metadata["limit"]) == (
+        "STREAM_LIMIT_REACHED",
+        "address",
+        "2",
+    )
+
+
 def test_unary_calls_beyond_their_cap_are_refused_with_a_reason_while_health_answers(
     start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
 ) -> None:
