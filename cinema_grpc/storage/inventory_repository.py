@@ -155,9 +155,11 @@ SELECT {_SHOWTIME_COLUMNS},
         FROM (SELECT hold.created_at FROM booking.holds AS hold
               WHERE %(limited)s AND hold.customer_id = %(customer_id)s AND hold.created_at > %(rate_since)s
               ORDER BY hold.created_at DESC LIMIT %(rate_limit)s) AS recent),
-       -- how many seats of the showtime they hold (unlapsed) or bought,
-       (SELECT count(*) FROM booking.seat_claims AS claim JOIN booking.holds AS hold ON hold.id = claim.hold_id
-        WHERE %(limited)s AND claim.showtime_id = %(showtime_id)s AND hold.customer_id = %(customer_id)s
+       -- how many seats of the showtime they hold (unlapsed) or bought (read from their own holds,
+       -- so a busy showtime's many claims are not walked),
+       (SELECT count(*) FROM booking.holds AS hold JOIN booking.seat_claims AS claim ON claim.hold_id = hold.id
+        WHERE %(limited)s AND hold.customer_id = %(customer_id)s AND hold.showtime_id = %(showtime_id)s
+          AND hold.state IN ('ACTIVE', 'CONVERTED')
           AND claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)),
        -- and the seats of their holds of the showtime that ended (or lapsed) since the cooldown began.
        (SELECT json_agg(json_build_array(ended.seat_id, ended.at))
@@ -206,8 +208,9 @@ SELECT booking.require(
         (SELECT count(*) FROM (SELECT FROM booking.holds AS hold
                                WHERE hold.customer_id = %(customer_id)s AND hold.created_at > %(rate_since)s
                                LIMIT %(rate_limit)s) AS recent) = %(recent_holds)s
-        AND (SELECT count(*) FROM booking.seat_claims AS claim JOIN booking.holds AS hold ON hold.id = claim.hold_id
-             WHERE claim.showtime_id = %(showtime_id)s AND hold.customer_id = %(customer_id)s
+        AND (SELECT count(*) FROM booking.holds AS hold JOIN booking.seat_claims AS claim ON claim.hold_id = hold.id
+             WHERE hold.customer_id = %(customer_id)s AND hold.showtime_id = %(showtime_id)s
+               AND hold.state IN ('ACTIVE', 'CONVERTED')
                AND claim.status IN ('HELD', 'SOLD') AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s))
             = %(seats_of_customer)s)),
     'the seats changed while the hold was decided')
