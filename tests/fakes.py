@@ -208,10 +208,15 @@ class FakeInventories:
                         store.bookings[booking.id] = booking
                     case BookingCancelled(booking):
                         store.bookings[booking.id] = booking
-            if inventory.changes:
+            if inventory.announces:
                 version = store.versions.get(inventory.showtime_id, 0) + 1
                 store.versions[inventory.showtime_id] = version
-                event = SeatEvent(inventory.showtime_id, version, one_version(inventory.changes))
+                event = SeatEvent(
+                    inventory.showtime_id,
+                    version,
+                    one_version(inventory.changes),
+                    layout_changed=inventory.layout_changed,
+                )
                 inventory.version = version
                 store.events.setdefault(inventory.showtime_id, []).append(event)
                 events.append(event)

@@ -172,6 +172,8 @@ def encode(event: SeatEvent) -> str:
     }
     if event.recorded_at is not None:
         data["t"] = event.recorded_at.isoformat()
+    if event.layout_changed:
+        data["l"] = True
     return json.dumps(data)
 
 
@@ -227,6 +229,7 @@ def decode(raw: str | bytes) -> SeatEvent:
         int(data["v"]),
         tuple(SeatChange(uuid.UUID(s), SeatState(state)) for s, state in data["c"]),
         datetime.fromisoformat(data["t"]) if "t" in data else None,
+        layout_changed=bool(data.get("l", False)),
     )
 
 
@@ -315,7 +318,7 @@ NOTIFY_CHANNEL = "cinema_seat_events"
 # NOTIFY payloads must stay under 8000 bytes; an entry is a showtime id and a version.
 _PAYLOAD_BYTES = 7000
 _EVENTS_AFTER = """
-SELECT e.showtime_id, e.version, e.changes, e.created_at
+SELECT e.showtime_id, e.version, e.changes, e.created_at, e.layout_changed
 FROM unnest(%s::uuid[], %s::bigint[]) AS w (showtime_id, after)
 JOIN booking.seat_events e ON e.showtime_id = w.showtime_id AND e.version > w.after
 ORDER BY e.showtime_id, e.version
@@ -486,8 +489,9 @@ class PostgresBus:
                 int(version),
                 tuple(SeatChange(uuid.UUID(seat), SeatState(state)) for seat, state in changes),
                 recorded_at,
+                layout_changed=relaid,
             )
-            for showtime_id, version, changes, recorded_at in rows
+            for showtime_id, version, changes, recorded_at, relaid in rows
             if int(version) > self._delivered.get(showtime_id, 0)
         ]
         if events:

@@ -171,10 +171,6 @@ class ShowtimeRepository(Protocol):
         """Scheduled showtimes of the hall that have not ended."""
         ...
 
-    async def count_active_claims(self, showtime_ids: list[uuid.UUID], now: datetime) -> int:
-        """Seats sold, or held and not expired, for these showtimes."""
-        ...
-
 
 class RequestLog(Protocol):
     """Remembers mutating requests by client request_id (AIP-155) so retries are safe."""

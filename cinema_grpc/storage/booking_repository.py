@@ -58,7 +58,7 @@ WITH current AS (
     SELECT coalesce((SELECT version FROM booking.showtime_versions WHERE showtime_id = %(showtime_id)s), 0)
         AS version
 )
-SELECT current.version, event.version, event.changes, event.created_at
+SELECT current.version, event.version, event.changes, event.created_at, event.layout_changed
 FROM current LEFT JOIN booking.seat_events AS event
     ON event.showtime_id = %(showtime_id)s AND event.version > %(after)s AND event.version <= current.version
    AND current.version - %(after)s <= %(limit)s
@@ -251,7 +251,7 @@ class SqlBookingRepository:
         current = int(rows[0][0])
         if version > current or current - version > MAX_REPLAYED_EVENTS:
             return None
-        events = [(int(v), changes, at) for _, v, changes, at in rows if v is not None]
+        events = [(int(v), changes, at, relaid) for _, v, changes, at, relaid in rows if v is not None]
         if len(events) != current - version:
             return None  # some were pruned
         return [
@@ -260,8 +260,9 @@ class SqlBookingRepository:
                 v,
                 tuple(SeatChange(uuid.UUID(seat_id), SeatState(state)) for seat_id, state in changes),
                 at,
+                layout_changed=relaid,
             )
-            for v, changes, at in events
+            for v, changes, at, relaid in events
         ]
 
     async def mark_refunded(self, booking_id: uuid.UUID) -> bool:

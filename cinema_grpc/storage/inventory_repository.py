@@ -290,15 +290,17 @@ WHERE booking_id IN (SELECT id FROM cancelled) AND status = 'SOLD'
 # The next availability version of each showtime and its event, in one statement.
 _NEXT_VERSIONS = """
 WITH changed AS (
-    SELECT * FROM unnest(%(showtime_ids)s::uuid[], %(changes)s::jsonb[]) AS changed (showtime_id, changes)
+    SELECT * FROM unnest(%(showtime_ids)s::uuid[], %(changes)s::jsonb[], %(layout_changed)s::boolean[])
+        AS changed (showtime_id, changes, layout_changed)
 ), version AS (
     INSERT INTO booking.showtime_versions AS current (showtime_id, version)
     SELECT showtime_id, 1 FROM changed
     ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
     RETURNING showtime_id, version
 )
-INSERT INTO booking.seat_events (showtime_id, version, changes)
-SELECT version.showtime_id, version.version, changed.changes FROM version JOIN changed USING (showtime_id)
+INSERT INTO booking.seat_events (showtime_id, version, changes, layout_changed)
+SELECT version.showtime_id, version.version, changed.changes, changed.layout_changed
+FROM version JOIN changed USING (showtime_id)
 RETURNING showtime_id, version, created_at
 """
 
@@ -672,14 +674,19 @@ class SqlInventoryRepository:
                 )
             )
         changed = {
-            inventory.showtime_id: one_version(inventory.changes) for inventory in inventories if inventory.changes
+            inventory.showtime_id: one_version(inventory.changes) for inventory in inventories if inventory.announces
         }
+        relaid = {inventory.showtime_id for inventory in inventories if inventory.layout_changed}
         versions_at = len(statements)
         if changed:
             statements.append(
                 (
                     _NEXT_VERSIONS,
-                    {"showtime_ids": list(changed), "changes": [_changes_json(c) for c in changed.values()]},
+                    {
+                        "showtime_ids": list(changed),
+                        "changes": [_changes_json(c) for c in changed.values()],
+                        "layout_changed": [showtime_id in relaid for showtime_id in changed],
+                    },
                 )
             )
         if not statements:
@@ -708,6 +715,12 @@ class SqlInventoryRepository:
             if inventory.showtime_id in recorded:
                 inventory.version = recorded[inventory.showtime_id][0]
         return [
-            SeatEvent(showtime_id, *recorded[showtime_id][:1], changes, recorded[showtime_id][1])
+            SeatEvent(
+                showtime_id,
+                recorded[showtime_id][0],
+                changes,
+                recorded[showtime_id][1],
+                layout_changed=showtime_id in relaid,
+            )
             for showtime_id, changes in changed.items()
         ]

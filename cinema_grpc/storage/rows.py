@@ -152,6 +152,7 @@ class SeatEventRow(Row):
     version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     changes: Mapped[list[list[str]]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    layout_changed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class SeatClaimRow(Row):

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,6 @@ from cinema_grpc.storage.rows import (
     HallRow,
     MovieRow,
     RequestLogRow,
-    SeatClaimRow,
     SeatRow,
     ShowtimePriceRow,
     ShowtimeRow,
@@ -519,19 +518,6 @@ class SqlShowtimeRepository:
             ShowtimeRow.ends_at > now,
         )
         return await self._with_prices(list(await self._session.scalars(query)))
-
-    async def count_active_claims(self, showtime_ids: list[uuid.UUID], now: datetime) -> int:
-        if not showtime_ids:
-            return 0
-        # A hold past its expiry no longer counts, whether or not it has been swept yet.
-        query = select(func.count()).where(
-            SeatClaimRow.showtime_id.in_(showtime_ids),
-            or_(
-                SeatClaimRow.status == "SOLD",
-                and_(SeatClaimRow.status == "HELD", SeatClaimRow.expires_at > now),
-            ),
-        )
-        return int(await self._session.scalar(query) or 0)
 
 
 # ---------------------------------------------------------------- request log

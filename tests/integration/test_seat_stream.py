@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 
 import grpc
 import psycopg
@@ -14,6 +15,8 @@ import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub
 from cinema_grpc.adapters.clock import SystemClock
 from cinema_grpc.domain.access import ANONYMOUS
@@ -23,6 +26,7 @@ from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
 from tests.booking_data import Customer, Sale, hold
 from tests.conftest import RunningServer
 from tests.rpc_errors import failure
+from tests.screening_data import at, grid, make_hall
 from tests.stream_reader import StreamReader
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -81,6 +85,85 @@ def test_a_watcher_gets_a_snapshot_then_every_change_in_version_order(
     now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
     assert now.version == version
     assert {s.seat_id: s.state for s in now.seats} == seen
+
+
+def _move_to_another_hall(screening: ScreeningServiceStub, sale: Sale) -> spb.Hall:
+    """Moves the sale's showtime, at its own time, to a new smaller hall of its cinema."""
+    other = make_hall(screening, sale.hall.cinema_id, "Studio", grid("FG", 6))
+    request = spb.RescheduleShowtimeRequest(
+        showtime_id=sale.showtime.id, start_time=sale.showtime.start_time, hall_id=other.id
+    )
+    moved = screening.RescheduleShowtime(request)
+    assert moved.hall_id == other.id
+    return other
+
+
+def test_a_watcher_is_sent_the_new_halls_seat_map_when_its_showtime_moves(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    held = hold(ana, sale, "C1")
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    before = reader.next().snapshot
+    assert {s.seat_id for s in before.seats} == {s.id for s in sale.hall.seats}
+
+    other = _move_to_another_hall(screening, sale)
+    fresh = reader.next()
+    assert fresh.WhichOneof("event") == "snapshot"
+    assert fresh.snapshot.version == before.version + 1
+    assert [s.seat_id for s in fresh.snapshot.seats] == [s.id for s in other.seats]
+    assert {s.state for s in fresh.snapshot.seats} == {bpb.SEAT_STATE_FREE}
+    # Seats of the new hall can be held, and the change follows the new seat map.
+    ana.booking.HoldSeats(bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[other.seats[0].id]))
+    change = reader.next()
+    assert change.changes.version == fresh.snapshot.version + 1
+    assert [(c.seat_id, c.state) for c in change.changes.changes] == [(other.seats[0].id, bpb.SEAT_STATE_HELD)]
+
+
+def test_a_move_within_its_hall_keeps_the_seat_map(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    version = reader.next().snapshot.version
+    later = sale.showtime.start_time.ToDatetime(tzinfo=UTC) + timedelta(minutes=15)
+    screening.RescheduleShowtime(spb.RescheduleShowtimeRequest(showtime_id=sale.showtime.id, start_time=at(later)))
+    assert reader.nothing_within(0.3)
+    assert ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id)).version == version
+
+
+def test_a_watcher_resuming_from_before_a_move_gets_the_new_seat_map_not_changes(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    held = hold(ana, sale, "C1")
+    seen = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id)).version
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    other = _move_to_another_hall(screening, sale)
+    hold(ana, Sale(sale.showtime, other), "F2")
+
+    reader = watch(sale.showtime.id, since_version=seen)  # type: ignore[operator]
+    fresh = reader.next()
+    assert fresh.WhichOneof("event") == "snapshot"
+    assert fresh.snapshot.version == seen + 3  # the release, the move, the hold
+    assert [s.seat_id for s in fresh.snapshot.seats] == [s.id for s in other.seats]
+    held_now = {s.seat_id for s in fresh.snapshot.seats if s.state == bpb.SEAT_STATE_HELD}
+    assert held_now == {Sale(sale.showtime, other).seat("F2")}
+    assert reader.nothing_within(0.3)
+    # Resuming after the move is ordinary catching up again.
+    after_move = watch(sale.showtime.id, since_version=seen + 2)  # type: ignore[operator]
+    assert after_move.next().changes.version == seen + 3
+
+
+def test_a_watcher_is_sent_the_new_seat_map_when_its_halls_layout_is_replaced(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    before = reader.next().snapshot
+    relaid = screening.ReplaceHallLayout(spb.ReplaceHallLayoutRequest(hall_id=sale.hall.id, layout=grid("AB", 4)))
+    fresh = reader.next()
+    assert fresh.WhichOneof("event") == "snapshot"
+    assert fresh.snapshot.version == before.version + 1
+    assert [s.seat_id for s in fresh.snapshot.seats] == [s.id for s in relaid.seats]
+    assert not {s.seat_id for s in before.seats} & {s.id for s in relaid.seats}
 
 
 def test_a_watcher_that_reconnects_with_its_version_gets_only_what_it_missed(

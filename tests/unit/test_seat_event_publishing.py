@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
-from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, Outbox
-from cinema_grpc.domain.booking.model import SeatEvent
+from cinema_grpc.adapters.availability_bus import InProcessBus, LocalHub, Outbox, decode, encode
+from cinema_grpc.domain.booking.model import SeatChange, SeatEvent, SeatState
 
 
 def events(showtime: uuid.UUID, first: int, count: int) -> list[SeatEvent]:
@@ -79,3 +80,11 @@ def test_a_batch_that_fails_to_send_does_not_stop_the_later_ones() -> None:
         return sent
 
     assert asyncio.run(scenario()) == events(showtime, 2, 2)
+
+
+def test_an_event_crosses_redis_with_its_changes_and_whether_it_replaced_the_seats() -> None:
+    at = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    changed = SeatEvent(uuid.uuid4(), 7, (SeatChange(uuid.uuid4(), SeatState.HELD),), at)
+    replaced = SeatEvent(uuid.uuid4(), 8, (), at, layout_changed=True)
+    assert decode(encode(changed)) == changed
+    assert decode(encode(replaced)) == replaced

@@ -24,7 +24,7 @@ from cinema_grpc.domain.booking.model import (
     SeatState,
     Ticket,
 )
-from cinema_grpc.domain.errors import HoldNotActive, SeatAlreadyTaken
+from cinema_grpc.domain.errors import HoldNotActive, SeatAlreadyTaken, ShowtimeHasSales
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.screening.model import (
     BusyPeriod,
@@ -127,12 +127,14 @@ SCENARIOS: dict[str, Callable[[], tuple[SeatInventory, Callable[[SeatInventory],
         lambda inv: inv.end_sales("projector broke", NOW),
     ),
 }
-READS = {"find_hold", "hold_of", "booking_of", "seat_states", "holds", "bookings"}
+READS = {"find_hold", "hold_of", "booking_of", "seat_states", "holds", "bookings", "claimed_seats", "announces"}
+# Methods after which watchers take a fresh seat map instead of seat changes.
+NEW_SEAT_MAP = {"replace_seats"}
 
 
 def test_every_method_that_changes_the_inventory_has_a_scenario() -> None:
     public = {name for name, _ in inspect.getmembers(SeatInventory) if not name.startswith("_")}
-    assert public - READS == set(SCENARIOS)
+    assert public - READS - NEW_SEAT_MAP == set(SCENARIOS)
 
 
 @pytest.mark.parametrize("method", sorted(SCENARIOS))
@@ -184,3 +186,20 @@ def test_one_version_keeps_each_seat_once_with_its_last_state() -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     changes = [SeatChange(a, SeatState.FREE), SeatChange(b, SeatState.HELD), SeatChange(a, SeatState.HELD)]
     assert one_version(changes) == (SeatChange(a, SeatState.HELD), SeatChange(b, SeatState.HELD))
+
+
+def test_replaced_seats_are_announced_as_a_new_seat_map_without_seat_changes() -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[LAPSED])
+    inventory.expire(NOW)
+    inventory.replace_seats(NOW)
+    assert inventory.layout_changed and inventory.announces
+    assert inventory.changes == []  # they named seats of the old map
+    assert len(inventory.writes) == 1  # the lapsed hold still ends
+
+
+@pytest.mark.parametrize("claims", [{"holds": [HELD]}, {"bookings": [SOLD]}])
+def test_seats_that_are_held_or_sold_cannot_be_replaced(claims: dict[str, list[object]]) -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, **claims)  # type: ignore[arg-type]
+    with pytest.raises(ShowtimeHasSales):
+        inventory.replace_seats(NOW)
+    assert not inventory.announces

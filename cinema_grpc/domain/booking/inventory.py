@@ -46,6 +46,7 @@ from cinema_grpc.domain.errors import (
     SeatAlreadyTaken,
     ShowtimeAlreadyStarted,
     ShowtimeCancelled,
+    ShowtimeHasSales,
     ShowtimeNotFound,
     ShowtimePriceMissing,
     TooManyActiveHolds,
@@ -186,6 +187,8 @@ class SeatInventory:
         self._offer = offer
         self.writes: list[InventoryWrite] = []
         self.changes: list[SeatChange] = []
+        # Its seats were replaced by other seats: its next version tells watchers to start over.
+        self.layout_changed = False
         # The availability version its changes were recorded as, once the unit of work committed.
         self.version = 0
 
@@ -433,6 +436,33 @@ class SeatInventory:
         self._bookings[booking.id] = cancelled
         self._record(BookingCancelled(cancelled), (t.seat.seat_id for t in booking.tickets), SeatState.FREE)
         return cancelled
+
+    def claimed_seats(self, now: datetime) -> tuple[int, int]:
+        """How many of the loaded seats are held (by a hold that has not lapsed) and sold."""
+        held = sum(len(hold.seats) for hold in self._holds.values() if hold.active(now))
+        sold = sum(1 for booking in self._bookings.values() for ticket in booking.tickets if ticket.valid)
+        return held, sold
+
+    def replace_seats(self, now: datetime) -> None:
+        """The showtime is now shown with other seats (it moved to another hall, or its hall's
+        layout was regenerated); only while nothing is held or sold (loaded with all its sales),
+        since a claim names a seat of the old map. Its next version announces the new layout
+        instead of seat changes, so every watcher, live or catching up, takes a fresh seat map."""
+        held, sold = self.claimed_seats(now)
+        if held or sold:
+            raise ShowtimeHasSales(
+                f"{held} seat(s) of showtime {self.showtime_id} are held and {sold} sold; "
+                "its seats can change once they are released or refunded",
+                subject=f"showtimes/{self.showtime_id}",
+                metadata={"held_seats": str(held), "sold_seats": str(sold)},
+            )
+        self.changes.clear()  # the fresh seat map shows every seat as it is now
+        self.layout_changed = True
+
+    @property
+    def announces(self) -> bool:
+        """Whether its next version has something to tell watchers."""
+        return bool(self.changes) or self.layout_changed
 
     def end_sales(self, reason: str, now: datetime) -> None:
         """For a cancelled showtime (loaded with all its sales): every active hold is released,

@@ -178,6 +178,10 @@ class SeatEvent:
     changes: tuple[SeatChange, ...]
     # When the version was recorded (the time of the transaction that made it).
     recorded_at: datetime | None = None
+    # The showtime's seats are other seats from this version on (it moved to another hall, or
+    # its hall's layout was regenerated): a watcher drops its seat map and takes a fresh one.
+    # Such an event lists no seat changes.
+    layout_changed: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -346,7 +346,9 @@ async def watch_seats(
     showtime_id: uuid.UUID,
     since_version: int,
 ) -> AsyncIterator[SeatMap | SeatEvent]:
-    """A seat map, then the events after it in version order, without gaps or repeats."""
+    """A seat map, then the events after it in version order, without gaps or repeats. A version
+    that replaced the showtime's seats (a move to another hall, a new layout) is sent as a fresh
+    seat map instead, whether it arrives live or is caught up from the log."""
     if since_version < 0:
         raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")
     # Subscribe first: an event published while the seat map is read is then not lost.
@@ -359,7 +361,7 @@ async def watch_seats(
                 if await uow.showtimes.get(showtime_id) is None:
                     raise ShowtimeNotFound(showtime_id)
                 missed = await uow.booking.events_since(showtime_id, since_version)
-            if missed is not None:
+            if missed is not None and not _replaces_seats(missed):
                 for event in missed:
                     yield event
                 last = missed[-1].version if missed else since_version
@@ -377,11 +379,17 @@ async def watch_seats(
                 continue
             if event.version <= last:
                 continue
+            if event.layout_changed:
+                # Read after the event was committed, so it shows the new seats.
+                snapshot = await seat_maps.read(caller, showtime_id, seat_maps.mark())
+                yield snapshot
+                last = snapshot.version
+                continue
             if event.version > last + 1:
                 # Events can arrive out of order across replicas: fill the gap from the log.
                 async with unit_of_work() as uow:
                     missed = await uow.booking.events_since(showtime_id, last)
-                if missed is None:
+                if missed is None or _replaces_seats(missed):
                     snapshot = await seat_maps.read(caller, showtime_id, seat_maps.mark())
                     yield snapshot
                     last = snapshot.version
@@ -395,6 +403,12 @@ async def watch_seats(
             last = event.version
     finally:
         watch.close()
+
+
+def _replaces_seats(events: Iterable[SeatEvent]) -> bool:
+    """Whether the seats the watcher knows are gone in one of these versions: changes listed
+    after it name other seats, so only a fresh seat map is true."""
+    return any(event.layout_changed for event in events)
 
 
 async def release_expired_holds(

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from cinema_grpc.domain.errors import (
     CinemaNotFound,
+    Contention,
     HallHasClaims,
     HallNotFound,
     HallSuggestion,
@@ -157,11 +158,20 @@ async def rename_hall(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, new_nam
 async def replace_hall_layout(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID, layout: SeatLayout) -> Hall:
     layout.violations().raise_if_any()
     async with uow:
-        # The row lock on the hall serialises this with seat claims checks of other relayouts.
-        hall = await _hall(uow, hall_id, for_update=True)
         now = clock.now()
-        upcoming = await uow.showtimes.upcoming_for_hall(hall_id, now)
-        claims = await uow.showtimes.count_active_claims([s.id for s in upcoming], now)
+        # The seats' locks of its upcoming showtimes (in one order) before the hall's row lock, as
+        # every seat decision takes them: no hold is decided on the old seats while this is, and
+        # every open seat stream of those showtimes is told to take the new seat map.
+        upcoming = sorted(await uow.showtimes.upcoming_for_hall(hall_id, now), key=lambda s: s.id)
+        inventories = [await uow.inventories.get_locked(s.id, now, all_sales=True) for s in upcoming]
+        # The row lock on the hall keeps new showtimes (and moves) out of it until this commits.
+        hall = await _hall(uow, hall_id, for_update=True)
+        if {s.id for s in await uow.showtimes.upcoming_for_hall(hall_id, now)} - {s.id for s in upcoming}:
+            raise Contention("a showtime was scheduled in this hall meanwhile; retry the layout change")
+        claims = 0
+        for inventory in inventories:
+            inventory.expire(now)  # lapsed holds do not keep the old layout
+            claims += sum(inventory.claimed_seats(now))
         if claims:
             raise HallHasClaims(
                 f"{claims} seat(s) of upcoming showtimes of this hall are held or sold; "
@@ -180,6 +190,8 @@ async def replace_hall_layout(uow: UnitOfWork, clock: Clock, hall_id: uuid.UUID,
                 )
         hall = replace(hall, layout=layout, seats=seats, updated_at=now)
         await uow.halls.replace_seats(hall)
+        for inventory in inventories:
+            inventory.replace_seats(now)
         await uow.commit()
     return hall
 
@@ -440,8 +452,7 @@ async def reschedule_showtime(uow: UnitOfWork, clock: Clock, cmd: RescheduleShow
                 f"showtime {showtime.id} started at {showtime.starts_at.isoformat()}", subject=subject
             )
         inventory.expire(now)  # lapsed holds do not keep it in place
-        held = sum(len(h.seats) for h in inventory.holds if h.active(now))
-        sold = sum(1 for b in inventory.bookings for t in b.tickets if t.valid)
+        held, sold = inventory.claimed_seats(now)
         if held or sold:
             raise ShowtimeHasSales(
                 f"{held} seat(s) of showtime {showtime.id} are held and {sold} sold; "
@@ -479,6 +490,8 @@ async def reschedule_showtime(uow: UnitOfWork, clock: Clock, cmd: RescheduleShow
             raise ShowtimeOverlap(
                 ShowtimeConflict(str(in_the_way.id), in_the_way.starts_at, in_the_way.period.busy_until, free)
             )
+        if hall.id != showtime.hall_id:
+            inventory.replace_seats(now)  # open seat streams switch to the new hall's seats
         await remember_result(uow, "RescheduleShowtime", cmd.request, showtime.id)
         await uow.commit()
     return moved

@@ -507,7 +507,9 @@ class SeatAvailabilityEvent(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> Global___SeatMap:
-        """A full seat map: the first message, and whenever a watcher must start over."""
+        """A full seat map: the first message, and whenever a watcher must start over (it fell
+        behind, its events could not be replayed, or the showtime's seats were replaced).
+        """
 
     @_builtins.property
     def changes(self) -> Global___SeatChanges:

@@ -96,6 +96,12 @@ class BookingServiceStub:
     version order as seats are held, released, sold or expire. Reconnect with the last
     version seen to get only what was missed (or a fresh seat map when that is too old).
     A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+    When the showtime's seats are replaced by other seats (RescheduleShowtime to another
+    hall, ReplaceHallLayout of its hall) every open stream is sent a fresh seat map with the
+    new seats and the version of that change, and a reconnect whose since_version is older
+    than it gets a fresh seat map too, never changes: seat ids of the old map are gone (a
+    hold of them fails with SEAT_NOT_IN_HALL), so a client replaces its whole map and drops
+    any selection of seats on every snapshot.
     The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
     longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
     """
@@ -168,6 +174,12 @@ class BookingServiceAsyncStub(BookingServiceStub):
     version order as seats are held, released, sold or expire. Reconnect with the last
     version seen to get only what was missed (or a fresh seat map when that is too old).
     A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+    When the showtime's seats are replaced by other seats (RescheduleShowtime to another
+    hall, ReplaceHallLayout of its hall) every open stream is sent a fresh seat map with the
+    new seats and the version of that change, and a reconnect whose since_version is older
+    than it gets a fresh seat map too, never changes: seat ids of the old map are gone (a
+    hold of them fails with SEAT_NOT_IN_HALL), so a client replaces its whole map and drops
+    any selection of seats on every snapshot.
     The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
     longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
     """
@@ -327,6 +339,12 @@ class BookingServiceServicer(metaclass=_abc_1.ABCMeta):
         version order as seats are held, released, sold or expire. Reconnect with the last
         version seen to get only what was missed (or a fresh seat map when that is too old).
         A watcher that falls behind is sent a fresh seat map instead of the changes it missed.
+        When the showtime's seats are replaced by other seats (RescheduleShowtime to another
+        hall, ReplaceHallLayout of its hall) every open stream is sent a fresh seat map with the
+        new seats and the version of that change, and a reconnect whose since_version is older
+        than it gets a fresh seat map too, never changes: seat ids of the old map are gone (a
+        hold of them fails with SEAT_NOT_IN_HALL), so a client replaces its whole map and drops
+        any selection of seats on every snapshot.
         The server ends a stream with UNAVAILABLE and a reason: STREAM_LIFETIME_REACHED after its
         longest life, SERVER_SHUTTING_DOWN when the replica drains; reconnect with since_version.
         """

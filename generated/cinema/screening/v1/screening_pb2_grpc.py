@@ -196,7 +196,9 @@ class ScreeningServiceServicer:
 
     def ReplaceHallLayout(self, request, context):
         """Replaces the seat layout and regenerates the seats. Refused with HALL_HAS_CLAIMS while
-        any future showtime of the hall has held or sold seats.
+        any future showtime of the hall has held or sold seats; ABORTED (CONTENTION) when a
+        showtime was scheduled in the hall meanwhile (retry). Open WatchSeatAvailability streams
+        of its future showtimes are sent a fresh seat map with the new seats.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,7 +278,8 @@ class ScreeningServiceServicer:
         the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
         ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
         seat is held or sold (a hold cannot be taken while the move is decided), and with
-        SHOWTIME_CANCELLED for a cancelled showtime.
+        SHOWTIME_CANCELLED for a cancelled showtime. A move to another hall sends every open
+        WatchSeatAvailability stream of the showtime a fresh seat map of the new hall's seats.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

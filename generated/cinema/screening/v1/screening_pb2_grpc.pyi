@@ -56,7 +56,9 @@ class ScreeningServiceStub:
     """Renames a hall. Names are unique within a cinema."""
     ReplaceHallLayout: _grpc.UnaryUnaryMultiCallable[_screening_pb2.ReplaceHallLayoutRequest, _screening_pb2.Hall]
     """Replaces the seat layout and regenerates the seats. Refused with HALL_HAS_CLAIMS while
-    any future showtime of the hall has held or sold seats.
+    any future showtime of the hall has held or sold seats; ABORTED (CONTENTION) when a
+    showtime was scheduled in the hall meanwhile (retry). Open WatchSeatAvailability streams
+    of its future showtimes are sent a fresh seat map with the new seats.
     """
     SetSeatService: _grpc.UnaryUnaryMultiCallable[_screening_pb2.SetSeatServiceRequest, _screening_pb2.Seat]
     """Takes one seat out of service (broken, blocked) or puts it back. Out-of-service seats
@@ -91,7 +93,8 @@ class ScreeningServiceStub:
     the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
     ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
     seat is held or sold (a hold cannot be taken while the move is decided), and with
-    SHOWTIME_CANCELLED for a cancelled showtime.
+    SHOWTIME_CANCELLED for a cancelled showtime. A move to another hall sends every open
+    WatchSeatAvailability stream of the showtime a fresh seat map of the new hall's seats.
     """
     FindFreeHalls: _grpc.UnaryUnaryMultiCallable[_screening_pb2.FindFreeHallsRequest, _screening_pb2.FindFreeHallsResponse]
     """Lists the halls of a cinema that are free for a slot and seat at least min_seats."""
@@ -124,7 +127,9 @@ class ScreeningServiceAsyncStub(ScreeningServiceStub):
     """Renames a hall. Names are unique within a cinema."""
     ReplaceHallLayout: _aio.UnaryUnaryMultiCallable[_screening_pb2.ReplaceHallLayoutRequest, _screening_pb2.Hall]  # type: ignore[assignment]
     """Replaces the seat layout and regenerates the seats. Refused with HALL_HAS_CLAIMS while
-    any future showtime of the hall has held or sold seats.
+    any future showtime of the hall has held or sold seats; ABORTED (CONTENTION) when a
+    showtime was scheduled in the hall meanwhile (retry). Open WatchSeatAvailability streams
+    of its future showtimes are sent a fresh seat map with the new seats.
     """
     SetSeatService: _aio.UnaryUnaryMultiCallable[_screening_pb2.SetSeatServiceRequest, _screening_pb2.Seat]  # type: ignore[assignment]
     """Takes one seat out of service (broken, blocked) or puts it back. Out-of-service seats
@@ -159,7 +164,8 @@ class ScreeningServiceAsyncStub(ScreeningServiceStub):
     the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
     ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
     seat is held or sold (a hold cannot be taken while the move is decided), and with
-    SHOWTIME_CANCELLED for a cancelled showtime.
+    SHOWTIME_CANCELLED for a cancelled showtime. A move to another hall sends every open
+    WatchSeatAvailability stream of the showtime a fresh seat map of the new hall's seats.
     """
     FindFreeHalls: _aio.UnaryUnaryMultiCallable[_screening_pb2.FindFreeHallsRequest, _screening_pb2.FindFreeHallsResponse]  # type: ignore[assignment]
     """Lists the halls of a cinema that are free for a slot and seat at least min_seats."""
@@ -237,7 +243,9 @@ class ScreeningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_screening_pb2.Hall, _abc.Awaitable[_screening_pb2.Hall]]:
         """Replaces the seat layout and regenerates the seats. Refused with HALL_HAS_CLAIMS while
-        any future showtime of the hall has held or sold seats.
+        any future showtime of the hall has held or sold seats; ABORTED (CONTENTION) when a
+        showtime was scheduled in the hall meanwhile (retry). Open WatchSeatAvailability streams
+        of its future showtimes are sent a fresh seat map with the new seats.
         """
 
     @_abc_1.abstractmethod
@@ -332,7 +340,8 @@ class ScreeningServiceServicer(metaclass=_abc_1.ABCMeta):
         the move; an overlap with another showtime is refused with SHOWTIME_OVERLAP and a
         ShowtimeConflict detail listing free halls. Refused with SHOWTIME_HAS_SALES while any
         seat is held or sold (a hold cannot be taken while the move is decided), and with
-        SHOWTIME_CANCELLED for a cancelled showtime.
+        SHOWTIME_CANCELLED for a cancelled showtime. A move to another hall sends every open
+        WatchSeatAvailability stream of the showtime a fresh seat map of the new hall's seats.
         """
 
     @_abc_1.abstractmethod
