@@ -15,12 +15,15 @@ import pytest
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters import availability_bus
 from cinema_grpc.adapters.availability_bus import LocalHub, PostgresBus, RedisBus
 from cinema_grpc.domain.booking.model import SeatChange, SeatEvent, SeatState
 from cinema_grpc.settings import Settings
 from tests.booking_data import Customer, Sale, hold
 from tests.conftest import RunningServer, _libpq
+from tests.screening_data import grid, make_hall
 from tests.stream_reader import StreamReader
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -54,6 +57,31 @@ def test_a_watcher_on_one_server_gets_the_holds_made_through_another_in_order(
             assert [[(c.seat_id, c.state) for c in event.changes] for event in received] == [
                 [(sale.seat(label), bpb.SEAT_STATE_HELD)] for label in labels
             ]
+        finally:
+            reader.close()
+
+
+def test_a_watcher_on_one_server_gets_the_new_halls_seat_map_when_another_moves_the_showtime(
+    second_server: RunningServer, screening: ScreeningServiceStub, sale: Sale
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{second_server.port}") as other:
+        reader = StreamReader(
+            BookingServiceStub(other).WatchSeatAvailability(
+                bpb.WatchSeatAvailabilityRequest(showtime_id=sale.showtime.id)
+            )
+        )
+        try:
+            version = reader.next().snapshot.version
+            studio = make_hall(screening, sale.hall.cinema_id, "Studio", grid("FG", 6))
+            screening.RescheduleShowtime(  # through the first server
+                spb.RescheduleShowtimeRequest(
+                    showtime_id=sale.showtime.id, start_time=sale.showtime.start_time, hall_id=studio.id
+                )
+            )
+            fresh = reader.next(timeout=10)
+            assert fresh.WhichOneof("event") == "snapshot"
+            assert fresh.snapshot.version == version + 1
+            assert [s.seat_id for s in fresh.snapshot.seats] == [s.id for s in studio.seats]
         finally:
             reader.close()
 
