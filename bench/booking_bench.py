@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -589,7 +590,7 @@ class Meter:
             folded = self.args.py_spy / f"{row.name.replace(' ', '_').replace('/', '_').replace(',', '')}.txt"
             spy = subprocess.Popen(
                 [
-                    "py-spy",
+                    shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy",
                     "record",
                     "--pid",
                     str(server_pid),
