@@ -15,6 +15,7 @@ class SlowLink:
         self.upstream = (upstream_host, upstream_port)
         self.delay = delay  # may be changed at any time; applies to answers arriving after
         self.port = 0
+        self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slow-link", daemon=True)
@@ -26,8 +27,8 @@ class SlowLink:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
+            self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
             self._ready.set()
 
         self._loop.run_until_complete(start())
@@ -67,5 +68,17 @@ class SlowLink:
         await asyncio.gather(requests(), read_answers(), deliver_answers(), return_exceptions=True)
 
     def close(self) -> None:
+        # Connections still open end here, on the proxy's own loop, before it closes: left to
+        # the garbage collector, their tasks would run their clean-up on a closed loop.
+        async def shut_down() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
