@@ -301,6 +301,16 @@ async def _movie(uow: UnitOfWork, movie_id: uuid.UUID, *, for_update: bool = Fal
 # ---------------------------------------------------------------- showtimes
 
 
+def _check_start_time(starts_at: datetime, now: datetime) -> None:
+    """A showtime starts in the future, at most two years ahead."""
+    violations = Violations()
+    if starts_at <= now:
+        violations.add("start_time", "IN_PAST", "must be in the future")
+    elif starts_at > now + MAX_SCHEDULE_AHEAD:
+        violations.add("start_time", "OUT_OF_RANGE", "must be within two years")
+    violations.raise_if_any()
+
+
 @dataclass(frozen=True)
 class CreateShowtime:
     hall_id: uuid.UUID
@@ -312,12 +322,7 @@ class CreateShowtime:
 
 async def create_showtime(uow: UnitOfWork, clock: Clock, cmd: CreateShowtime) -> Showtime:
     now = clock.now()
-    violations = Violations()
-    if cmd.starts_at <= now:
-        violations.add("start_time", "IN_PAST", "must be in the future")
-    elif cmd.starts_at > now + MAX_SCHEDULE_AHEAD:
-        violations.add("start_time", "OUT_OF_RANGE", "must be within two years")
-    violations.raise_if_any()
+    _check_start_time(cmd.starts_at, now)
     async with uow:
         if (earlier := await earlier_result(uow, "CreateShowtime", cmd.request)) is not None:
             return await _showtime(uow, earlier)
@@ -431,12 +436,7 @@ async def reschedule_showtime(uow: UnitOfWork, clock: Clock, cmd: RescheduleShow
     own current slot does not block the move: the row is updated in place under the overlap
     constraint, so the database still refuses a clash with any other showtime."""
     now = clock.now()
-    violations = Violations()
-    if cmd.starts_at <= now:
-        violations.add("start_time", "IN_PAST", "must be in the future")
-    elif cmd.starts_at > now + MAX_SCHEDULE_AHEAD:
-        violations.add("start_time", "OUT_OF_RANGE", "must be within two years")
-    violations.raise_if_any()
+    _check_start_time(cmd.starts_at, now)
     async with uow:
         if (earlier := await earlier_result(uow, "RescheduleShowtime", cmd.request)) is not None:
             return await _showtime(uow, earlier)
