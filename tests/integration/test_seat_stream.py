@@ -23,10 +23,10 @@ from cinema_grpc.domain.access import ANONYMOUS
 from cinema_grpc.domain.booking.model import SeatEvent, SeatMap
 from cinema_grpc.domain.booking.use_cases import SharedSeatMapReads, watch_seats
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
-from tests.booking_data import Customer, Sale, hold
+from tests.booking_data import Customer, Sale, hold, states
 from tests.conftest import RunningServer
 from tests.rpc_errors import failure
-from tests.screening_data import at, grid, make_hall
+from tests.screening_data import at, grid, make_hall, make_movie, showtime_request
 from tests.stream_reader import StreamReader
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -164,6 +164,64 @@ def test_a_watcher_is_sent_the_new_seat_map_when_its_halls_layout_is_replaced(
     assert fresh.snapshot.version == before.version + 1
     assert [s.seat_id for s in fresh.snapshot.seats] == [s.id for s in relaid.seats]
     assert not {s.seat_id for s in before.seats} & {s.id for s in relaid.seats}
+
+
+def _set_service(screening: ScreeningServiceStub, sale: Sale, label: str, in_service: bool) -> None:
+    reason = "" if in_service else "broken armrest"
+    request = spb.SetSeatServiceRequest(
+        hall_id=sale.hall.id, seat_id=sale.seat(label), in_service=in_service, reason=reason
+    )
+    screening.SetSeatService(request)
+
+
+def test_watchers_of_each_upcoming_showtime_see_a_seat_go_out_of_service_and_back(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    later_start = sale.showtime.start_time.ToDatetime(tzinfo=UTC) + timedelta(hours=4)
+    later = Sale(screening.CreateShowtime(showtime_request(sale.hall, make_movie(screening), later_start)), sale.hall)
+    readers = [watch(s.showtime.id) for s in (sale, later)]  # type: ignore[operator]
+    versions = [reader.next().snapshot.version for reader in readers]
+
+    _set_service(screening, sale, "D4", in_service=False)
+    _set_service(screening, sale, "D4", in_service=False)  # a new reason only: no seat changes
+    _set_service(screening, sale, "D4", in_service=True)
+    for reader, version, showtime in zip(readers, versions, (sale, later), strict=True):
+        out, back = reader.next(), reader.next()
+        assert (out.changes.version, back.changes.version) == (version + 1, version + 2)
+        assert [(c.seat_id, c.state) for c in out.changes.changes] == [(sale.seat("D4"), bpb.SEAT_STATE_OUT_OF_SERVICE)]
+        assert [(c.seat_id, c.state) for c in back.changes.changes] == [(sale.seat("D4"), bpb.SEAT_STATE_FREE)]
+        assert reader.nothing_within(0.2)
+        now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=showtime.showtime.id))
+        assert (now.version, states(now, sale)) == (version + 2, {})
+
+
+def test_a_watcher_resuming_from_before_a_seat_went_out_of_service_catches_up(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    hold(ana, sale, "A1")  # a version to resume from
+    seen = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id)).version
+    _set_service(screening, sale, "E1", in_service=False)
+    reader = watch(sale.showtime.id, since_version=seen)  # type: ignore[operator]
+    missed = reader.next()
+    assert missed.changes.version == seen + 1
+    assert [(c.seat_id, c.state) for c in missed.changes.changes] == [(sale.seat("E1"), bpb.SEAT_STATE_OUT_OF_SERVICE)]
+    _set_service(screening, sale, "E1", in_service=True)
+    live = reader.next()
+    assert live.changes.version == seen + 2
+    assert [(c.seat_id, c.state) for c in live.changes.changes] == [(sale.seat("E1"), bpb.SEAT_STATE_FREE)]
+
+
+def test_a_held_seat_taken_out_of_service_stays_held_and_no_change_is_announced(
+    watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
+) -> None:
+    held = hold(ana, sale, "B2")
+    reader = watch(sale.showtime.id)  # type: ignore[operator]
+    version = reader.next().snapshot.version
+    _set_service(screening, sale, "B2", in_service=False)
+    assert reader.nothing_within(0.3)
+    now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
+    assert (now.version, states(now, sale)) == (version, {"B2": bpb.SEAT_STATE_HELD})
+    assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
 
 
 def test_a_watcher_that_reconnects_with_its_version_gets_only_what_it_missed(

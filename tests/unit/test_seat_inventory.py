@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -86,6 +87,10 @@ def a_booking(*labels: str) -> Booking:
     )
 
 
+def out_of_service(label: str) -> Seat:
+    return replace(seat(label), in_service=False, out_of_service_reason="broken armrest")
+
+
 def for_new_hold(*holds: Hold, taken: tuple[str, ...] = ()) -> SeatInventory:
     offer = HoldOffer(BEN, 0, SEATS, frozenset(seat(x).id for x in taken))
     return SeatInventory(SHOWTIME.id, SHOWTIME, holds=holds, offer=offer)
@@ -125,6 +130,10 @@ SCENARIOS: dict[str, Callable[[], tuple[SeatInventory, Callable[[SeatInventory],
     "end_sales": lambda: (
         SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD, PAYING], bookings=[SOLD]),
         lambda inv: inv.end_sales("projector broke", NOW),
+    ),
+    "set_seat_service": lambda: (
+        SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD, LAPSED]),
+        lambda inv: inv.set_seat_service(out_of_service("A5"), NOW),
     ),
 }
 READS = {"find_hold", "hold_of", "booking_of", "seat_states", "holds", "bookings", "claimed_seats", "announces"}
@@ -203,3 +212,32 @@ def test_seats_that_are_held_or_sold_cannot_be_replaced(claims: dict[str, list[o
     with pytest.raises(ShowtimeHasSales):
         inventory.replace_seats(NOW)
     assert not inventory.announces
+
+
+def test_a_seat_out_of_service_and_back_is_announced_in_each_state() -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME)
+    assert inventory.set_seat_service(out_of_service("A4"), NOW) is SeatState.OUT_OF_SERVICE
+    assert one_version(inventory.changes) == (SeatChange(seat("A4").id, SeatState.OUT_OF_SERVICE),)
+    back = SeatInventory(SHOWTIME.id, SHOWTIME)
+    assert back.set_seat_service(seat("A4"), NOW) is SeatState.FREE
+    assert one_version(back.changes) == (SeatChange(seat("A4").id, SeatState.FREE),)
+
+
+@pytest.mark.parametrize(
+    ("claims", "label", "state"),
+    [({"holds": [HELD]}, "A1", SeatState.HELD), ({"bookings": [SOLD]}, "A6", SeatState.SOLD)],
+)
+def test_a_held_or_sold_seat_out_of_service_keeps_its_claim_and_announces_nothing(
+    claims: dict[str, list[object]], label: str, state: SeatState
+) -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, **claims)  # type: ignore[arg-type]
+    assert inventory.set_seat_service(out_of_service(label), NOW) is state
+    assert not inventory.announces
+    assert inventory.writes  # the change is still the showtime's, written with the hall
+
+
+def test_a_seat_freed_by_a_lapsed_hold_is_announced_out_of_service_in_the_same_version() -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[LAPSED])
+    inventory.set_seat_service(out_of_service("A5"), NOW)
+    assert one_version(inventory.changes) == (SeatChange(seat("A5").id, SeatState.OUT_OF_SERVICE),)
+    assert inventory.hold_of(LAPSED.id).state is HoldState.EXPIRED

@@ -151,7 +151,15 @@ class BookingCancelled:
     booking: Booking
 
 
-InventoryWrite = HoldAdded | HoldEnded | HoldKept | HoldSold | BookingCancelled
+@dataclass(frozen=True)
+class SeatServiceSet:
+    """The seat was taken out of service or put back. The seat row is the hall's, written by the
+    hall repository in the same transaction; the showtime only records its next version."""
+
+    seat: Seat
+
+
+InventoryWrite = HoldAdded | HoldEnded | HoldKept | HoldSold | BookingCancelled | SeatServiceSet
 
 
 def check_sellable(showtime: Showtime | None, showtime_id: uuid.UUID, now: datetime) -> Showtime:
@@ -185,6 +193,8 @@ class SeatInventory:
         self._holds = {hold.id: hold for hold in holds}
         self._bookings = {booking.id: booking for booking in bookings}
         self._offer = offer
+        # Seats whose service state a method here set: seat -> in service.
+        self._in_service: dict[uuid.UUID, bool] = {}
         self.writes: list[InventoryWrite] = []
         self.changes: list[SeatChange] = []
         # Its seats were replaced by other seats: its next version tells watchers to start over.
@@ -219,8 +229,12 @@ class SeatInventory:
 
     def seat_states(self, now: datetime) -> dict[uuid.UUID, SeatState]:
         """The seats claimed by what is loaded, as a watcher should see them now: held by a hold
-        that has not lapsed, or sold. Any other seat it knows of is free."""
-        states: dict[uuid.UUID, SeatState] = {}
+        that has not lapsed, or sold. A seat set out of service and not claimed is out of
+        service; any other seat it knows of is free."""
+        states: dict[uuid.UUID, SeatState] = {
+            seat_id: SeatState.FREE if in_service else SeatState.OUT_OF_SERVICE
+            for seat_id, in_service in self._in_service.items()
+        }
         for hold in self._holds.values():
             for seat in hold.seats:
                 states.setdefault(seat.seat_id, SeatState.FREE)
@@ -436,6 +450,18 @@ class SeatInventory:
         self._bookings[booking.id] = cancelled
         self._record(BookingCancelled(cancelled), (t.seat.seat_id for t in booking.tickets), SeatState.FREE)
         return cancelled
+
+    def set_seat_service(self, seat: Seat, now: datetime) -> SeatState:
+        """The seat of the showtime's hall was taken out of service or put back (loaded with all
+        its sales); returns its state as the seat map shows it now. A hold or ticket of the seat
+        stands: the seat map keeps showing it held or sold, so watchers are told of a change
+        only when the seat is not claimed."""
+        self.expire(now)  # a lapsed hold does not hide the change
+        self._in_service[seat.id] = seat.in_service
+        state = self.seat_states(now)[seat.id]
+        claimed = state in (SeatState.HELD, SeatState.SOLD)
+        self._record(SeatServiceSet(seat), () if claimed else (seat.id,), state)
+        return state
 
     def claimed_seats(self, now: datetime) -> tuple[int, int]:
         """How many of the loaded seats are held (by a hold that has not lapsed) and sold."""

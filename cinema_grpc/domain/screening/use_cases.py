@@ -209,12 +209,25 @@ async def set_seat_service(uow: UnitOfWork, clock: Clock, cmd: SetSeatService) -
     reason = clean_text(violations, "reason", cmd.reason, max_length=200, required=not cmd.in_service)
     violations.raise_if_any()
     async with uow:
+        now = clock.now()
+        # The seats' locks of the hall's upcoming showtimes (in one order) before the hall's row
+        # lock, as ReplaceHallLayout takes them: no hold is decided on the seat while its service
+        # changes, and every open seat stream of those showtimes is told of it.
+        upcoming = sorted(await uow.showtimes.upcoming_for_hall(cmd.hall_id, now), key=lambda s: s.id)
+        inventories = [await uow.inventories.get_locked(s.id, now, all_sales=True) for s in upcoming]
+        # The row lock on the hall keeps new showtimes (and moves) out of it until this commits.
         hall = await _hall(uow, cmd.hall_id, for_update=True)
         seat = hall.seat(cmd.seat_id)
         if seat is None:
             raise SeatNotFound(cmd.seat_id)
+        if {s.id for s in await uow.showtimes.upcoming_for_hall(cmd.hall_id, now)} - {s.id for s in upcoming}:
+            raise Contention("a showtime was scheduled in this hall meanwhile; retry the seat change")
+        changed = seat.in_service != cmd.in_service
         seat = replace(seat, in_service=cmd.in_service, out_of_service_reason="" if cmd.in_service else reason)
-        await uow.halls.update_seat(seat, clock.now())
+        await uow.halls.update_seat(seat, now)
+        if changed:  # a new reason alone changes no seat map
+            for inventory in inventories:
+                inventory.set_seat_service(seat, now)
         await uow.commit()
     return seat
 
