@@ -30,6 +30,7 @@ from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.ports import BookingFilter, HoldFilter
 from cinema_grpc.domain.screening.model import Seat, SeatKind
+from cinema_grpc.storage.inventory_repository import HOLD_JSON, hold_of
 from cinema_grpc.storage.rows import (
     BookingRow,
     HoldRow,
@@ -53,6 +54,9 @@ LIMIT %(limit)s
 
 # The current version with the events after a version (none when more than the limit are
 # missing: the watcher gets a seat map instead), in one snapshot.
+# A hold with its seats, in one statement (release and extend read it before they lock).
+_HOLD = f"SELECT hold.showtime_id, {HOLD_JSON} FROM booking.holds AS hold WHERE hold.id = %(hold_id)s"
+
 _EVENTS_SINCE = """
 WITH current AS (
     SELECT coalesce((SELECT version FROM booking.showtime_versions WHERE showtime_id = %(showtime_id)s), 0)
@@ -137,11 +141,8 @@ class SqlBookingRepository:
         return grouped
 
     async def get_hold(self, hold_id: uuid.UUID) -> Hold | None:
-        row = await self._session.scalar(select(HoldRow).where(HoldRow.id == hold_id))
-        if row is None:
-            return None
-        seats = await self._seats_of(SeatClaimRow.hold_id == hold_id)
-        return self._hold(row, seats[row.id])
+        found = (await self._run(_HOLD, {"hold_id": hold_id})).first()
+        return hold_of(found[0], found[1]) if found is not None else None
 
     async def list_active_holds(self, hold_filter: HoldFilter, now: datetime, page: PageRequest) -> Page[Hold]:
         # Served by the partial indexes on active holds per customer and per showtime.

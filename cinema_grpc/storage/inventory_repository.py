@@ -17,6 +17,7 @@ lapsed holds it expires still active) and aborts the whole pipeline when anythin
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -76,7 +77,7 @@ WHERE pg_try_advisory_xact_lock(key)
 """
 
 # A hold as a JSON array, its seats with their frozen prices in layout order.
-_HOLD_JSON = """
+HOLD_JSON = """
 json_build_array(hold.id, hold.customer_id, hold.state, hold.expires_at, hold.extensions_used, hold.created_at,
                  hold.payment_deadline, hold.ended_by, hold.end_reason,
                  (SELECT json_agg(json_build_array(claim.seat_id, seat.row_label, seat.number, seat.kind,
@@ -107,7 +108,7 @@ showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at
 # The showtime with the holds and bookings a change needs.
 _LOAD = f"""
 SELECT {_SHOWTIME_COLUMNS},
-       (SELECT json_agg({_HOLD_JSON}) FROM booking.holds AS hold
+       (SELECT json_agg({HOLD_JSON}) FROM booking.holds AS hold
         WHERE hold.showtime_id = showtime.id
           AND (hold.id = ANY(%(hold_ids)s::uuid[]) OR (%(all_sales)s AND hold.state = 'ACTIVE'))),
        (SELECT json_agg({_BOOKING_JSON}) FROM booking.bookings AS booking
@@ -116,11 +117,18 @@ SELECT {_SHOWTIME_COLUMNS},
 FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
 """
 
+
+def _compact(sql: str) -> str:
+    """The statement without comments and runs of white space: psycopg caches the parsing of
+    statements up to 4 KiB only, and the read of a new hold is longer than that as written."""
+    return " ".join(re.sub(r"--[^\n]*", "", sql).split())
+
+
 # Everything a new hold is decided on, in one snapshot: the showtime with its prices, the
 # customer's active holds, the seats asked for (all of the hall for the best available; the
 # requested ones and the rows of requested wheelchair spaces, for their companion seats) and
 # which of them are taken, and the showtime's lapsed holds (expired with the decision).
-_LOAD_FOR_HOLD = f"""
+_LOAD_FOR_HOLD = _compact(f"""
 WITH showtime AS (
     SELECT * FROM screening.showtimes WHERE id = %(showtime_id)s
 ), asked AS (
@@ -137,7 +145,7 @@ WITH showtime AS (
     WHERE %(all_seats)s AND seat.retired_at IS NULL
 )
 SELECT {_SHOWTIME_COLUMNS},
-       (SELECT json_agg({_HOLD_JSON}) FROM booking.holds AS hold
+       (SELECT json_agg({HOLD_JSON}) FROM booking.holds AS hold
         WHERE hold.showtime_id = %(showtime_id)s AND hold.state = 'ACTIVE'
           AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s),
        (SELECT count(*) FROM booking.holds AS hold
@@ -172,11 +180,11 @@ SELECT {_SHOWTIME_COLUMNS},
                          AND greatest(hold.expires_at, hold.payment_deadline) > %(cooldown_since)s))
               GROUP BY claim.seat_id) AS ended)
 FROM showtime
-"""
+""")
 
 # The lapsed holds of the showtimes asked about (the sweeper keeps those it could lock).
 _LOAD_LAPSED = f"""
-SELECT hold.showtime_id, json_agg({_HOLD_JSON})
+SELECT hold.showtime_id, json_agg({HOLD_JSON})
 FROM booking.holds AS hold
 WHERE hold.showtime_id = ANY(%(showtime_ids)s::uuid[]) AND hold.state = 'ACTIVE'
   AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s
@@ -216,6 +224,17 @@ SELECT booking.require(
     'the seats changed while the hold was decided')
 """
 STALE_DECISION = "CIN01"
+
+# The same, with the locks, the expiry of the lapsed holds, the hold and the next version, as one
+# statement (migration 0019): sent alone in autocommit it is its own transaction.
+_PLACE_HOLD = """
+SELECT %(showtime_id)s, new_version, recorded_at FROM booking.place_hold(
+    %(customer_key)s, %(showtime_key)s, %(showtime_id)s, %(starts_at)s, %(hall_id)s, %(customer_id)s, %(now)s,
+    %(active_holds)s, %(seat_ids)s::uuid[], %(limited)s, %(rate_since)s, %(rate_limit)s, %(recent_holds)s,
+    %(seats_of_customer)s, %(ended_ids)s::uuid[], %(ended_states)s::text[], %(ended_ats)s::timestamptz[],
+    %(ended_bys)s::uuid[], %(ended_reasons)s::text[], %(hold_id)s, %(expires_at)s, %(created_at)s,
+    %(claim_ids)s::uuid[], %(amounts)s::bigint[], %(currencies)s::text[], %(changes)s::jsonb)
+"""
 
 _END_HOLDS = """
 WITH ended AS (
@@ -317,7 +336,7 @@ def _claimed(seat_id: str, row_label: str, number: int, kind: str, amount: int, 
     return ClaimedSeat(uuid.UUID(seat_id), row_label, number, SeatKind(kind), Money(amount, currency))
 
 
-def _hold(showtime_id: uuid.UUID, item: list[Any]) -> Hold:
+def hold_of(showtime_id: uuid.UUID, item: list[Any]) -> Hold:
     (hold_id, customer_id, state, expires_at, extensions, created_at, deadline, ended_by, end_reason, seats) = item
     return Hold(
         uuid.UUID(hold_id),
@@ -414,11 +433,16 @@ class SqlInventoryRepository:
         assert isinstance(driver, psycopg.AsyncConnection) and sync is not None
         sql, params = statements[-1]
         try:
-            async with driver.pipeline():
-                cursors = []
-                for sql, params in statements:
-                    sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
-                    cursors.append(await driver.execute(sql, params))
+            if len(statements) == 1:
+                # Pipeline mode would only add its own sync and waits to a lone statement.
+                sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
+                cursors = [await driver.execute(sql, params)]
+            else:
+                async with driver.pipeline():
+                    cursors = []
+                    for sql, params in statements:
+                        sync.dispatch.before_cursor_execute(sync, None, sql, params, None, False)
+                        cursors.append(await driver.execute(sql, params))
             wanted = cursors[rows_of]
             return await wanted.fetchall() if wanted.description is not None else []
         except psycopg.Error as exc:
@@ -468,6 +492,55 @@ class SqlInventoryRepository:
         }
         return [(_LOCK_FOR_HOLD, locks), (_CHECK_NEW_HOLD, check)]
 
+    def _placed_hold(
+        self, inventories: list[SeatInventory], unlocked: dict[int, tuple[NewHold, HoldOffer]]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The one statement that writes a new hold decided on an unlocked read, when that hold
+        (with the lapsed holds it expires) is all the unit of work changed."""
+        changed = [inventory for inventory in inventories if inventory.writes]
+        if len(changed) != 1 or id(changed[0]) not in unlocked:
+            return None
+        inventory = changed[0]
+        added = [w.hold for w in inventory.writes if isinstance(w, HoldAdded)]
+        ended = [w for w in inventory.writes if isinstance(w, HoldEnded)]
+        if len(added) != 1 or len(added) + len(ended) != len(inventory.writes) or inventory.layout_changed:
+            return None
+        hold = added[0]
+        new_hold, offer = unlocked[id(inventory)]
+        assert inventory.showtime is not None
+        return (
+            _PLACE_HOLD,
+            {
+                "customer_key": advisory_key(LockNamespace.CUSTOMER_HOLDS, str(new_hold.customer_id)),
+                "showtime_key": advisory_key(LockNamespace.SHOWTIME_SEATS, str(inventory.showtime_id)),
+                "showtime_id": inventory.showtime_id,
+                # A move between the read and the locks changes the slot or the seats' hall.
+                "starts_at": inventory.showtime.starts_at,
+                "hall_id": inventory.showtime.hall_id,
+                "customer_id": new_hold.customer_id,
+                "now": hold.created_at,
+                "active_holds": offer.active_holds,
+                "seat_ids": [seat.seat_id for seat in hold.seats],
+                "limited": not new_hold.staff,
+                "rate_since": new_hold.rate_since or hold.created_at,
+                "rate_limit": new_hold.rate_limit,
+                "recent_holds": len(offer.recent_holds),
+                "seats_of_customer": offer.seats_of_customer,
+                "ended_ids": [w.hold.id for w in ended],
+                "ended_states": [w.hold.state.value for w in ended],
+                "ended_ats": [w.at for w in ended],
+                "ended_bys": [w.hold.ended_by for w in ended],
+                "ended_reasons": [w.hold.end_reason for w in ended],
+                "hold_id": hold.id,
+                "expires_at": hold.expires_at,
+                "created_at": hold.created_at,
+                "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                "amounts": [seat.price.amount_minor for seat in hold.seats],
+                "currencies": [seat.price.currency for seat in hold.seats],
+                "changes": _changes_json(one_version(inventory.changes)),
+            },
+        )
+
     def _loaded(self, inventory: SeatInventory) -> SeatInventory:
         self._seen.append(inventory)
         return inventory
@@ -504,7 +577,7 @@ class SqlInventoryRepository:
             SeatInventory(
                 showtime_id,
                 _showtime(showtime_id, row[:10]),
-                holds=[_hold(showtime_id, item) for item in row[10] or ()],
+                holds=[hold_of(showtime_id, item) for item in row[10] or ()],
                 bookings=[_booking(showtime_id, item) for item in row[11] or ()],
             )
         )
@@ -555,7 +628,7 @@ class SqlInventoryRepository:
             recently_ended=tuple((uuid.UUID(seat_id), datetime.fromisoformat(at)) for seat_id, at in ended or ()),
         )
         inventory = SeatInventory(
-            showtime_id, showtime, holds=[_hold(showtime_id, item) for item in lapsed or ()], offer=offer
+            showtime_id, showtime, holds=[hold_of(showtime_id, item) for item in lapsed or ()], offer=offer
         )
         if not new_hold.lock_first:
             self._unlocked[id(inventory)] = (new_hold, offer)
@@ -576,7 +649,7 @@ class SqlInventoryRepository:
         return [
             self._loaded(
                 SeatInventory(
-                    showtime_id, None, holds=[_hold(showtime_id, item) for item in lapsed.get(showtime_id, ())]
+                    showtime_id, None, holds=[hold_of(showtime_id, item) for item in lapsed.get(showtime_id, ())]
                 )
             )
             for showtime_id in locked
@@ -592,8 +665,12 @@ class SqlInventoryRepository:
         unlocked, self._unlocked = self._unlocked, {}
         writes = [write for inventory in inventories for write in inventory.writes]
         statements: list[tuple[str, dict[str, Any]]] = []
+        placed = self._placed_hold(inventories, unlocked)
+        if placed is not None:
+            statements.append(placed)
+            writes = []
         for inventory in inventories:
-            if id(inventory) in unlocked and inventory.writes:
+            if id(inventory) in unlocked and inventory.writes and placed is None:
                 statements += self._new_hold_locks_and_check(inventory, *unlocked[id(inventory)])
         ended = [w for w in writes if isinstance(w, HoldEnded)]
         if ended:
@@ -678,7 +755,9 @@ class SqlInventoryRepository:
         }
         relaid = {inventory.showtime_id for inventory in inventories if inventory.layout_changed}
         versions_at = len(statements)
-        if changed:
+        if placed is not None:
+            versions_at = 0
+        elif changed:
             statements.append(
                 (
                     _NEXT_VERSIONS,
@@ -691,11 +770,13 @@ class SqlInventoryRepository:
             )
         if not statements:
             return []
-        # The commit goes in the same pipeline: no lock taken here waits for this process.
-        if self._own_begin is not None:
-            statements.insert(0, ("BEGIN", {}))
-            versions_at += 1
-        statements.append(("COMMIT", {}))
+        # The commit goes in the same pipeline: no lock taken here waits for this process. A
+        # placed hold alone in autocommit is a transaction of its own.
+        if placed is None or self._own_begin is None:
+            if self._own_begin is not None:
+                statements.insert(0, ("BEGIN", {}))
+                versions_at += 1
+            statements.append(("COMMIT", {}))
         try:
             rows = await self._pipeline(*statements, rows_of=versions_at)
         except IntegrityError as exc:

@@ -365,6 +365,16 @@ def _busy_during(starts_at: datetime, busy_until: datetime, besides: uuid.UUID |
     return condition if besides is None else and_(condition, ShowtimeRow.id != besides)
 
 
+# A showtime with its prices in one statement (GetShowtime reads nothing else).
+_SHOWTIME = """
+SELECT showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
+       showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
+       (SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
+        FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
+FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
+"""
+
+
 class SqlShowtimeRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -407,9 +417,27 @@ class SqlShowtimeRepository:
         )
 
     async def get(self, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime | None:
-        query = select(ShowtimeRow).where(ShowtimeRow.id == showtime_id)
-        if for_update:
-            query = query.with_for_update()
+        if not for_update:
+            # Plain SQL in the driver's paramstyle: no ORM entities on the hot read.
+            connection = await self._session.connection()
+            found = (await connection.exec_driver_sql(_SHOWTIME, {"showtime_id": showtime_id})).first()
+            if found is None:
+                return None
+            (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, reason, created_at, prices) = tuple(
+                found
+            )
+            return Showtime(
+                showtime_id,
+                cinema_id,
+                hall_id,
+                movie_id,
+                BusyPeriod(starts_at, ends_at, busy_until),
+                {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
+                ShowtimeState(state),
+                reason,
+                created_at,
+            )
+        query = select(ShowtimeRow).where(ShowtimeRow.id == showtime_id).with_for_update()
         row = await self._session.scalar(query)
         if row is None:
             return None

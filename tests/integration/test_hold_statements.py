@@ -9,7 +9,7 @@ import uuid
 
 import psycopg
 from pydantic import SecretStr
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
 
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.screening.v1 import screening_pb2 as spb
@@ -165,11 +165,19 @@ def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
     caller = Caller(uuid.UUID(ana.user.id), frozenset({Role.CUSTOMER}))
     cmd = HoldSeats(uuid.UUID(sale.showtime.id), (uuid.UUID(sale.seat("D1")), uuid.UUID(sale.seat("D2"))))
 
+    sent: dict[uuid.UUID | None, list[str]] = {}
+
     async def timed(hold_id: uuid.UUID | None) -> tuple[float, Hold]:
         database = open_database(settings, run_migrations=False)
         try:
             async with SqlUnitOfWork(database.sessions) as warm:  # the connection is made before
                 await warm.booking.current_version(cmd.showtime_id)
+            statements = sent.setdefault(hold_id, [])
+            event.listen(
+                database.engine.sync_engine,
+                "before_cursor_execute",
+                lambda *args: statements.append(" ".join(args[2].split())[:40]),
+            )
             link.delay = ANSWER_DELAY
             uow, clock = SqlUnitOfWork(database.sessions), SystemClock()
             started = time.monotonic()
@@ -210,6 +218,9 @@ def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
     finally:
         link.close()
     assert round(elapsed / ANSWER_DELAY) == 2, f"the hold took {elapsed:.3f} s"
+    # Two statements: the read, then one that locks, checks, writes and commits (no BEGIN,
+    # no COMMIT: in autocommit it is a transaction of its own).
+    assert len(sent[None]) == 2 and sent[None][1].startswith("SELECT %(showtime_id)s, new_version"), sent[None]
     assert locked_for < ANSWER_DELAY / 2, f"the showtime was locked for {locked_for:.3f} s"
     assert release_locked_for >= ANSWER_DELAY / 2, "the watcher did not see the release's lock"
     # The lapsed hold expired in the hold's own version (each seat once, with its last state).
