@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -76,12 +76,13 @@ SELECT showtime_id FROM unnest(%(showtime_ids)s::uuid[], %(keys)s::bigint[]) AS 
 WHERE pg_try_advisory_xact_lock(key)
 """
 
-# A hold as a JSON array, its seats with their frozen prices in layout order.
+# A hold as a JSON array, its seats with their frozen prices in layout order (and whether each
+# seat is in service: a seat whose claim ends shows as out of service if it is).
 HOLD_JSON = """
 json_build_array(hold.id, hold.customer_id, hold.state, hold.expires_at, hold.extensions_used, hold.created_at,
                  hold.payment_deadline, hold.ended_by, hold.end_reason,
                  (SELECT json_agg(json_build_array(claim.seat_id, seat.row_label, seat.number, seat.kind,
-                                                   claim.amount_minor, claim.currency)
+                                                   claim.amount_minor, claim.currency, seat.in_service)
                                   ORDER BY seat.row_index, seat.grid_column)
                   FROM booking.seat_claims AS claim JOIN screening.seats AS seat ON seat.id = claim.seat_id
                   WHERE claim.hold_id = hold.id))
@@ -92,7 +93,8 @@ json_build_array(booking.id, booking.customer_id, booking.hold_id, booking.state
                  booking.counter_payment, booking.refund_state, booking.created_at, booking.cancelled_at,
                  booking.cancel_reason, booking.cancelled_by,
                  (SELECT json_agg(json_build_array(claim.seat_id, seat.row_label, seat.number, seat.kind,
-                                                   claim.amount_minor, claim.currency, claim.id, claim.status)
+                                                   claim.amount_minor, claim.currency, claim.id, claim.status,
+                                                   seat.in_service)
                                   ORDER BY seat.row_index, seat.grid_column)
                   FROM booking.seat_claims AS claim JOIN screening.seats AS seat ON seat.id = claim.seat_id
                   WHERE claim.booking_id = booking.id))
@@ -342,7 +344,7 @@ def hold_of(showtime_id: uuid.UUID, item: list[Any]) -> Hold:
         uuid.UUID(hold_id),
         showtime_id,
         uuid.UUID(customer_id),
-        tuple(_claimed(*seat) for seat in seats or ()),
+        tuple(_claimed(*seat[:6]) for seat in seats or ()),
         HoldState(state),
         datetime.fromisoformat(expires_at),
         int(extensions),
@@ -374,7 +376,8 @@ def _booking(showtime_id: uuid.UUID, item: list[Any]) -> Booking:
         uuid.UUID(customer_id),
         uuid.UUID(hold_id),
         tuple(
-            Ticket(uuid.UUID(claim_id), _claimed(*seat), status == "SOLD") for *seat, claim_id, status in tickets or ()
+            Ticket(uuid.UUID(claim_id), _claimed(*seat), status == "SOLD")
+            for *seat, claim_id, status, _ in tickets or ()
         ),
         BookingState(state),
         SaleChannel(channel),
@@ -385,6 +388,12 @@ def _booking(showtime_id: uuid.UUID, item: list[Any]) -> Booking:
         cancel_reason,
         _uuid(cancelled_by),
     )
+
+
+def _out_of_service(holds: Iterable[list[Any]], bookings: Iterable[list[Any]] = ()) -> frozenset[uuid.UUID]:
+    """The seats of these holds and bookings (as JSON arrays) that are out of service now."""
+    seats = [seat for item in holds for seat in item[9] or ()] + [seat for item in bookings for seat in item[11] or ()]
+    return frozenset(uuid.UUID(seat[0]) for seat in seats if not seat[-1])
 
 
 def _showtime(showtime_id: uuid.UUID, columns: Sequence[Any]) -> Showtime:
@@ -579,6 +588,7 @@ class SqlInventoryRepository:
                 _showtime(showtime_id, row[:10]),
                 holds=[hold_of(showtime_id, item) for item in row[10] or ()],
                 bookings=[_booking(showtime_id, item) for item in row[11] or ()],
+                out_of_service=_out_of_service(row[10] or (), row[11] or ()),
             )
         )
 
@@ -628,7 +638,11 @@ class SqlInventoryRepository:
             recently_ended=tuple((uuid.UUID(seat_id), datetime.fromisoformat(at)) for seat_id, at in ended or ()),
         )
         inventory = SeatInventory(
-            showtime_id, showtime, holds=[hold_of(showtime_id, item) for item in lapsed or ()], offer=offer
+            showtime_id,
+            showtime,
+            holds=[hold_of(showtime_id, item) for item in lapsed or ()],
+            offer=offer,
+            out_of_service=_out_of_service(lapsed or ()),
         )
         if not new_hold.lock_first:
             self._unlocked[id(inventory)] = (new_hold, offer)
@@ -649,7 +663,10 @@ class SqlInventoryRepository:
         return [
             self._loaded(
                 SeatInventory(
-                    showtime_id, None, holds=[hold_of(showtime_id, item) for item in lapsed.get(showtime_id, ())]
+                    showtime_id,
+                    None,
+                    holds=[hold_of(showtime_id, item) for item in lapsed.get(showtime_id, ())],
+                    out_of_service=_out_of_service(lapsed.get(showtime_id, ())),
                 )
             )
             for showtime_id in locked

@@ -211,7 +211,7 @@ def test_a_watcher_resuming_from_before_a_seat_went_out_of_service_catches_up(
     assert [(c.seat_id, c.state) for c in live.changes.changes] == [(sale.seat("E1"), bpb.SEAT_STATE_FREE)]
 
 
-def test_a_held_seat_taken_out_of_service_stays_held_and_no_change_is_announced(
+def test_a_held_seat_taken_out_of_service_stays_held_until_its_hold_ends(
     watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
 ) -> None:
     held = hold(ana, sale, "B2")
@@ -222,6 +222,15 @@ def test_a_held_seat_taken_out_of_service_stays_held_and_no_change_is_announced(
     now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
     assert (now.version, states(now, sale)) == (version, {"B2": bpb.SEAT_STATE_HELD})
     assert ana.booking.GetHold(bpb.GetHoldRequest(hold_id=held.id)).state == bpb.HOLD_STATE_ACTIVE
+    # Once the hold ends the seat is out of service, on the stream as on the seat map.
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    released = reader.next()
+    assert released.changes.version == version + 1
+    assert [(c.seat_id, c.state) for c in released.changes.changes] == [
+        (sale.seat("B2"), bpb.SEAT_STATE_OUT_OF_SERVICE)
+    ]
+    now = ana.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
+    assert (now.version, states(now, sale)) == (version + 1, {"B2": bpb.SEAT_STATE_OUT_OF_SERVICE})
 
 
 def test_a_watcher_that_reconnects_with_its_version_gets_only_what_it_missed(

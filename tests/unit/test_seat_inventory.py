@@ -241,3 +241,25 @@ def test_a_seat_freed_by_a_lapsed_hold_is_announced_out_of_service_in_the_same_v
     inventory.set_seat_service(out_of_service("A5"), NOW)
     assert one_version(inventory.changes) == (SeatChange(seat("A5").id, SeatState.OUT_OF_SERVICE),)
     assert inventory.hold_of(LAPSED.id).state is HoldState.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("claim", "end"),
+    [
+        (HELD, lambda inv: inv.release(HELD.id, NOW)),
+        (LAPSED, lambda inv: inv.expire(NOW)),
+        (SOLD, lambda inv: inv.cancel(SOLD.id, NOW, by=None, reason="changed plans")),
+    ],
+)
+def test_a_seat_out_of_service_whose_claim_ends_is_announced_out_of_service(
+    claim: Hold | Booking, end: Callable[[SeatInventory], object]
+) -> None:
+    if isinstance(claim, Hold):
+        seat_ids = {s.seat_id for s in claim.seats}
+        inventory = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[claim], out_of_service=seat_ids)
+    else:
+        seat_ids = {t.seat.seat_id for t in claim.tickets}
+        inventory = SeatInventory(SHOWTIME.id, SHOWTIME, bookings=[claim], out_of_service=seat_ids)
+    end(inventory)
+    announced = {c.seat_id: c.state for c in one_version(inventory.changes)}
+    assert announced == dict.fromkeys(seat_ids, SeatState.OUT_OF_SERVICE)

@@ -187,14 +187,16 @@ class SeatInventory:
         holds: Iterable[Hold] = (),
         bookings: Iterable[Booking] = (),
         offer: HoldOffer | None = None,
+        out_of_service: Iterable[uuid.UUID] = (),
     ) -> None:
         self.showtime_id = showtime_id
         self.showtime = showtime
         self._holds = {hold.id: hold for hold in holds}
         self._bookings = {booking.id: booking for booking in bookings}
         self._offer = offer
-        # Seats whose service state a method here set: seat -> in service.
-        self._in_service: dict[uuid.UUID, bool] = {}
+        # Seats known to be out of service (loaded among the claimed seats, or set here), and
+        # seats put back in service here: seat -> in service.
+        self._in_service: dict[uuid.UUID, bool] = dict.fromkeys(out_of_service, False)
         self.writes: list[InventoryWrite] = []
         self.changes: list[SeatChange] = []
         # Its seats were replaced by other seats: its next version tells watchers to start over.
@@ -229,8 +231,8 @@ class SeatInventory:
 
     def seat_states(self, now: datetime) -> dict[uuid.UUID, SeatState]:
         """The seats claimed by what is loaded, as a watcher should see them now: held by a hold
-        that has not lapsed, or sold. A seat set out of service and not claimed is out of
-        service; any other seat it knows of is free."""
+        that has not lapsed, or sold. A seat known to be out of service and not claimed is out
+        of service; any other seat it knows of is free."""
         states: dict[uuid.UUID, SeatState] = {
             seat_id: SeatState.FREE if in_service else SeatState.OUT_OF_SERVICE
             for seat_id, in_service in self._in_service.items()
@@ -254,7 +256,12 @@ class SeatInventory:
 
     def _record(self, write: InventoryWrite, seats: Iterable[uuid.UUID], state: SeatState) -> None:
         self.writes.append(write)
-        self.changes.extend(SeatChange(seat_id, state) for seat_id in seats)
+        for seat_id in seats:
+            # A seat whose claim ends shows as the seat map shows an unclaimed seat.
+            if state is SeatState.FREE and not self._in_service.get(seat_id, True):
+                self.changes.append(SeatChange(seat_id, SeatState.OUT_OF_SERVICE))
+            else:
+                self.changes.append(SeatChange(seat_id, state))
 
     def _put_hold(self, hold: Hold) -> Hold:
         self._holds[hold.id] = hold
