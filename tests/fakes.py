@@ -22,6 +22,7 @@ from cinema_grpc.domain.booking.inventory import (
     HoldKept,
     HoldOffer,
     HoldSold,
+    LapsedHoldsExpired,
     NewHold,
     SeatInventory,
     one_version,
@@ -31,6 +32,7 @@ from cinema_grpc.domain.booking.model import (
     Booking,
     Hold,
     HoldState,
+    SeatChange,
     SeatEvent,
     SeatMap,
     SeatState,
@@ -166,16 +168,14 @@ class FakeInventories:
         return HoldOffer(new_hold.customer_id, active, seats, frozenset(s.id for s in seats if s.id in claimed))
 
     async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
-        found = []
-        for showtime_id in showtime_ids:
-            lapsed = [
-                h
-                for h in self._store.holds.values()
-                if h.showtime_id == showtime_id and h.state is HoldState.ACTIVE and not h.active(now)
-            ]
-            found.append(SeatInventory(showtime_id, None, holds=lapsed))
+        found = [SeatInventory(showtime_id, None) for showtime_id in showtime_ids]
         self.seen += found
         return found
+
+    def _out_of_service(self, showtime_id: uuid.UUID) -> set[uuid.UUID]:
+        showtime = self._store.showtimes.get(showtime_id)
+        hall = self._store.halls.get(showtime.hall_id) if showtime is not None else None
+        return {seat.id for seat in hall.seats if not seat.in_service} if hall is not None else set()
 
     def flush(self) -> list[SeatEvent]:
         """All or nothing, as a transaction: a refused claim leaves the store as it was."""
@@ -193,6 +193,7 @@ class FakeInventories:
             raise StaleDecision("the seats changed while the hold was decided; decide again")
         events = []
         for inventory in self.seen:
+            freed = []  # by a bulk expiry: announced as the database announces them
             for write in inventory.writes:
                 match write:
                     case HoldAdded(hold):
@@ -208,6 +209,19 @@ class FakeInventories:
                         store.bookings[booking.id] = booking
                     case BookingCancelled(booking):
                         store.bookings[booking.id] = booking
+                    case LapsedHoldsExpired():
+                        out = self._out_of_service(inventory.showtime_id)
+                        for hold in [h for h in store.holds.values() if h.showtime_id == inventory.showtime_id]:
+                            if write.ends(hold):
+                                store.holds[hold.id] = replace(hold, state=HoldState.EXPIRED)
+                                freed += [
+                                    SeatChange(
+                                        s.seat_id, SeatState.OUT_OF_SERVICE if s.seat_id in out else SeatState.FREE
+                                    )
+                                    for s in hold.seats
+                                ]
+            if freed:
+                inventory.changes = freed
             if inventory.announces:
                 version = store.versions.get(inventory.showtime_id, 0) + 1
                 store.versions[inventory.showtime_id] = version

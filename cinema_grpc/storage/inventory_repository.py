@@ -34,6 +34,7 @@ from cinema_grpc.domain.booking.inventory import (
     HoldKept,
     HoldOffer,
     HoldSold,
+    LapsedHoldsExpired,
     NewHold,
     SeatInventory,
     one_version,
@@ -49,6 +50,7 @@ from cinema_grpc.domain.booking.model import (
     SaleChannel,
     SeatChange,
     SeatEvent,
+    SeatState,
     Ticket,
 )
 from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
@@ -184,15 +186,6 @@ SELECT {_SHOWTIME_COLUMNS},
 FROM showtime
 """)
 
-# The lapsed holds of the showtimes asked about (the sweeper keeps those it could lock).
-_LOAD_LAPSED = f"""
-SELECT hold.showtime_id, json_agg({HOLD_JSON})
-FROM booking.holds AS hold
-WHERE hold.showtime_id = ANY(%(showtime_ids)s::uuid[]) AND hold.state = 'ACTIVE'
-  AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s
-GROUP BY hold.showtime_id
-"""
-
 # ---------------------------------------------------------------- writes, in this order
 
 # A new hold decided on an unlocked read: under its locks, what the decision depended on is
@@ -323,6 +316,48 @@ INSERT INTO booking.seat_events (showtime_id, version, changes, layout_changed)
 SELECT version.showtime_id, version.version, changed.changes, changed.layout_changed
 FROM version JOIN changed USING (showtime_id)
 RETURNING showtime_id, version, created_at
+"""
+
+
+# The sweeper's bulk expiry, for every showtime swept (each locked) in one statement: their lapsed
+# holds expire, their claims are released, and each showtime's freed seats become its next
+# version and event (each seat FREE, or OUT_OF_SERVICE), the event's JSON built here in the form
+# _changes_json gives. A hold whose card payment is in flight is kept until its payment deadline.
+_EXPIRE_LAPSED = """
+WITH swept AS (
+    SELECT * FROM unnest(%(showtime_ids)s::uuid[], %(ats)s::timestamptz[]) AS swept (showtime_id, at)
+), expired AS (
+    UPDATE booking.holds AS hold SET state = 'EXPIRED', ended_at = swept.at
+    FROM swept
+    WHERE hold.showtime_id = swept.showtime_id AND hold.state = 'ACTIVE'
+      AND greatest(hold.expires_at, hold.payment_deadline) <= swept.at
+    RETURNING hold.id
+), freed AS (
+    UPDATE booking.seat_claims SET status = 'RELEASED'
+    WHERE showtime_id = ANY(%(showtime_ids)s::uuid[]) AND status = 'HELD'
+      AND hold_id IN (SELECT id FROM expired)
+    RETURNING showtime_id, seat_id
+), shown AS (
+    -- A seat whose claim ends shows as the seat map shows an unclaimed seat.
+    SELECT freed.showtime_id, freed.seat_id,
+           CASE WHEN seat.in_service THEN 'FREE' ELSE 'OUT_OF_SERVICE' END AS state
+    FROM freed JOIN screening.seats AS seat ON seat.id = freed.seat_id
+), by_showtime AS (
+    SELECT showtime_id, array_agg(seat_id ORDER BY seat_id) AS seat_ids, array_agg(state ORDER BY seat_id) AS states,
+           jsonb_agg(jsonb_build_array(seat_id, state) ORDER BY seat_id) AS changes
+    FROM shown GROUP BY showtime_id
+), version AS (
+    INSERT INTO booking.showtime_versions AS current (showtime_id, version)
+    SELECT showtime_id, 1 FROM by_showtime
+    ON CONFLICT (showtime_id) DO UPDATE SET version = current.version + 1
+    RETURNING showtime_id, version
+), event AS (
+    INSERT INTO booking.seat_events (showtime_id, version, changes)
+    SELECT version.showtime_id, version.version, by_showtime.changes FROM version JOIN by_showtime USING (showtime_id)
+    RETURNING showtime_id, version, created_at
+)
+SELECT event.showtime_id, event.version, event.created_at, by_showtime.seat_ids, by_showtime.states
+FROM event JOIN by_showtime USING (showtime_id)
 """
 
 
@@ -655,22 +690,39 @@ class SqlInventoryRepository:
         locked = [
             row[0] for row in await connection.exec_driver_sql(_TRY_LOCK_SHOWTIMES, {"showtime_ids": ids, "keys": keys})
         ]
-        if not locked:
-            return []
-        # Read once the locks are held, so the snapshot shows what their last holders committed.
-        rows = await connection.exec_driver_sql(_LOAD_LAPSED, {"showtime_ids": locked, "now": now})
-        lapsed: dict[uuid.UUID, list[Any]] = dict(rows.all())  # type: ignore[arg-type]
-        return [
-            self._loaded(
-                SeatInventory(
-                    showtime_id,
-                    None,
-                    holds=[hold_of(showtime_id, item) for item in lapsed.get(showtime_id, ())],
-                    out_of_service=_out_of_service(lapsed.get(showtime_id, ())),
-                )
+        # Nothing is read: their lapsed holds are expired in bulk (expire_lapsed), by a statement
+        # that runs, as each statement does, in a snapshot taken with these locks held.
+        return [self._loaded(SeatInventory(showtime_id, None)) for showtime_id in locked]
+
+    async def _commit_bulk_expiry(self, inventories: list[SeatInventory]) -> list[SeatEvent]:
+        """Writes the bulk expiries of these inventories, and commits, in one round trip."""
+        writes = [(inventory.showtime_id, write) for inventory in inventories for write in inventory.writes]
+        expiries = {showtime_id: write.at for showtime_id, write in writes if isinstance(write, LapsedHoldsExpired)}
+        if len(expiries) != len(writes):
+            raise ValueError("a unit of work that expires lapsed holds in bulk writes nothing else")
+        try:
+            rows = await self._pipeline(
+                (_EXPIRE_LAPSED, {"showtime_ids": list(expiries), "ats": list(expiries.values())}),
+                ("COMMIT", {}),
+                rows_of=0,
             )
-            for showtime_id in locked
+        finally:
+            await self.end()
+        events = [
+            SeatEvent(
+                showtime_id,
+                int(version),
+                tuple(SeatChange(seat_id, SeatState(state)) for seat_id, state in zip(seat_ids, states, strict=True)),
+                at,
+            )
+            for showtime_id, version, at, seat_ids, states in rows
         ]
+        recorded = {event.showtime_id: event for event in events}
+        for inventory in inventories:
+            if (event := recorded.get(inventory.showtime_id)) is not None:
+                inventory.version = event.version
+                inventory.changes = list(event.changes)
+        return events
 
     async def commit(self) -> list[SeatEvent]:
         """Writes what the loaded inventories changed, and their seat changes as each showtime's
@@ -680,6 +732,8 @@ class SqlInventoryRepository:
         hold's decision no longer holds under its locks."""
         inventories, self._seen = self._seen, []
         unlocked, self._unlocked = self._unlocked, {}
+        if any(isinstance(write, LapsedHoldsExpired) for inventory in inventories for write in inventory.writes):
+            return await self._commit_bulk_expiry(inventories)
         writes = [write for inventory in inventories for write in inventory.writes]
         statements: list[tuple[str, dict[str, Any]]] = []
         placed = self._placed_hold(inventories, unlocked)

@@ -3,6 +3,7 @@ aggregate itself (a new method without a scenario here fails the suite)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cinema_grpc.domain.booking.inventory import HoldOffer, SeatInventory, one_version
+from cinema_grpc.domain.booking.inventory import HoldOffer, LapsedHoldsExpired, SeatInventory, one_version
 from cinema_grpc.domain.booking.model import (
     Booking,
     BookingRules,
@@ -29,6 +30,7 @@ from cinema_grpc.domain.errors import HoldNotActive, SeatAlreadyTaken, ShowtimeH
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.screening.model import (
     BusyPeriod,
+    Hall,
     RowSpec,
     Seat,
     SeatKind,
@@ -37,13 +39,13 @@ from cinema_grpc.domain.screening.model import (
     ShowtimeState,
     generate_seats,
 )
+from tests.fakes import FakeUnitOfWork, Store
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 RULES = BookingRules()
 HALL = uuid.uuid4()
-SEATS = generate_seats(
-    HALL, SeatLayout((RowSpec("A", 6), RowSpec("B", 4, overrides={1: SeatKind.WHEELCHAIR, 2: SeatKind.COMPANION})))
-)
+LAYOUT = SeatLayout((RowSpec("A", 6), RowSpec("B", 4, overrides={1: SeatKind.WHEELCHAIR, 2: SeatKind.COMPANION})))
+SEATS = generate_seats(HALL, LAYOUT)
 SHOWTIME = Showtime(
     uuid.uuid4(),
     uuid.uuid4(),
@@ -139,11 +141,14 @@ SCENARIOS: dict[str, Callable[[], tuple[SeatInventory, Callable[[SeatInventory],
 READS = {"find_hold", "hold_of", "booking_of", "seat_states", "holds", "bookings", "claimed_seats", "announces"}
 # Methods after which watchers take a fresh seat map instead of seat changes.
 NEW_SEAT_MAP = {"replace_seats"}
+# Changes written in bulk, whose seat changes the storage finds and announces: proven below with
+# the in-memory store, and against PostgreSQL in tests/integration/test_hold_statements.py.
+BULK = {"expire_lapsed"}
 
 
 def test_every_method_that_changes_the_inventory_has_a_scenario() -> None:
     public = {name for name, _ in inspect.getmembers(SeatInventory) if not name.startswith("_")}
-    assert public - READS - NEW_SEAT_MAP == set(SCENARIOS)
+    assert public - READS - NEW_SEAT_MAP - BULK == set(SCENARIOS)
 
 
 @pytest.mark.parametrize("method", sorted(SCENARIOS))
@@ -263,3 +268,46 @@ def test_a_seat_out_of_service_whose_claim_ends_is_announced_out_of_service(
     end(inventory)
     announced = {c.seat_id: c.state for c in one_version(inventory.changes)}
     assert announced == dict.fromkeys(seat_ids, SeatState.OUT_OF_SERVICE)
+
+
+def test_a_bulk_expiry_announces_every_seat_it_frees_and_no_other() -> None:
+    also_lapsed = a_hold("B3", "B4", expires_in=-timedelta(seconds=1))
+    holds = [LAPSED, HELD, PAYING, also_lapsed]
+    seats = tuple(replace(s, in_service=False) if s.label == "B4" else s for s in SEATS)
+    hall = Hall(HALL, SHOWTIME.cinema_id, "Hall", LAYOUT, seats, NOW, NOW)
+    store = Store(showtimes={SHOWTIME.id: SHOWTIME}, halls={HALL: hall}, holds={h.id: h for h in holds})
+    out = {seat("B4").id}
+    before = SeatInventory(SHOWTIME.id, SHOWTIME, holds=holds, out_of_service=out).seat_states(NOW)
+
+    async def sweep() -> SeatInventory:
+        async with FakeUnitOfWork(store) as uow:
+            (inventory,) = await uow.inventories.try_lock_lapsed([SHOWTIME.id], NOW)
+            inventory.expire_lapsed(NOW)
+            assert inventory.writes == [LapsedHoldsExpired(NOW)] and inventory.changes == []
+            await uow.commit()
+        return inventory
+
+    inventory = asyncio.run(sweep())
+    after = SeatInventory(SHOWTIME.id, SHOWTIME, holds=store.holds.values(), out_of_service=out).seat_states(NOW)
+    ended = [h for h in holds if store.holds[h.id].state is not h.state]
+    assert ended == [h for h in holds if LapsedHoldsExpired(NOW).ends(h)] == [LAPSED, also_lapsed]
+    (event,) = store.published
+    announced = {c.seat_id: c.state for c in event.changes}
+    # Every seat of the holds it ended, as an unclaimed seat shows: free, or out of service.
+    assert announced == {
+        s.seat_id: SeatState.OUT_OF_SERVICE if s.seat_id in out else SeatState.FREE for h in ended for s in h.seats
+    }
+    changed = {s for s in before.keys() | after.keys() if before.get(s, SeatState.FREE) != after.get(s, SeatState.FREE)}
+    assert changed <= announced.keys()
+    assert announced == {s: after.get(s, SeatState.FREE) for s in announced}
+    assert inventory.changes == list(event.changes) and inventory.version == event.version == 1
+
+
+def test_a_bulk_expiry_shows_the_loaded_lapsed_holds_expired_and_is_the_inventorys_only_change() -> None:
+    inventory = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[LAPSED, HELD, PAYING])
+    inventory.expire_lapsed(NOW)
+    assert [h.state for h in inventory.holds] == [HoldState.EXPIRED, HoldState.ACTIVE, HoldState.ACTIVE]
+    changed = SeatInventory(SHOWTIME.id, SHOWTIME, holds=[HELD])
+    changed.release(HELD.id, NOW)
+    with pytest.raises(AssertionError):
+        changed.expire_lapsed(NOW)

@@ -159,7 +159,21 @@ class SeatServiceSet:
     seat: Seat
 
 
-InventoryWrite = HoldAdded | HoldEnded | HoldKept | HoldSold | BookingCancelled | SeatServiceSet
+@dataclass(frozen=True)
+class LapsedHoldsExpired:
+    """Every hold of the showtime that has lapsed by ``at`` expires and its held seats are free,
+    written in bulk by the storage without loading the holds: the storage announces the seats it
+    frees in the showtime's next version, each as an unclaimed seat shows (FREE, or
+    OUT_OF_SERVICE), so they need not be known here."""
+
+    at: datetime
+
+    def ends(self, hold: Hold) -> bool:
+        """Whether it expires this hold: active, and past its expiry and any payment deadline."""
+        return hold.state is HoldState.ACTIVE and not hold.active(self.at)
+
+
+InventoryWrite = HoldAdded | HoldEnded | HoldKept | HoldSold | BookingCancelled | SeatServiceSet | LapsedHoldsExpired
 
 
 def check_sellable(showtime: Showtime | None, showtime_id: uuid.UUID, now: datetime) -> Showtime:
@@ -274,6 +288,19 @@ class SeatInventory:
             ended = self._put_hold(replace(hold, state=HoldState.EXPIRED))
             self._record(HoldEnded(ended, now), (s.seat_id for s in hold.seats), SeatState.FREE)
         return len(lapsed)
+
+    def expire_lapsed(self, now: datetime) -> None:
+        """Ends every hold of the showtime that has lapsed by ``now``, loaded or not, in one bulk
+        change (the sweeper's: many showtimes' holds, none of them loaded one by one). The seats
+        it frees are announced by the storage, which finds them as it writes the change; a
+        loaded lapsed hold is shown EXPIRED here too. Recorded alone: a unit of work that
+        expires in bulk changes nothing else."""
+        assert not self.writes, "a bulk expiry is the only change of its inventory"
+        expiry = LapsedHoldsExpired(now)
+        for hold in list(self._holds.values()):
+            if expiry.ends(hold):
+                self._put_hold(replace(hold, state=HoldState.EXPIRED))
+        self.writes.append(expiry)
 
     def hold_seats(self, seat_ids: Sequence[uuid.UUID], rules: BookingRules, now: datetime) -> Hold:
         """Holds these seats (and the free companion seat beside each wheelchair space) for the

@@ -419,7 +419,8 @@ async def release_expired_holds(
     Takes ``batch`` showtimes with expired holds per transaction, ``parallel`` transactions at a
     time on disjoint showtimes. Each locks those of its showtimes that are not busy (a showtime
     whose lock is taken is left to a later run; its expired holds count as free already),
-    expires their due holds and records one availability version per showtime.
+    expires their due holds in bulk (without loading them) and records one availability version
+    per showtime.
     """
     freed = 0
     while True:
@@ -450,6 +451,6 @@ async def _expire_showtimes(
         if not inventories:
             return 0, 0
         for inventory in inventories:
-            inventory.expire(now)
+            inventory.expire_lapsed(now)
         await uow.commit()
     return sum(len(inventory.changes) for inventory in inventories), len(inventories)
