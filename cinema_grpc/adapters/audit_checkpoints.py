@@ -3,9 +3,11 @@ a file in the data dir (mode 0600) and, for checkpoints, the log as well."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,8 +36,8 @@ def audit_key(configured: str | None, data_dir: Path) -> bytes:
 
 
 class FileCheckpoints:
-    """The latest checkpoint in one JSON file, replaced atomically; each one is also logged, so
-    the log keeps their history."""
+    """The latest checkpoint in one JSON file, replaced atomically and never by an older one;
+    each one is also logged, so the log keeps their history."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -57,7 +59,16 @@ class FileCheckpoints:
             log.error("the audit checkpoint is unreadable", path=str(self.path))
             return AuditCheckpoint(0, "", datetime.fromtimestamp(0, UTC), "unreadable")
 
-    def save(self, checkpoint: AuditCheckpoint) -> None:
+    def save(self, checkpoint: AuditCheckpoint) -> bool:
+        """Keeps the checkpoint unless the file holds one of a higher sequence; whether it did.
+
+        Every worker of ``serve --workers N`` writes this file. Each reads the latest
+        checkpoint, then signs the head it found, so a slow writer may come with a checkpoint
+        older than the one kept meanwhile; putting it back
+        would hide the newest entries from truncation checks. Comparing and replacing happen
+        under an exclusive flock on a lock file beside the checkpoint (not on the checkpoint
+        itself, which the rename replaces), so of two writers the second sees the first's file.
+        """
         body = {
             "sequence": checkpoint.sequence,
             "hash": checkpoint.hash,
@@ -65,11 +76,26 @@ class FileCheckpoints:
             "signature": checkpoint.signature,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(body, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.path)
+        lock = os.open(
+            self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            kept = self.latest()
+            if kept is not None and kept.sequence > checkpoint.sequence:
+                log.info(
+                    "audit checkpoint not kept: a newer one is",
+                    sequence=checkpoint.sequence,
+                    kept_sequence=kept.sequence,
+                )
+                return False
+            fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "w") as out:
+                json.dump(body, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        finally:
+            os.close(lock)  # closing the last descriptor releases the flock
         log.info("audit checkpoint", **body)
+        return True

@@ -442,7 +442,10 @@ class AuditCheckpoints(Protocol):
 
     def latest(self) -> AuditCheckpoint | None: ...
 
-    def save(self, checkpoint: AuditCheckpoint) -> None: ...
+    def save(self, checkpoint: AuditCheckpoint) -> bool:
+        """Keeps the checkpoint unless one of a higher sequence is kept already (another
+        process got further meanwhile); whether it did."""
+        ...
 
 
 class PaymentGateway(Protocol):

@@ -766,7 +766,8 @@ async def checkpoint_audit_trail(
 ) -> AuditCheckpoint | None:
     """Signs and keeps the trail's head, when it moved on from the latest checkpoint along a valid
     chain. A trail that no longer holds the latest checkpoint keeps it (so verification goes on
-    failing) and is reported; returns the new checkpoint, or None."""
+    failing) and is reported; returns the new checkpoint, or None (also when another process kept
+    a newer one meanwhile)."""
     latest = checkpoints.latest()
     async with uow:
         await uow.snapshot()
@@ -787,5 +788,4 @@ async def checkpoint_audit_trail(
         )
         return None
     checkpoint = AuditCheckpoint(head.sequence, head.hash, clock.now()).signed(key)
-    checkpoints.save(checkpoint)
-    return checkpoint
+    return checkpoint if checkpoints.save(checkpoint) else None
