@@ -504,6 +504,11 @@ class AdmissionRepository(Protocol):
         """Serialises retries of the same device scans (transaction advisory locks, key order)."""
         ...
 
+    async def lock_tickets_for_admission(self, ticket_ids: Collection[uuid.UUID]) -> None:
+        """Serialises judging scans of these tickets (transaction advisory locks, key order),
+        taken at once for a whole upload, after the client-scan locks."""
+        ...
+
     async def scan_by_client_id(self, device_id: str, client_scan_id: str) -> Scan | None: ...
 
     async def admit(self, admission: Admission) -> bool:

@@ -22,7 +22,7 @@ from cinema_grpc.domain.admission.model import (
     TicketFacts,
 )
 from cinema_grpc.domain.money import Money
-from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.locks import LockNamespace, advisory_key, ticket_admission_keys
 from cinema_grpc.storage.rows import AdmissionRow, ScanRow, TicketIssueRow
 
 # A ticket is a claim that became SOLD (CANCELLED once its booking is): valid while SOLD and
@@ -42,6 +42,9 @@ _TICKET = """
     LEFT JOIN admission.ticket_issues i ON i.ticket_id = c.id
     WHERE c.id = :ticket_id AND c.status IN ('SOLD', 'CANCELLED')
 """
+
+# Takes the keys' transaction locks one by one in the order given (the callers sort them).
+_ADVISORY_XACT_LOCKS = text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(CAST(:keys AS bigint[])) AS key")
 
 _DOOR_SHOWTIME = text(
     """
@@ -159,7 +162,15 @@ class SqlAdmissionRepository:
         keys = sorted({advisory_key(LockNamespace.CLIENT_SCAN, f"{device_id}:{id_}") for id_ in client_scan_ids})
         if keys:
             await self._session.execute(
-                text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(CAST(:keys AS bigint[])) AS key"),
+                _ADVISORY_XACT_LOCKS,
+                {"keys": keys},
+            )
+
+    async def lock_tickets_for_admission(self, ticket_ids: Collection[uuid.UUID]) -> None:
+        keys = ticket_admission_keys(ticket_ids)
+        if keys:
+            await self._session.execute(
+                _ADVISORY_XACT_LOCKS,
                 {"keys": keys},
             )
 

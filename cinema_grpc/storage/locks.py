@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import uuid
+from collections.abc import Iterable
 
 
 class LockNamespace(enum.StrEnum):
@@ -34,6 +36,8 @@ class LockNamespace(enum.StrEnum):
     # offline scan waits for the first attempt, then finds its record instead of scanning
     # again. Taken first (a batch takes its keys in order), before any row lock.
     CLIENT_SCAN = "client-scan"
+    # Transaction lock per ticket at the door, see ticket_admission_keys.
+    TICKET_ADMISSION = "ticket-admission"
     # Transaction lock serialising appends to the payment audit trail, so each entry's
     # previous hash is the hash of the entry before it.
     AUDIT_CHAIN = "audit-chain"
@@ -43,3 +47,16 @@ def advisory_key(namespace: LockNamespace, value: str = "") -> int:
     """A signed 64-bit key for pg_advisory_*lock(bigint), stable across processes and releases."""
     digest = hashlib.blake2b(f"{namespace}:{value}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def ticket_admission_keys(ticket_ids: Iterable[uuid.UUID]) -> list[int]:
+    """The keys, in the order to take them, that serialise judging scans of these tickets.
+
+    An upload judges its scans one by one, and an admission waits at the admissions' unique
+    index for another transaction's uncommitted admission of the same ticket. Two devices
+    uploading the same tickets in opposite orders would each admit one and wait for the
+    other's: a deadlock, which PostgreSQL breaks by aborting one. So a check-in or an upload
+    takes the locks of all its tickets at once, in key order, after its client-scan locks and
+    before any row lock; a transaction that holds them is never waiting for another scan.
+    """
+    return sorted({advisory_key(LockNamespace.TICKET_ADMISSION, str(ticket_id)) for ticket_id in ticket_ids})

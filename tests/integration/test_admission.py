@@ -517,6 +517,59 @@ def test_fifty_scans_of_one_code_at_once_across_two_replicas_admit_exactly_once(
     assert scans_counted("ALREADY_USED") - counted_before["ALREADY_USED"] == 49
 
 
+def test_two_devices_uploading_the_same_tickets_in_opposite_orders_at_once_admit_each_once(
+    ana: Customer, ben: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
+) -> None:
+    tickets = [t.id for t in sell(ana, clerk, soon, *(f"B{n}" for n in range(1, 11))).tickets]
+    tickets += [t.id for t in sell(ben, clerk, soon, *(f"C{n}" for n in range(1, 11))).tickets]
+    code = {t: a_pass(clerk, channel, t).code for t in tickets}
+    scanned_at = max(soon.showtime.start_time.ToDatetime(tzinfo=UTC) - timedelta(hours=1), datetime.now(UTC))
+
+    def upload(device: str, ordered: list[str], start: threading.Barrier) -> apb.UploadScansResponse | str:
+        request = apb.UploadScansRequest(
+            device_id=device,
+            scans=[
+                apb.OfflineScan(
+                    client_scan_id=t,
+                    showtime_id=soon.showtime.id,
+                    code=code[t],
+                    door_id=device,
+                    scan_time=_at(scanned_at),
+                )
+                for t in ordered
+            ],
+        )
+        start.wait(30)
+        try:
+            return door.admission.UploadScans(request, timeout=60)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name} {failure(exc).reason}"
+
+    # Each round, two devices that were offline upload scans of the same four tickets, one
+    # device in the other's reverse order: without one lock order they wait for each other.
+    for round_ in range(5):
+        both = tickets[4 * round_ : 4 * round_ + 4]
+        start = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            left = pool.submit(upload, "tablet-left", both, start)
+            right = pool.submit(upload, "tablet-right", both[::-1], start)
+            uploads = [left.result(), right.result()]
+        assert not [u for u in uploads if isinstance(u, str)], f"round {round_}: {uploads}"
+        verdicts: dict[str, list[int]] = {t: [] for t in both}
+        for uploaded in uploads:
+            assert not isinstance(uploaded, str)
+            for scan in uploaded.scans:
+                verdicts[scan.ticket_id].append(scan.verdict)
+        assert {t: sorted(v) for t, v in verdicts.items()} == {
+            t: sorted([apb.SCAN_VERDICT_ADMITTED, apb.SCAN_VERDICT_ALREADY_USED]) for t in both
+        }
+        # The results come back in the order each device sent its scans.
+        assert [s.ticket_id for s in uploads[0].scans] == both  # type: ignore[union-attr]
+        assert [s.ticket_id for s in uploads[1].scans] == both[::-1]  # type: ignore[union-attr]
+    admitted = db.execute("SELECT ticket_id::text, count(*) FROM admission.admissions GROUP BY ticket_id").fetchall()
+    assert dict(admitted) == dict.fromkeys(tickets, 1)
+
+
 def test_occupancy_counts_admitted_tickets_and_no_shows_once_the_showtime_ended(
     ana: Customer, clerk: Customer, soon: Sale, door: Door, channel: grpc.Channel, db: Db
 ) -> None:

@@ -17,6 +17,7 @@ from cinema_grpc.domain.admission.model import (
     ScannerConfig,
     ScanRequest,
     ScanVerdict,
+    TicketCode,
     TicketCodec,
     TicketFacts,
     TicketPass,
@@ -78,16 +79,31 @@ def _device(violations: Violations, device_id: str, *, required: bool) -> str:
     return device or ONLINE_DEVICE
 
 
+def _verified(codec: TicketCodec, request: ScanRequest) -> TicketCode | None:
+    """The code a scan carries, None when it is not genuine (verified offline: no I/O)."""
+    try:
+        return codec.verify(request.code)
+    except CodeRejected:
+        return None
+
+
+async def _lock_tickets(uow: UnitOfWork, codes: list[TicketCode | None]) -> None:
+    """Every ticket the scans name, locked at once in one order before any is judged: two
+    devices uploading the same tickets in opposite orders would otherwise wait for each other."""
+    await uow.admission.lock_tickets_for_admission({code.ticket_id for code in codes if code is not None})
+
+
 async def _judge_and_record(
     uow: UnitOfWork,
-    codec: TicketCodec,
     caller: Caller,
     request: ScanRequest,
+    code: TicketCode | None,
     now: datetime,
     rules: AdmissionRules,
     field_prefix: str = "",
 ) -> Scan:
-    """One scan in the caller's transaction: the verdict, the admission if any, the record."""
+    """One scan in the caller's transaction, its ticket locked: the verdict, the admission if
+    any, the record. ``code`` is the request's code verified, None when it is not genuine."""
     assert caller.user_id is not None
     if request.client_scan_id is not None:
         earlier = await uow.admission.scan_by_client_id(request.device_id, request.client_scan_id)
@@ -117,9 +133,7 @@ async def _judge_and_record(
         movie_title=door.movie_title,
         request_digest=request.digest,
     )
-    try:
-        code = codec.verify(request.code)
-    except CodeRejected:
+    if code is None:
         await uow.admission.add_scan(scan, None)
         return scan
     ticket = await uow.admission.ticket(code.ticket_id, lock=True)
@@ -168,10 +182,12 @@ async def check_in(
     request = _scan_request(violations, "", replace(scan, scanned_at=now), device, offline=False)
     violations.raise_if_any()
     assert request is not None
+    code = _verified(codec, request)
     async with uow:
         if request.client_scan_id is not None:
             await uow.admission.lock_client_scans(device, [request.client_scan_id])
-        result = await _judge_and_record(uow, codec, caller, request, now, rules)
+        await _lock_tickets(uow, [code])
+        result = await _judge_and_record(uow, caller, request, code, now, rules)
         await uow.commit()
     return result
 
@@ -187,7 +203,7 @@ async def upload_scans(
 ) -> UploadResult:
     """Judges a device's offline scans in the order given, each at its own time, in one
     transaction: a bad scan refuses the whole batch (nothing recorded), so the device can
-    correct and resend it."""
+    correct and resend it. The batch's tickets are locked first, all at once."""
     violations = Violations()
     device = _device(violations, device_id, required=True)
     if not scans:
@@ -213,10 +229,13 @@ async def upload_scans(
             seen.add(request.client_scan_id)
             requests.append((prefix, request))
     violations.raise_if_any()
+    codes = [_verified(codec, request) for _, request in requests]
     async with uow:
         await uow.admission.lock_client_scans(device, sorted(seen))
+        await _lock_tickets(uow, codes)
         results = [
-            await _judge_and_record(uow, codec, caller, request, now, rules, prefix) for prefix, request in requests
+            await _judge_and_record(uow, caller, request, code, now, rules, prefix)
+            for (prefix, request), code in zip(requests, codes, strict=True)
         ]
         await uow.commit()
     return UploadResult(results)
