@@ -31,6 +31,7 @@ from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.ports import BookingFilter, HoldFilter
 from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.storage.inventory_repository import HOLD_JSON, hold_of
+from cinema_grpc.storage.lone_read import read_rows
 from cinema_grpc.storage.rows import (
     BookingRow,
     HoldRow,
@@ -230,9 +231,10 @@ class SqlBookingRepository:
         return int(version or 0)
 
     async def seat_map(self, showtime_id: uuid.UUID, now: datetime) -> SeatMap | None:
-        row = (await self._run(_SEAT_MAP, {"showtime_id": showtime_id, "now": now})).first()
-        if row is None:
+        rows = await read_rows(self._session, _SEAT_MAP, {"showtime_id": showtime_id, "now": now})
+        if not rows:
             return None
+        row = rows[0]
         version, hall_id, seats = row
         statuses = []
         for seat_id, label, number, column, kind, in_service, reason, status, holder, hold_id in seats or ():

@@ -30,6 +30,7 @@ from cinema_grpc.domain.screening.model import (
     ShowtimeState,
 )
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.lone_read import read_rows
 from cinema_grpc.storage.rows import (
     CinemaRow,
     HallRow,
@@ -419,10 +420,10 @@ class SqlShowtimeRepository:
     async def get(self, showtime_id: uuid.UUID, *, for_update: bool = False) -> Showtime | None:
         if not for_update:
             # Plain SQL in the driver's paramstyle: no ORM entities on the hot read.
-            connection = await self._session.connection()
-            found = (await connection.exec_driver_sql(_SHOWTIME, {"showtime_id": showtime_id})).first()
-            if found is None:
+            rows = await read_rows(self._session, _SHOWTIME, {"showtime_id": showtime_id})
+            if not rows:
                 return None
+            found = rows[0]
             (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, reason, created_at, prices) = tuple(
                 found
             )

@@ -23,8 +23,10 @@ from cinema_grpc.domain.booking.use_cases import (
     hold_seats,
     release_expired_holds,
     release_hold,
+    seat_map,
 )
 from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.domain.screening.use_cases import get_showtime
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
@@ -301,3 +303,38 @@ def test_missed_events_and_the_current_version_come_from_one_snapshot(
     finally:
         link.close()
     assert result == [[1]]
+
+
+def test_a_showtime_and_its_seat_map_are_each_read_in_one_wait(
+    server: RunningServer, database_url: str, ana: Customer, sale: Sale
+) -> None:
+    """A read that opens its unit of work runs alone in autocommit: no BEGIN before it and no
+    ROLLBACK after it, each of which cost the server a wait of its own."""
+    hold(ana, sale, "E3")
+    link, settings = _slow_link(server, database_url)
+    showtime_id = uuid.UUID(sale.showtime.id)
+
+    async def timed() -> tuple[float, float, int, int]:
+        database = open_database(settings, run_migrations=False)
+        try:
+            async with SqlUnitOfWork(database.sessions) as warm:  # the connection is made before
+                await warm.booking.current_version(showtime_id)
+            link.delay = ANSWER_DELAY
+            started = time.monotonic()
+            showtime = await get_showtime(SqlUnitOfWork(database.sessions), showtime_id)
+            read_showtime = time.monotonic() - started
+            started = time.monotonic()
+            caller = Caller(uuid.UUID(ana.user.id), frozenset({Role.CUSTOMER}))
+            seats = await seat_map(SqlUnitOfWork(database.sessions), SystemClock(), caller, showtime_id)
+            return read_showtime, time.monotonic() - started, len(showtime.prices), len(seats.seats)
+        finally:
+            link.delay = 0.0
+            await database.close()
+
+    try:
+        read_showtime, read_seats, prices, seats = server.run(timed())
+    finally:
+        link.close()
+    assert round(read_showtime / ANSWER_DELAY) == 1, f"the showtime took {read_showtime:.3f} s"
+    assert round(read_seats / ANSWER_DELAY) == 1, f"the seat map took {read_seats:.3f} s"
+    assert prices > 0 and seats == len(sale.hall.seats)
