@@ -167,7 +167,7 @@ class FakeInventories:
         claimed = {claim.seat_id for claim in store.claims(showtime.id, now)}
         return HoldOffer(new_hold.customer_id, active, seats, frozenset(s.id for s in seats if s.id in claimed))
 
-    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
+    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID]) -> list[SeatInventory]:
         found = [SeatInventory(showtime_id, None) for showtime_id in showtime_ids]
         self.seen += found
         return found

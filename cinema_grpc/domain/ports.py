@@ -350,7 +350,7 @@ class InventoryRepository(Protocol):
         written; decide again, ``lock_first``)."""
         ...
 
-    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
+    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID]) -> list[SeatInventory]:
         """Those of these showtimes whose seat lock is free now, locked without waiting for the
         others (a busy showtime never keeps the free ones locked), for ``expire_lapsed``: their
         holds are not loaded. Once the inventories are committed, each one's ``changes`` are the

@@ -683,7 +683,7 @@ class SqlInventoryRepository:
             self._unlocked[id(inventory)] = (new_hold, offer)
         return inventory
 
-    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID], now: datetime) -> list[SeatInventory]:
+    async def try_lock_lapsed(self, showtime_ids: Collection[uuid.UUID]) -> list[SeatInventory]:
         ids = list(showtime_ids)
         keys = [advisory_key(LockNamespace.SHOWTIME_SEATS, str(showtime_id)) for showtime_id in ids]
         connection = await self._session.connection()

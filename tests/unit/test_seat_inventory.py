@@ -281,7 +281,7 @@ def test_a_bulk_expiry_announces_every_seat_it_frees_and_no_other() -> None:
 
     async def sweep() -> SeatInventory:
         async with FakeUnitOfWork(store) as uow:
-            (inventory,) = await uow.inventories.try_lock_lapsed([SHOWTIME.id], NOW)
+            (inventory,) = await uow.inventories.try_lock_lapsed([SHOWTIME.id])
             inventory.expire_lapsed(NOW)
             assert inventory.writes == [LapsedHoldsExpired(NOW)] and inventory.changes == []
             await uow.commit()

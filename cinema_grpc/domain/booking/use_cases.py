@@ -447,7 +447,7 @@ async def _expire_showtimes(
     """Returns the seats freed and the showtimes that could be locked."""
     async with unit_of_work() as uow:
         now = clock.now()
-        inventories = await uow.inventories.try_lock_lapsed(showtimes, now)
+        inventories = await uow.inventories.try_lock_lapsed(showtimes)
         if not inventories:
             return 0, 0
         for inventory in inventories:
