@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from cinema.booking.v1 import booking_pb2 as pb
 from cinema.booking.v1 import booking_pb2_grpc
@@ -21,6 +22,7 @@ from cinema_grpc.domain.booking.model import (
     SeatEvent,
     SeatMap,
     SeatState,
+    SeatStatus,
 )
 from cinema_grpc.domain.errors import Violations, invalid
 from cinema_grpc.domain.idempotency import request_key
@@ -28,7 +30,7 @@ from cinema_grpc.domain.pagination import page_request
 from cinema_grpc.domain.payment import use_cases as payment_uc
 from cinema_grpc.domain.payment.use_cases import PaymentRules
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, PaymentGateway, UnitOfWork
-from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, require_id, timestamp
 from cinema_grpc.services.screening import KIND_NUMBERS, seat_kind
@@ -116,24 +118,73 @@ def booking_message(booking: Booking) -> pb.Booking:
     return message
 
 
-def seat_map_message(seat_map: SeatMap) -> pb.SeatMap:
-    return pb.SeatMap(
-        showtime_id=str(seat_map.showtime_id),
-        version=seat_map.version,
-        seats=[
-            pb.SeatAvailability(
-                seat_id=str(status.seat.id),
-                row_label=status.seat.row_label,
-                number=status.seat.number,
-                column=status.seat.column,
-                kind=KIND_NUMBERS[status.seat.kind],
-                state=_SEAT_STATES[status.state],
-                holder_id=str(status.holder_id) if status.holder_id else "",
-                hold_id=str(status.hold_id) if status.hold_id else "",
-            )
-            for status in seat_map.seats
-        ],
+def _seat_message(status: SeatStatus) -> pb.SeatAvailability:
+    return pb.SeatAvailability(
+        seat_id=str(status.seat.id),
+        row_label=status.seat.row_label,
+        number=status.seat.number,
+        column=status.seat.column,
+        kind=KIND_NUMBERS[status.seat.kind],
+        state=_SEAT_STATES[status.state],
+        holder_id=str(status.holder_id) if status.holder_id else "",
+        hold_id=str(status.hold_id) if status.hold_id else "",
     )
+
+
+class _SeatPieces:
+    """Each seat's part of a serialized SeatMap (its field of the seat map: tag, length and
+    the SeatAvailability), made once per seat and state. Serialized messages concatenated are
+    one message with their repeated fields concatenated, so a seat map is its head and the
+    pieces of its seats.
+
+    Statuses are known by identity: the storage keeps a hall's unclaimed statuses (and their
+    seats) between reads, so most are found by their id; a claimed seat's status is new with
+    each read and found by its seat and state. Whatever is known here is kept with its piece,
+    so its id is not reused meanwhile. A seat shown with its holder (to staff) is made each time.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._statuses: dict[int, tuple[SeatStatus, bytes]] = {}
+        self._claimed: dict[tuple[int, int], tuple[Seat, bytes]] = {}
+
+    def message(self, seat_map: SeatMap) -> pb.SeatMap:
+        head = pb.SeatMap(showtime_id=str(seat_map.showtime_id), version=seat_map.version).SerializeToString()
+        statuses = self._statuses
+        pieces = [head]
+        for status in seat_map.seats:
+            known = statuses.get(id(status))
+            pieces.append(known[1] if known is not None and known[0] is status else self._piece(status))
+        return pb.SeatMap.FromString(b"".join(pieces))
+
+    def _piece(self, status: SeatStatus) -> bytes:
+        if status.holder_id is not None or status.hold_id is not None:
+            return pb.SeatMap(seats=[_seat_message(status)]).SerializeToString()
+        state = _SEAT_STATES[status.state]
+        if status.state is SeatState.FREE or status.state is SeatState.OUT_OF_SERVICE:
+            # As the storage keeps them: known by this very status from now on.
+            piece = pb.SeatMap(seats=[_seat_message(status)]).SerializeToString()
+            self._keep(self._statuses, id(status), (status, piece))
+            return piece
+        key = (id(status.seat), state)
+        claimed = self._claimed.get(key)
+        if claimed is not None and claimed[0] is status.seat:
+            return claimed[1]
+        piece = pb.SeatMap(seats=[_seat_message(status)]).SerializeToString()
+        self._keep(self._claimed, key, (status.seat, piece))
+        return piece
+
+    def _keep(self, known: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(known) >= self._size:
+            known.clear()
+        known[key] = value
+
+
+_PIECES = _SeatPieces()
+
+
+def seat_map_message(seat_map: SeatMap) -> pb.SeatMap:
+    return _PIECES.message(seat_map)
 
 
 def seat_changes_message(event: SeatEvent) -> pb.SeatChanges:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from cinema_grpc.domain.booking.model import (
     Booking,
@@ -23,13 +23,13 @@ from cinema_grpc.domain.booking.model import (
     SeatEvent,
     SeatMap,
     SeatState,
-    SeatStatus,
     Ticket,
 )
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest, bad_page_token
 from cinema_grpc.domain.ports import BookingFilter, HoldFilter
-from cinema_grpc.domain.screening.model import Seat, SeatKind
+from cinema_grpc.domain.screening.model import SeatKind
+from cinema_grpc.storage import hall_seats
 from cinema_grpc.storage.inventory_repository import HOLD_JSON, hold_of
 from cinema_grpc.storage.lone_read import read_rows
 from cinema_grpc.storage.rows import (
@@ -71,22 +71,25 @@ ORDER BY event.version
 """
 
 
-# A showtime's seat map in one statement, so one snapshot: the version, and each current seat of
-# its hall in layout order with its active claim (sold, or held and not lapsed), if any.
+# A showtime's seat map in one statement, so one snapshot: the version, the hall, its stamp
+# (see hall_seats) and the active claims (sold, or held and not lapsed) of the showtime; with the
+# hall's current seats in layout order when asked for (the hall's seats kept here are not those
+# of that stamp).
 _SEAT_MAP = """
 SELECT coalesce((SELECT version FROM booking.showtime_versions WHERE showtime_id = showtime.id), 0),
-       showtime.hall_id,
+       showtime.hall_id, hall.xmin::text, hall.updated_at,
+       (SELECT json_agg(json_build_array(claim.seat_id, claim.status, hold.customer_id, claim.hold_id))
+        FROM booking.seat_claims AS claim JOIN booking.holds AS hold ON hold.id = claim.hold_id
+        WHERE claim.showtime_id = showtime.id AND claim.status IN ('HELD', 'SOLD')
+          AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)),
+       CASE WHEN %(seats)s THEN
        (SELECT json_agg(json_build_array(seat.id, seat.row_label, seat.number, seat.grid_column, seat.kind,
-                                         seat.in_service, seat.out_of_service_reason,
-                                         claim.status, hold.customer_id, claim.hold_id)
+                                         seat.in_service, seat.out_of_service_reason)
                         ORDER BY seat.row_index, seat.grid_column)
-        FROM screening.seats AS seat
-        LEFT JOIN booking.seat_claims AS claim
-               ON claim.showtime_id = showtime.id AND claim.seat_id = seat.id AND claim.status IN ('HELD', 'SOLD')
-              AND (claim.status = 'SOLD' OR claim.expires_at > %(now)s)
-        LEFT JOIN booking.holds AS hold ON hold.id = claim.hold_id
-        WHERE seat.hall_id = showtime.hall_id AND seat.retired_at IS NULL)
-FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
+        FROM screening.seats AS seat WHERE seat.hall_id = showtime.hall_id AND seat.retired_at IS NULL)
+       END
+FROM screening.showtimes AS showtime JOIN screening.halls AS hall ON hall.id = showtime.hall_id
+WHERE showtime.id = %(showtime_id)s
 """
 
 
@@ -231,19 +234,25 @@ class SqlBookingRepository:
         return int(version or 0)
 
     async def seat_map(self, showtime_id: uuid.UUID, now: datetime) -> SeatMap | None:
-        rows = await read_rows(self._session, _SEAT_MAP, {"showtime_id": showtime_id, "now": now})
+        bind = self._session.bind
+        assert isinstance(bind, AsyncEngine)
+        params = {"showtime_id": showtime_id, "now": now, "seats": False}
+        rows = await read_rows(self._session, _SEAT_MAP, params)
         if not rows:
             return None
-        row = rows[0]
-        version, hall_id, seats = row
-        statuses = []
-        for seat_id, label, number, column, kind, in_service, reason, status, holder, hold_id in seats or ():
-            seat = Seat(uuid.UUID(seat_id), hall_id, label, number, column, SeatKind(kind), in_service, reason)
-            if status is not None:
-                statuses.append(SeatStatus(seat, SeatState(status), uuid.UUID(holder), uuid.UUID(hold_id)))
-            else:
-                statuses.append(SeatStatus(seat, SeatState.FREE if in_service else SeatState.OUT_OF_SERVICE, None))
-        return SeatMap(showtime_id, int(version), tuple(statuses))
+        version, hall_id, xmin, updated_at, claims, _ = rows[0]
+        hall = hall_seats.known(bind.sync_engine, hall_id, (xmin, updated_at))
+        if hall is None:
+            # The hall's seats are not kept as of this stamp: read all again, in one snapshot.
+            rows = await read_rows(self._session, _SEAT_MAP, {**params, "seats": True})
+            if not rows:
+                return None
+            version, hall_id, xmin, updated_at, claims, seats = rows[0]
+            hall = hall_seats.HallSeats.of((xmin, updated_at), hall_id, seats or ())
+            if not self._session.in_transaction():
+                # Read alone, so committed: a transaction's own changes are not kept.
+                hall_seats.keep(bind.sync_engine, hall_id, hall)
+        return SeatMap(showtime_id, int(version), hall.with_claims(claims or ()))
 
     async def events_since(self, showtime_id: uuid.UUID, version: int) -> list[SeatEvent] | None:
         # One statement, so the current version and the events come from one snapshot: read

@@ -242,6 +242,8 @@ class SqlHallRepository:
             update(HallRow).where(HallRow.id == hall.id).values(name=hall.name, updated_at=hall.updated_at)
         )
 
+    # Every change of a hall's seats also writes the hall's row, in the same transaction: seat
+    # maps keep a hall's seats until the row's stamp changes (see hall_seats).
     async def replace_seats(self, hall: Hall) -> None:
         await self._session.execute(
             update(SeatRow)

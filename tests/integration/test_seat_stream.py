@@ -195,6 +195,33 @@ def test_watchers_of_each_upcoming_showtime_see_a_seat_go_out_of_service_and_bac
         assert (now.version, states(now, sale)) == (version + 2, {})
 
 
+def test_the_seat_map_shows_each_change_of_its_halls_seats_at_once(
+    screening: ScreeningServiceStub, ana: Customer, clerk: Customer, sale: Sale
+) -> None:
+    """The hall's seats are kept between reads until the hall changes: each read after a change
+    shows it, to customers and to staff (who see who holds what)."""
+
+    def read(who: Customer = ana) -> bpb.SeatMap:
+        return who.booking.GetSeatMap(bpb.GetSeatMapRequest(showtime_id=sale.showtime.id))
+
+    assert states(read(), sale) == {}
+    _set_service(screening, sale, "C3", in_service=False)
+    assert states(read(), sale) == states(read(clerk), sale) == {"C3": bpb.SEAT_STATE_OUT_OF_SERVICE}
+    held = hold(ana, sale, "C4")
+    assert states(read(), sale) == {"C3": bpb.SEAT_STATE_OUT_OF_SERVICE, "C4": bpb.SEAT_STATE_HELD}
+    staff_view = {s.seat_id: (s.holder_id, s.hold_id) for s in read(clerk).seats if s.holder_id}
+    assert staff_view == {sale.seat("C4"): (ana.user.id, held.id)}
+    assert not any(s.holder_id or s.hold_id for s in read().seats)
+    _set_service(screening, sale, "C3", in_service=True)
+    assert states(read(), sale) == {"C4": bpb.SEAT_STATE_HELD}
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=held.id))
+    relaid = screening.ReplaceHallLayout(spb.ReplaceHallLayoutRequest(hall_id=sale.hall.id, layout=grid("AB", 4)))
+    seats = read().seats
+    assert [(s.seat_id, s.row_label, s.number, s.state) for s in seats] == [
+        (s.id, s.row_label, s.number, bpb.SEAT_STATE_FREE) for s in relaid.seats
+    ]
+
+
 def test_a_watcher_resuming_from_before_a_seat_went_out_of_service_catches_up(
     watch: object, screening: ScreeningServiceStub, ana: Customer, sale: Sale
 ) -> None:

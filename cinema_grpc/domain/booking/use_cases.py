@@ -22,6 +22,7 @@ from cinema_grpc.domain.booking.model import (
     SaleChannel,
     SeatEvent,
     SeatMap,
+    SeatStatus,
 )
 from cinema_grpc.domain.booking.selling_rules import check_on_sale
 from cinema_grpc.domain.errors import (
@@ -283,7 +284,12 @@ def _as_seen_by(caller: Caller, full: SeatMap) -> SeatMap:
     """Who holds a seat, and through which hold, is for staff only."""
     if caller.is_staff:
         return full
-    return replace(full, seats=tuple(replace(status, holder_id=None, hold_id=None) for status in full.seats))
+    # Unclaimed seats are shown as they are (the same objects: see the seat map's message).
+    seats = tuple(
+        status if status.holder_id is None and status.hold_id is None else SeatStatus(status.seat, status.state, None)
+        for status in full.seats
+    )
+    return replace(full, seats=seats)
 
 
 class SharedSeatMapReads:
