@@ -102,8 +102,10 @@ class SqlUnitOfWork:
     ) -> None:
         try:
             await self._inventories.end()
-            await self.session.rollback()
-            await self.session.close()
+            # A session that never began (nothing read, or only lone reads) has nothing to end.
+            if self.session.in_transaction():
+                await self.session.rollback()
+                await self.session.close()
         except DBAPIError as cleanup_error:
             # The connection is gone; the pool discards it. The original error matters more, and
             # without one the work is done already (committed, or only read): nothing is lost.

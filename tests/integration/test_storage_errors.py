@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from cinema_grpc.domain.errors import Contention, StorageUnavailable
+from cinema_grpc.domain.errors import Contention, ShowtimeNotFound, StorageUnavailable
 from cinema_grpc.domain.screening import use_cases
 from cinema_grpc.storage.database import sqlalchemy_url
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
@@ -57,5 +57,42 @@ def test_a_connection_lost_after_the_work_is_done_does_not_fail_the_request(data
                 assert await uow.session.scalar(text("SELECT 1")) == 1
         finally:
             await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_read_meets_database_trouble_as_every_other_read(database_url: str) -> None:
+    """GetShowtime's read borrows a pooled connection without a session: a busy pool is told to
+    retry, a lost connection is unavailable and discarded (the next read gets a fresh one), an
+    unreachable database is unavailable."""
+
+    async def scenario() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_url), pool_size=1, max_overflow=0, pool_timeout=0.2)
+        sessions = async_sessionmaker(engine)
+        showtime_id = uuid.uuid4()
+        try:
+            async with engine.connect():  # the only connection is busy
+                with pytest.raises(Contention):
+                    await use_cases.get_showtime(SqlUnitOfWork(sessions), showtime_id)
+            async with engine.connect() as conn:
+                pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+                await conn.rollback()
+            killer = create_async_engine(sqlalchemy_url(database_url))
+            async with killer.connect() as other:  # and waits until the backend is gone
+                await other.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+            await killer.dispose()
+            with pytest.raises(StorageUnavailable):
+                await use_cases.get_showtime(SqlUnitOfWork(sessions), showtime_id)
+            with pytest.raises(ShowtimeNotFound):
+                await use_cases.get_showtime(SqlUnitOfWork(sessions), showtime_id)
+        finally:
+            await engine.dispose()
+        dead = sqlalchemy_url(database_url).set(host="127.0.0.1", port=9, query={})
+        unreachable = create_async_engine(dead, connect_args={"connect_timeout": 1})
+        try:
+            with pytest.raises(StorageUnavailable):
+                await use_cases.get_showtime(SqlUnitOfWork(async_sessionmaker(unreachable)), showtime_id)
+        finally:
+            await unreachable.dispose()
 
     asyncio.run(scenario())
