@@ -51,10 +51,14 @@ def parse_time(violations: Violations, field: str, parent: Message, name: str) -
         return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """As Timestamp.FromDatetime (a naive datetime is UTC), without its time tuple and
+    calendar.timegm: a few of these are in every answer."""
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
 def parse_money(violations: Violations, field: str, parent: Message, name: str) -> Money | None:
