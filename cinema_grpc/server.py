@@ -116,7 +116,7 @@ class CinemaServer:
         key_of_chain = self.audit_key
 
         def unit_of_work() -> UnitOfWork:
-            return SqlUnitOfWork(database.sessions, bus, audit_key=key_of_chain)
+            return SqlUnitOfWork(database.sessions, bus, audit_key=key_of_chain, plain_holds=database.plain_holds)
 
         self.unit_of_work = unit_of_work
         self.scheduler = AsyncIOScheduler(timezone="UTC")

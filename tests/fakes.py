@@ -24,6 +24,7 @@ from cinema_grpc.domain.booking.inventory import (
     HoldSold,
     LapsedHoldsExpired,
     NewHold,
+    PlainHold,
     SeatInventory,
     one_version,
 )
@@ -347,3 +348,7 @@ class FakeUnitOfWork:
 
     async def snapshot(self) -> None:
         pass
+
+    async def place_plain_hold(self, plain: PlainHold) -> Hold | None:
+        # No one-statement path in memory: every hold is decided by the inventory.
+        return None

@@ -19,7 +19,7 @@ from cinema_grpc.domain.admission.model import (
     ScannerShowtime,
     TicketFacts,
 )
-from cinema_grpc.domain.booking.inventory import NewHold, SeatInventory
+from cinema_grpc.domain.booking.inventory import NewHold, PlainHold, SeatInventory
 from cinema_grpc.domain.booking.model import Booking, Hold, SeatEvent, SeatMap
 from cinema_grpc.domain.errors import HallSuggestion
 from cinema_grpc.domain.identity.model import AccessClaims, IssuedTokens, RefreshClaims, Session, User
@@ -569,4 +569,11 @@ class UnitOfWork(Protocol):
 
     async def snapshot(self) -> None:
         """Makes this transaction one read-only, repeatable-read snapshot (call it first)."""
+        ...
+
+    async def place_plain_hold(self, plain: PlainHold) -> Hold | None:
+        """Holds ``plain``'s seats in one statement of its own (called instead of ``async with``,
+        never inside it) when the hold is plain (see PlainHold), then publishes its seat event.
+        Raises SeatAlreadyTaken when that is the answer. None: not plain, or this store has no
+        such statement; nothing was written, decide with the inventory."""
         ...

@@ -23,6 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.plain_holds import PlainHolds
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -178,8 +179,12 @@ class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     embedded: EmbeddedPostgres | None = None
+    # The plain hold's own pool (see plain_holds), opened on first use.
+    plain_holds: PlainHolds | None = None
 
     async def close(self) -> None:
+        if self.plain_holds is not None:
+            await self.plain_holds.close()
         await self.engine.dispose()
         if self.embedded is not None:
             self.embedded.stop()
@@ -191,6 +196,24 @@ def database_url(settings: Settings) -> tuple[URL, EmbeddedPostgres | None]:
         return sqlalchemy_url(settings.database_url.get_secret_value()), None
     embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
     return sqlalchemy_url(embedded.start()), embedded
+
+
+def connect_args(settings: Settings, application_name: str) -> dict[str, Any]:
+    """How every connection of a server process to PostgreSQL is made (psycopg's keywords)."""
+    return {
+        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        f" -c lock_timeout={settings.db_lock_timeout_ms}"
+        " -c idle_in_transaction_session_timeout=60000"
+        # PostgreSQL notices within about a minute that a replica vanished (power, network)
+        # and ends its sessions, releasing the sweeper's and reconciler's session locks.
+        " -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
+        "application_name": application_name,
+        # And this side notices a vanished database the same way.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
 
 
 def open_database(settings: Settings, *, run_migrations: bool = True) -> Database:
@@ -205,27 +228,20 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
             pool_timeout=settings.db_pool_timeout_seconds,
             # Statement parameters (client secrets, password hashes) stay out of error messages.
             hide_parameters=True,
-            connect_args={
-                "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
-                f" -c lock_timeout={settings.db_lock_timeout_ms}"
-                " -c idle_in_transaction_session_timeout=60000"
-                # PostgreSQL notices within about a minute that a replica vanished (power, network)
-                # and ends its sessions, releasing the sweeper's and reconciler's session locks.
-                " -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3",
-                "application_name": "cinema-grpc",
-                # And this side notices a vanished database the same way.
-                "keepalives": 1,
-                "keepalives_idle": 30,
-                "keepalives_interval": 10,
-                "keepalives_count": 3,
-            },
+            connect_args=connect_args(settings, "cinema-grpc"),
         )
         ping_when_idle(engine)
     except BaseException:
         if embedded is not None:
             embedded.stop()
         raise
-    return Database(url, engine, async_sessionmaker(engine, expire_on_commit=False), embedded)
+    plain_holds = PlainHolds(
+        libpq_url(url),
+        connect_args(settings, "cinema-grpc-holds"),
+        size=settings.db_pool_size,
+        timeout=settings.db_pool_timeout_seconds,
+    )
+    return Database(url, engine, async_sessionmaker(engine, expire_on_commit=False), embedded, plain_holds)
 
 
 # A connection back in the pool for less than this is not pinged before its next use.

@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cinema_grpc.domain.booking.inventory import PlainHold
+from cinema_grpc.domain.booking.model import Hold
 from cinema_grpc.domain.errors import Contention, DomainError, StorageUnavailable
 from cinema_grpc.domain.ports import (
     AdmissionRepository,
@@ -35,6 +37,7 @@ from cinema_grpc.storage.booking_repository import SqlBookingRepository
 from cinema_grpc.storage.identity_repositories import SqlLoginThrottle, SqlSessionRepository, SqlUserRepository
 from cinema_grpc.storage.inventory_repository import SqlInventoryRepository
 from cinema_grpc.storage.payment_repository import SqlAuditTrail, SqlPaymentRepository
+from cinema_grpc.storage.plain_holds import PlainHolds, driver_error
 from cinema_grpc.storage.reports_repository import SqlReportsRepository
 from cinema_grpc.storage.screening_repositories import (
     SqlCinemaRepository,
@@ -49,16 +52,9 @@ log = structlog.get_logger(__name__)
 
 def translate_database_error(exc: DBAPIError) -> DomainError | None:
     """The domain error a database failure means to a caller, or None for a bug (INTERNAL)."""
-    original = exc.orig
-    if isinstance(original, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
-        return Contention("the resource is busy; retry shortly")
-    if isinstance(original, psycopg.errors.SerializationFailure):
-        return Contention("a concurrent change got in the way; retry")
-    if isinstance(original, psycopg.errors.QueryCanceled):
-        return Contention("the database did not answer in time; retry shortly")
-    if exc.connection_invalidated or isinstance(
-        original, psycopg.OperationalError | psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow
-    ):
+    if isinstance(exc.orig, psycopg.Error) and (error := driver_error(exc.orig)) is not None:
+        return error
+    if exc.connection_invalidated:
         return StorageUnavailable("the database is unreachable; retry later")
     return None
 
@@ -70,10 +66,12 @@ class SqlUnitOfWork:
         bus: AvailabilityBus | None = None,
         *,
         audit_key: bytes | None = None,
+        plain_holds: PlainHolds | None = None,
     ) -> None:
         self._sessions = sessions
         self._bus = bus
         self._audit_key = audit_key
+        self._plain_holds = plain_holds
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
@@ -122,6 +120,14 @@ class SqlUnitOfWork:
         await self.session.commit()
         if events and self._bus is not None:
             await self._bus.publish(events)
+
+    async def place_plain_hold(self, plain: PlainHold) -> Hold | None:
+        if self._plain_holds is None or (placed := await self._plain_holds.place(plain)) is None:
+            return None
+        hold, event = placed
+        if self._bus is not None:
+            await self._bus.publish([event])
+        return hold
 
     async def snapshot(self) -> None:
         await self.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cinema_grpc.domain.booking.model import (
     Booking,
@@ -56,6 +57,9 @@ from cinema_grpc.domain.errors import (
 from cinema_grpc.domain.payment.model import check_card_amount
 from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, ShowtimeState
 
+if TYPE_CHECKING:
+    from cinema_grpc.domain.idempotency import RequestKey
+
 
 @dataclass(frozen=True)
 class NewHold:
@@ -99,6 +103,45 @@ class NewHold:
             rate_since=now - rules.hold_rate_window,
             rate_limit=rules.max_holds_per_window,
             cooldown_since=now - rules.rehold_cooldown,
+        )
+
+
+@dataclass(frozen=True)
+class PlainHold:
+    """A hold of named seats that the storage may decide and write in one statement, when it is
+    plain (``UnitOfWork.place_plain_hold``): the seats of the showtime's hall, in service, none a
+    wheelchair space, none claimed or cooling down for the customer, the customer within every
+    limit of ``rules``, the showtime on sale, no lapsed hold of it left to expire, no earlier
+    request with its request id. The storage may only say yes where ``SeatInventory.hold_seats``
+    would: anything else it leaves to the inventory."""
+
+    hold_id: uuid.UUID
+    showtime_id: uuid.UUID
+    customer_id: uuid.UUID
+    seat_ids: tuple[uuid.UUID, ...]
+    staff: bool  # the box office: the customer limits do not apply (see NewHold)
+    now: datetime
+    rules: BookingRules
+    # The request's id, fingerprint and owner (idempotency) and its scope ("HoldSeats").
+    request: RequestKey | None = None
+    scope: str = "HoldSeats"
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.now + self.rules.hold_ttl
+
+    def hold(self, seats: Sequence[ClaimedSeat], seat_map_version: int) -> Hold:
+        """The hold as placed, its seats in the order asked."""
+        return Hold(
+            self.hold_id,
+            self.showtime_id,
+            self.customer_id,
+            tuple(seats),
+            HoldState.ACTIVE,
+            self.expires_at,
+            0,
+            self.now,
+            seat_map_version=seat_map_version,
         )
 
 

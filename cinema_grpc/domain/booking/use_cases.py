@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cinema_grpc.domain.access import ANONYMOUS, Caller, PermissionDenied
-from cinema_grpc.domain.booking.inventory import NewHold, SeatInventory, check_sellable
+from cinema_grpc.domain.booking.inventory import NewHold, PlainHold, SeatInventory, check_sellable
 from cinema_grpc.domain.booking.model import (
     Booking,
     BookingRules,
@@ -67,6 +67,20 @@ async def hold_seats(
     wanted = len(cmd.seat_ids) if isinstance(cmd, HoldSeats) else cmd.count
     if wanted > rules.max_seats_per_hold:
         raise TooManySeats(f"at most {rules.max_seats_per_hold} seats per hold")
+    if isinstance(cmd, HoldSeats):
+        # The common hold, decided and written by the storage in one statement when it is plain.
+        plain = PlainHold(
+            uuid.uuid4(),
+            cmd.showtime_id,
+            caller.user_id,
+            cmd.seat_ids,
+            caller.is_staff,
+            clock.now(),
+            rules,
+            cmd.request,
+        )
+        if (placed := await uow.place_plain_hold(plain)) is not None:
+            return placed
     try:
         return await _hold(uow, clock, rules, caller, cmd, lock_first=False)
     except StaleDecision:
