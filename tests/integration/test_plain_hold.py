@@ -1,0 +1,286 @@
+"""The plain hold in one statement (booking.hold_plain_seats): one wait for the database, no lock
+across it, and never a yes where the seat inventory would decide otherwise. Whatever is not
+plain writes nothing and is left to the inventory, which answers with its details."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from cinema.booking.v1 import booking_pb2 as bpb
+from cinema.screening.v1 import screening_pb2 as spb
+from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.domain.booking.inventory import PlainHold
+from cinema_grpc.domain.booking.model import BookingRules, Hold
+from cinema_grpc.domain.errors import SeatAlreadyTaken
+from cinema_grpc.domain.idempotency import RequestKey
+from cinema_grpc.settings import Settings
+from cinema_grpc.storage.database import open_database
+from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from tests.booking_data import Customer, Sale, hold, open_sale
+from tests.conftest import RunningServer
+from tests.integration.test_hold_statements import ANSWER_DELAY, _lock_state, _slow_link, expire
+from tests.rpc_errors import call_fails
+
+Db = psycopg.Connection[tuple[object, ...]]
+
+COUNTED = (
+    "booking.holds",
+    "booking.seat_claims",
+    "booking.seat_events",
+    "booking.showtime_versions",
+    "api.request_log",
+)
+
+
+def census(db: Db) -> dict[str, object]:
+    """What a hold writes: every row of these tables, as text."""
+    return {
+        table: db.execute(f"SELECT array_agg(t::text ORDER BY t::text) FROM {table} AS t").fetchone()
+        for table in COUNTED
+    }
+
+
+def place(server: RunningServer, settings: Settings, plain: PlainHold) -> Hold | None:
+    async def run() -> Hold | None:
+        database = open_database(settings, run_migrations=False)
+        try:
+            assert database.plain_holds is not None
+            placed = await database.plain_holds.place(plain)
+            return None if placed is None else placed[0]
+        finally:
+            await database.close()
+
+    return server.run(run())
+
+
+def plain(who: Customer, sale: Sale, *labels: str, rules: BookingRules | None = None, **changes: object) -> PlainHold:
+    asked = PlainHold(
+        uuid.uuid4(),
+        uuid.UUID(sale.showtime.id),
+        uuid.UUID(who.user.id),
+        tuple(uuid.UUID(seat) for seat in sale.seats(*labels)),
+        False,
+        datetime.now(UTC),
+        rules or BookingRules(),
+    )
+    return replace(asked, **changes)  # type: ignore[arg-type]
+
+
+def test_a_plain_hold_is_written_in_one_statement_and_announced_with_its_version(
+    server: RunningServer, ana: Customer, sale: Sale, db: Db
+) -> None:
+    asked = plain(ana, sale, "C3", "C1")
+    placed = place(server, server.settings, asked)
+    assert placed is not None
+    assert [seat.seat_id for seat in placed.seats] == list(asked.seat_ids)  # in the order asked
+    assert [f"{seat.row_label}{seat.number}" for seat in placed.seats] == ["C3", "C1"]
+    assert placed.expires_at == asked.now + timedelta(minutes=10) and placed.seat_map_version > 0
+    changes = db.execute(
+        "SELECT changes FROM booking.seat_events WHERE showtime_id = %s AND version = %s",
+        (sale.showtime.id, placed.seat_map_version),
+    ).fetchone()
+    assert changes == ([[sale.seat("C3"), "HELD"], [sale.seat("C1"), "HELD"]],)
+    fetched = ana.booking.GetHold(bpb.GetHoldRequest(hold_id=str(placed.id)))
+    assert fetched.state == bpb.HOLD_STATE_ACTIVE and len(fetched.seats) == 2
+
+
+def test_a_plain_hold_waits_for_the_database_once_and_holds_no_lock_across_a_wait(
+    server: RunningServer, database_url: str, ana: Customer, sale: Sale, db: Db
+) -> None:
+    link, settings = _slow_link(server, database_url)
+    showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
+    seen: list[float] = []
+    watching = threading.Event()
+    watching.set()
+
+    def watch_the_lock(connection: Db) -> None:
+        while watching.is_set():
+            if True in _lock_state(connection, showtime_key):
+                seen.append(time.monotonic())
+            time.sleep(0.002)
+
+    async def timed() -> tuple[float, Hold | None]:
+        # One connection, so the measured hold takes the one that is connected and prepared.
+        database = open_database(settings.model_copy(update={"db_pool_size": 1}), run_migrations=False)
+        try:
+            assert database.plain_holds is not None
+            await database.plain_holds.place(plain(ana, sale, "E9"))  # connected and prepared before
+            link.delay = ANSWER_DELAY
+            started = time.monotonic()
+            placed = await database.plain_holds.place(plain(ana, sale, "E8"))
+            return time.monotonic() - started, None if placed is None else placed[0]
+        finally:
+            await database.close()
+
+    with psycopg.connect(db.info.dsn, autocommit=True) as connection:
+        watcher = threading.Thread(target=watch_the_lock, args=(connection,))
+        watcher.start()
+        try:
+            elapsed, placed = server.run(timed())
+        finally:
+            watching.clear()
+            watcher.join(5)
+            link.delay = 0.0
+            link.close()
+    assert placed is not None
+    assert round(elapsed / ANSWER_DELAY) == 1, f"the hold took {elapsed:.3f} s"
+    locked_for = (seen[-1] - seen[0]) if seen else 0.0
+    assert locked_for < ANSWER_DELAY / 2, f"the showtime was locked for {locked_for:.3f} s"
+
+
+def test_seats_taken_are_refused_by_the_statement_with_their_labels(
+    server: RunningServer, ana: Customer, ben: Customer, sale: Sale, db: Db
+) -> None:
+    hold(ben, sale, "D4")
+    before = census(db)
+    with pytest.raises(SeatAlreadyTaken) as refused:
+        place(server, server.settings, plain(ana, sale, "D3", "D4"))
+    assert refused.value.seats == {sale.seat("D4"): "D4"}
+    assert census(db) == before
+
+
+Setup = Callable[[Customer, Customer, Sale, Db, ScreeningServiceStub], PlainHold]
+
+
+def _wheelchair(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    return plain(ana, sale, "A1")  # its companion seat comes with it: the inventory chooses it
+
+
+def _out_of_service(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    db.execute("UPDATE screening.seats SET in_service = false WHERE id = %s", (sale.seat("B2"),))
+    return plain(ana, sale, "B1", "B2")
+
+
+def _other_hall(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    other = open_sale(screening, hours_ahead=60, cinema_name="Rex")
+    return replace(plain(ana, sale, "B1"), seat_ids=(uuid.UUID(sale.seat("B1")), uuid.UUID(other.seat("B2"))))
+
+
+def _lapsed_hold(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    expire(db, hold(ben, sale, "E5").id)  # expired with the next decision, in its version
+    return plain(ana, sale, "E6")
+
+
+def _cooling_down(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    ana.booking.ReleaseHold(bpb.ReleaseHoldRequest(hold_id=hold(ana, sale, "C5").id))
+    return plain(ana, sale, "C5")
+
+
+def _active_holds(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    hold(ana, sale, "C6")
+    return plain(ana, sale, "C7", rules=BookingRules(max_active_holds=1))
+
+
+def _hold_rate(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    hold(ana, sale, "C8")
+    return plain(ana, sale, "C9", rules=BookingRules(max_holds_per_window=1))
+
+
+def _showtime_share(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    hold(ana, sale, "D1", "D2")
+    return plain(ana, sale, "D5", rules=BookingRules(max_seats_per_showtime=2))
+
+
+def _online_closed(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    return plain(ana, sale, "B3", rules=BookingRules(online_sales_close=timedelta(days=30)))
+
+
+def _cancelled(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    screening.CancelShowtime(spb.CancelShowtimeRequest(showtime_id=sale.showtime.id, reason="projector"))
+    return plain(ana, sale, "B4")
+
+
+def _started(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    return replace(plain(ana, sale, "B5"), now=datetime.now(UTC) + timedelta(days=30))
+
+
+def _unpriced(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    db.execute("DELETE FROM screening.showtime_prices WHERE showtime_id = %s AND kind = 'PREMIUM'", (sale.showtime.id,))
+    return plain(ana, sale, "F1")
+
+
+def _too_many(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    return plain(ana, sale, "B6", "B7", rules=BookingRules(max_seats_per_hold=1))
+
+
+def _retried(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    first = hold(ana, sale, "B8", request_id="retried-1")
+    key = RequestKey("retried-1", "fingerprint", ana.user.id)
+    # The earlier answer (or REQUEST_ID_REUSED) comes from the inventory's path.
+    return replace(plain(ana, sale, "B8"), request=key, hold_id=uuid.UUID(first.id))
+
+
+def _claim_out_of_time(ana: Customer, ben: Customer, sale: Sale, db: Db, screening: ScreeningServiceStub) -> PlainHold:
+    paying = hold(ben, sale, "B9")
+    db.execute("UPDATE booking.holds SET payment_deadline = now() + interval '5 minutes' WHERE id = %s", (paying.id,))
+    db.execute(
+        "UPDATE booking.seat_claims SET expires_at = now() - interval '1 second' WHERE hold_id = %s", (paying.id,)
+    )
+    return plain(ana, sale, "B9")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        _wheelchair,
+        _out_of_service,
+        _other_hall,
+        _lapsed_hold,
+        _cooling_down,
+        _active_holds,
+        _hold_rate,
+        _showtime_share,
+        _online_closed,
+        _cancelled,
+        _started,
+        _unpriced,
+        _too_many,
+        _retried,
+        _claim_out_of_time,
+    ],
+)
+def test_what_is_not_plain_is_left_to_the_inventory_and_nothing_is_written(
+    setup: Setup,
+    server: RunningServer,
+    ana: Customer,
+    ben: Customer,
+    sale: Sale,
+    db: Db,
+    screening: ScreeningServiceStub,
+) -> None:
+    asked = setup(ana, ben, sale, db, screening)
+    before = census(db)
+    assert place(server, server.settings, asked) is None
+    assert census(db) == before
+
+
+def test_staff_at_the_box_office_hold_plainly_past_the_customer_limits(
+    server: RunningServer, clerk: Customer, sale: Sale
+) -> None:
+    hold(clerk, sale, "E1")
+    limits = BookingRules(max_holds_per_window=1, max_seats_per_showtime=1, online_sales_close=timedelta(days=30))
+    assert place(server, server.settings, plain(clerk, sale, "E2", rules=limits, staff=True)) is not None
+
+
+def test_the_inventory_answers_what_the_statement_leaves_with_its_details(
+    ana: Customer, ben: Customer, sale: Sale, db: Db
+) -> None:
+    """Through the API: a wheelchair space comes with its companion seat; a seat out of
+    service is named; a retried request gets the first answer."""
+    wheelchair = hold(ana, sale, "A1")
+    assert [f"{s.row_label}{s.number}" for s in wheelchair.seats] == ["A1", "A2"]
+    db.execute("UPDATE screening.seats SET in_service = false WHERE id = %s", (sale.seat("B2"),))
+    refused = call_fails(
+        ben.booking.HoldSeats, bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=sale.seats("B1", "B2"))
+    )
+    assert refused.fields == {"seat_ids[1]": "SEAT_OUT_OF_SERVICE"}
+    first = hold(ben, sale, "B3", request_id="once-only")
+    assert hold(ben, sale, "B3", request_id="once-only").id == first.id
