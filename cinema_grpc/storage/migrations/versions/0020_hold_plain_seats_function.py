@@ -52,7 +52,12 @@ def upgrade() -> None:
         CREATE FUNCTION {SIGNATURE}
         RETURNS TABLE (outcome text, version bigint, recorded_at timestamptz, seat_ids uuid[], row_labels text[],
                        numbers integer[], kinds text[], amounts bigint[], currencies text[])
-        LANGUAGE plpgsql AS $$
+        LANGUAGE plpgsql
+        -- Generic plans, made once per connection: measured 1.3-1.9 ms of PostgreSQL CPU per hold
+        -- against 1.9-2.1 ms with the default choice and 3.1-3.9 ms with a plan made for every call
+        -- (docs/performance.md). Every statement in it looks rows up by key or by a narrow index.
+        SET plan_cache_mode = force_generic_plan
+        AS $$
         #variable_conflict use_column
         DECLARE
             wanted integer := cardinality(p_seat_ids);
