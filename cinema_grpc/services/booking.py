@@ -25,14 +25,13 @@ from cinema_grpc.domain.booking.model import (
     SeatStatus,
 )
 from cinema_grpc.domain.errors import Violations, invalid
-from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.pagination import page_request
 from cinema_grpc.domain.payment import use_cases as payment_uc
 from cinema_grpc.domain.payment.use_cases import PaymentRules
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, PaymentGateway, UnitOfWork
 from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.services.access import current_caller
-from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, require_id, timestamp
+from cinema_grpc.services.convert import Context, money, parse_id, request_key_of, require_id, timestamp
 from cinema_grpc.services.screening import KIND_NUMBERS, seat_kind
 
 _SEAT_STATES = {
@@ -252,7 +251,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if len(set(request.seat_ids)) != len(request.seat_ids):
             violations.add("seat_ids", "DUPLICATE", "a seat is named twice")
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert showtime_id is not None
         cmd = uc.HoldSeats(showtime_id, tuple(s for s in seat_ids if s is not None), key)
@@ -265,7 +264,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
             violations.add("count", "OUT_OF_RANGE", "must be at least 1")
         kind = seat_kind(violations, "kind", request.kind, default=SeatKind.STANDARD)
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert showtime_id is not None
         cmd = uc.HoldBestAvailable(showtime_id, request.count, kind, key)
@@ -306,7 +305,7 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         if payment is None:
             violations.add("payment", "INVALID_ENUM", "must be COUNTER_PAYMENT_CASH or COUNTER_PAYMENT_CARD_PRESENT")
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert hold_id is not None and payment is not None
         booking = await uc.sell_hold_at_counter(

@@ -13,6 +13,7 @@ from grpc.aio import ServicerContext
 
 from cinema.common.v1 import money_pb2
 from cinema_grpc.domain.errors import Violations
+from cinema_grpc.domain.idempotency import RequestKey, request_key
 from cinema_grpc.domain.money import MAX_AMOUNT_MINOR, Money, is_currency_code
 
 Context: TypeAlias = ServicerContext[Any, Any]
@@ -82,6 +83,13 @@ def money(value: Money) -> money_pb2.Money:
 def fingerprint(request: Message) -> str:
     """Identifies a request's content, so a reused request_id with other content is caught."""
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def request_key_of(violations: Violations, request: Message, owner: str) -> RequestKey | None:
+    """The idempotency key of a request with a ``request_id`` field (its fingerprint is only
+    computed when the request carries one)."""
+    request_id: str = getattr(request, "request_id")  # noqa: B009 - every caller's message has it
+    return request_key(violations, request_id, fingerprint(request) if request_id else "", owner)
 
 
 def refuse_nul_characters(message: Message, prefix: str = "") -> None:

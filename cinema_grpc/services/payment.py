@@ -8,7 +8,6 @@ from cinema.payment.v1 import payment_pb2 as pb
 from cinema.payment.v1 import payment_pb2_grpc
 from cinema_grpc.domain.booking.model import BookingRules
 from cinema_grpc.domain.errors import Violations
-from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import page_request
 from cinema_grpc.domain.payment import use_cases as uc
@@ -16,7 +15,7 @@ from cinema_grpc.domain.payment.audit import AuditVerdict
 from cinema_grpc.domain.payment.model import AuditEntry, Payment, PaymentState
 from cinema_grpc.domain.ports import Clock, PaymentFilter, PaymentGateway, UnitOfWork
 from cinema_grpc.services.access import current_caller
-from cinema_grpc.services.convert import Context, fingerprint, money, parse_id, parse_money, require_id, timestamp
+from cinema_grpc.services.convert import Context, money, parse_id, parse_money, request_key_of, require_id, timestamp
 
 _STATES = {
     PaymentState.INITIALIZED: pb.PAYMENT_STATE_INITIALIZED,
@@ -89,7 +88,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         violations = Violations()
         hold_id = parse_id(violations, "hold_id", request.hold_id)
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert hold_id is not None
         payment = await uc.create_payment(self._uow, self._gateway, self._clock, self._rules, caller, hold_id, key)
@@ -99,7 +98,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         violations = Violations()
         hold_id = parse_id(violations, "hold_id", request.hold_id)
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert hold_id is not None
         payment = await uc.charge_at_terminal(
@@ -136,7 +135,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         payment_id = parse_id(violations, "payment_id", request.payment_id)
         amount = parse_money(violations, "amount", request, "amount") if request.HasField("amount") else None
         caller = current_caller()
-        key = request_key(violations, request.request_id, fingerprint(request), caller.owner_key())
+        key = request_key_of(violations, request, caller.owner_key())
         violations.raise_if_any()
         assert payment_id is not None
         payment = await uc.refund_payment(

@@ -10,7 +10,6 @@ from google.protobuf.message import Message
 from cinema.screening.v1 import screening_pb2 as pb
 from cinema.screening.v1 import screening_pb2_grpc
 from cinema_grpc.domain.errors import DomainError, HallSuggestion, ShowtimeOverlap, Violations
-from cinema_grpc.domain.idempotency import request_key
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import page_request
 from cinema_grpc.domain.ports import Clock, MovieFilter, UnitOfWork
@@ -30,11 +29,11 @@ from cinema_grpc.domain.screening.model import (
 from cinema_grpc.services.access import current_caller
 from cinema_grpc.services.convert import (
     Context,
-    fingerprint,
     money,
     parse_id,
     parse_money,
     parse_time,
+    request_key_of,
     require_id,
     timestamp,
 )
@@ -218,7 +217,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def CreateCinema(self, request: pb.CreateCinemaRequest, context: Context) -> pb.Cinema:
         violations = Violations()
-        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        key = request_key_of(violations, request, current_caller().owner_key())
         violations.raise_if_any()
         cinema = request.cinema
         cmd = uc.CreateCinema(cinema.name, cinema.time_zone, cinema.currency_code, key)
@@ -238,7 +237,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
     async def CreateHall(self, request: pb.CreateHallRequest, context: Context) -> pb.Hall:
         violations = Violations()
         cinema_id = parse_id(violations, "cinema_id", request.cinema_id)
-        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        key = request_key_of(violations, request, current_caller().owner_key())
         layout = _layout(violations, request.layout)
         violations.raise_if_any()
         assert cinema_id is not None
@@ -280,7 +279,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def CreateMovie(self, request: pb.CreateMovieRequest, context: Context) -> pb.Movie:
         violations = Violations()
-        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        key = request_key_of(violations, request, current_caller().owner_key())
         violations.raise_if_any()
         m = request.movie
         fields = uc.MovieFields(m.title, m.duration_minutes, m.rating, m.active)
@@ -317,7 +316,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         if not request.prices:
             violations.add("prices", "REQUIRED", "price every seat kind of the hall")
         prices = _prices(violations, request)
-        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        key = request_key_of(violations, request, current_caller().owner_key())
         violations.raise_if_any()
         assert hall_id is not None and movie_id is not None and starts_at is not None
         cmd = uc.CreateShowtime(hall_id, movie_id, starts_at, prices, key)
@@ -355,7 +354,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         showtime_id = parse_id(violations, "showtime_id", request.showtime_id)
         starts_at = parse_time(violations, "start_time", request, "start_time")
         hall_id = parse_id(violations, "hall_id", request.hall_id, required=False)
-        key = request_key(violations, request.request_id, fingerprint(request), current_caller().owner_key())
+        key = request_key_of(violations, request, current_caller().owner_key())
         violations.raise_if_any()
         assert showtime_id is not None and starts_at is not None
         cmd = uc.RescheduleShowtime(showtime_id, starts_at, hall_id, key)
