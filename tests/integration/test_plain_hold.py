@@ -147,6 +147,23 @@ def test_seats_taken_are_refused_by_the_statement_with_their_labels(
     assert census(db) == before
 
 
+def test_taken_seats_are_refused_without_waiting_for_the_showtime_lock(
+    server: RunningServer, ana: Customer, ben: Customer, sale: Sale, db_admin: Db
+) -> None:
+    """A premiere's crowd: while holds are being written (the showtime's lock held), those who
+    ask for a seat already claimed are answered at once, not in turn."""
+    hold(ben, sale, "D6")
+    showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
+    with psycopg.connect(db_admin.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (showtime_key,))
+        try:
+            # Waiting for the lock would end in CONTENTION when the lock timeout runs out.
+            with pytest.raises(SeatAlreadyTaken):
+                place(server, server.settings, plain(ana, sale, "D6", "D7"))
+        finally:
+            other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
+
+
 Setup = Callable[[Customer, Customer, Sale, Db, ScreeningServiceStub], PlainHold]
 
 
