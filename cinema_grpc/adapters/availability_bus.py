@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -33,38 +33,56 @@ class QueueWatch:
     """A bounded inbox. When it overflows it is emptied and the next read raises
     WatcherLagging, so a slow watcher costs publishers nothing and starts over.
 
-    A watch lives at most ``lifetime`` seconds (then StreamLifetimeReached) and ends with
-    ServerShuttingDown when the hub is closed, so no stream can pin the server forever.
+    A watch lives at most ``lifetime`` seconds (then StreamLifetimeReached, once what was
+    delivered before has been read) and ends with ServerShuttingDown when the hub is closed, so
+    no stream can pin the server forever.
+
+    One event reaches every watcher of a showtime, so an offer is kept cheap: an append and, when
+    the reader waits, one future resolved; the lifetime is one timer per watch, not one per read.
     """
 
     def __init__(self, hub: LocalHub, showtime_id: uuid.UUID, capacity: int, lifetime: float) -> None:
         self._hub = hub
         self.showtime_id = showtime_id
-        # None wakes the reader up to notice a state change (lagging, closing).
-        self._queue: asyncio.Queue[SeatEvent | None] = asyncio.Queue(capacity)
+        self._capacity = capacity
+        self._events: deque[SeatEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._lagging = False
         self._closing = False
-        self._ends_at = asyncio.get_running_loop().time() + lifetime
+        self._expired = False
+        self._timer = asyncio.get_running_loop().call_later(lifetime, self._expire)
+
+    @property
+    def pending(self) -> int:
+        """Events delivered and not read yet."""
+        return len(self._events)
 
     def offer(self, event: SeatEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._events) >= self._capacity:
             self.start_over()
+            return
+        self._events.append(event)
+        self._wake()
 
     def start_over(self) -> None:
         """Drops what is waiting; the reader gets WatcherLagging and a fresh seat map."""
         self._lagging = True
+        self._events.clear()
         self._wake()
 
     def end(self) -> None:
         self._closing = True
+        self._events.clear()
+        self._wake()
+
+    def _expire(self) -> None:
+        self._expired = True
         self._wake()
 
     def _wake(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self) -> SeatEvent:
         while True:
@@ -72,20 +90,22 @@ class QueueWatch:
                 raise ServerShuttingDown("the server is shutting down; reconnect to another replica")
             if self._lagging:
                 self._lagging = False
-                while not self._queue.empty():
-                    self._queue.get_nowait()
+                self._events.clear()
                 raise WatcherLagging
-            try:
-                async with asyncio.timeout_at(self._ends_at):
-                    event = await self._queue.get()
-            except TimeoutError:
+            if self._events:
+                return self._events.popleft()
+            if self._expired:
                 raise StreamLifetimeReached(
                     "the stream reached its longest life; reconnect with since_version to carry on"
-                ) from None
-            if event is not None:
-                return event
+                )
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def close(self) -> None:
+        self._timer.cancel()
         self._hub.remove(self)
 
 

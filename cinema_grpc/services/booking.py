@@ -199,13 +199,14 @@ def seat_changes_message(event: SeatEvent) -> pb.SeatChanges:
 
 class _StreamMessages:
     """Watchers of a showtime receive the very same seat maps and events: each is turned into a
-    message once, not once per watcher (messages are only read when sent)."""
+    message and serialized once, not once per watcher. The bytes are written as they are (the
+    stream's serializer passes bytes through, see services.interceptors)."""
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._recent: dict[int, tuple[SeatMap | SeatEvent, pb.SeatAvailabilityEvent]] = {}
+        self._recent: dict[int, tuple[SeatMap | SeatEvent, bytes]] = {}
 
-    def get(self, item: SeatMap | SeatEvent) -> pb.SeatAvailabilityEvent:
+    def get(self, item: SeatMap | SeatEvent) -> bytes:
         known = self._recent.get(id(item))
         if known is not None and known[0] is item:
             return known[1]
@@ -213,11 +214,12 @@ class _StreamMessages:
             message = pb.SeatAvailabilityEvent(snapshot=seat_map_message(item))
         else:
             message = pb.SeatAvailabilityEvent(changes=seat_changes_message(item))
+        serialized = message.SerializeToString()
         if len(self._recent) >= self._size:
             self._recent.clear()
-        # The item is kept with its message, so its id cannot be reused while it is here.
-        self._recent[id(item)] = (item, message)
-        return message
+        # The item is kept with its bytes, so its id cannot be reused while it is here.
+        self._recent[id(item)] = (item, serialized)
+        return serialized
 
 
 class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
@@ -366,9 +368,9 @@ class BookingServicer(booking_pb2_grpc.BookingServiceServicer):
         showtime_id = require_id("showtime_id", request.showtime_id)
         return seat_map_message(await uc.seat_map(self._uow(), self._clock, current_caller(), showtime_id))
 
-    async def WatchSeatAvailability(
+    async def WatchSeatAvailability(  # type: ignore[override]  # serialized SeatAvailabilityEvents
         self, request: pb.WatchSeatAvailabilityRequest, context: Context
-    ) -> AsyncIterator[pb.SeatAvailabilityEvent]:
+    ) -> AsyncIterator[bytes]:
         showtime_id = require_id("showtime_id", request.showtime_id)
         if request.since_version < 0:
             raise invalid("since_version", "OUT_OF_RANGE", "must not be negative")

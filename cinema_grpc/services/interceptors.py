@@ -193,6 +193,18 @@ def _budgeted_stream(
     return handle
 
 
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream's serializer that writes a message serialized beforehand as it is: a seat event
+    sent to a thousand watchers is serialized once, not a thousand times."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return serialize
+
+
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -231,7 +243,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     method, cast(StreamBehavior, handler.unary_stream), self._access, self._budget, self._addresses
                 ),
                 request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
         return handler
 

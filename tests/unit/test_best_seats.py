@@ -104,7 +104,7 @@ def test_a_watcher_that_falls_behind_is_told_to_start_over_and_others_are_not_af
             await slow.next()
         hub.deliver([event(showtime, 11)])
         assert (await slow.next()).version == 11
-        assert other._queue.empty()
+        assert other.pending == 0
         for watch in (slow, fast, other):
             watch.close()
         assert hub.watcher_count == 0

@@ -50,7 +50,7 @@ def test_the_in_process_bus_delivers_after_the_publisher_returns_in_order() -> N
         watch = bus.watch(showtime)
         await bus.publish(events(showtime, 1, 3))
         await bus.publish(events(showtime, 4, 2))
-        waiting_at_return = watch._queue.qsize()
+        waiting_at_return = watch.pending
         received = [await asyncio.wait_for(watch.next(), 1) for _ in range(5)]
         watch.close()
         return waiting_at_return, received
