@@ -13,6 +13,7 @@ from cinema_grpc.domain.access import Caller, Role
 from cinema_grpc.domain.errors import EmailTaken
 from cinema_grpc.domain.identity.model import Session, User
 from cinema_grpc.domain.identity.throttle import SignInRecord
+from cinema_grpc.storage.lone_read import read_rows
 from cinema_grpc.storage.rows import RegistrationsByAddressRow, SessionRow, SignInRecordRow, UserRoleRow, UserRow
 
 
@@ -95,6 +96,13 @@ def _session(row: SessionRow) -> Session:
     return Session(row.id, row.user_id, row.refresh_token_id, row.created_at, row.expires_at, row.revoked_at)
 
 
+_CALLER = """
+SELECT session.user_id, role.role
+FROM identity.sessions AS session JOIN identity.user_roles AS role ON role.user_id = session.user_id
+WHERE session.id = %(session_id)s AND session.revoked_at IS NULL AND session.expires_at > %(now)s
+"""
+
+
 class SqlSessionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -142,12 +150,8 @@ class SqlSessionRepository:
         return list(await self._session.scalars(query))
 
     async def caller(self, session_id: uuid.UUID, now: datetime) -> Caller | None:
-        query = (
-            select(SessionRow.user_id, UserRoleRow.role)
-            .join(UserRoleRow, UserRoleRow.user_id == SessionRow.user_id)
-            .where(SessionRow.id == session_id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now)
-        )
-        rows = (await self._session.execute(query)).all()
+        # Every signed-in call asks this (at most once per session_cache_seconds): plain SQL, alone.
+        rows = await read_rows(self._session, _CALLER, {"session_id": session_id, "now": now})
         if not rows:
             return None
         return Caller(rows[0][0], frozenset(Role[role] for _, role in rows), session_id)
