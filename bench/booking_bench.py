@@ -184,6 +184,7 @@ class ServerProcess:
             "CINEMA_MAX_SEATS_PER_CUSTOMER_PER_SHOWTIME": "1000",
             "CINEMA_MAX_SEATS_PER_HOLD": "10",
             "CINEMA_DB_POOL_SIZE": str(args.db_pool_size),
+            "CINEMA_DB_HOLD_POOL_SIZE": str(args.db_hold_pool_size),
             "CINEMA_DB_MAX_OVERFLOW": str(args.db_max_overflow),
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "2",
             # Every watcher of the fan-out comes from this machine's address.
@@ -1206,7 +1207,7 @@ def header(args: argparse.Namespace, where: str, results: Results, command: str)
             f"load      1-minute load average {loads} (anything else on the machine counts too)",
             f"database  {where}",
             f"server    `cinema-grpc serve` in its own process, INFO JSON logs to a file,"
-            f" pool {args.db_pool_size} + {args.db_max_overflow},"
+            f" pool {args.db_pool_size} + {args.db_max_overflow}, hold pool {args.db_hold_pool_size},"
             f" seat events {'Redis' if args.redis_url else 'default bus'}",
             f"clients   {args.processes} load-generator processes, {args.channels} channels in all,"
             f" {args.duration:g} s measured after {args.warmup:g} s warm-up, closed loop",
@@ -1231,6 +1232,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", help="PostgreSQL server to use (a fresh database is made and dropped)")
     parser.add_argument("--redis-url", help="send seat events through this Redis")
     parser.add_argument("--db-pool-size", type=int, default=32, help="the server's pool (default 32)")
+    parser.add_argument(
+        "--db-hold-pool-size", type=int, default=8, help="the server's pool for plain holds (default 8)"
+    )
     parser.add_argument(
         "--db-max-overflow",
         type=int,

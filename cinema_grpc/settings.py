@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # Connections of the plain hold's own pool (HoldSeats in one statement), per process.
+    db_hold_pool_size: int = Field(default=8, ge=1, le=200)
     # Longest wait for a free database connection before a request is refused as CONTENTION.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # Server-side cap on one statement and on waiting for a row lock, in milliseconds.

@@ -238,7 +238,7 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
     plain_holds = PlainHolds(
         libpq_url(url),
         connect_args(settings, "cinema-grpc-holds"),
-        size=settings.db_pool_size,
+        size=settings.db_hold_pool_size,
         timeout=settings.db_pool_timeout_seconds,
     )
     return Database(url, engine, async_sessionmaker(engine, expire_on_commit=False), embedded, plain_holds)

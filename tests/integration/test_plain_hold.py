@@ -109,7 +109,7 @@ def test_a_plain_hold_waits_for_the_database_once_and_holds_no_lock_across_a_wai
 
     async def timed() -> tuple[float, Hold | None]:
         # One connection, so the measured hold takes the one that is connected and prepared.
-        database = open_database(settings.model_copy(update={"db_pool_size": 1}), run_migrations=False)
+        database = open_database(settings.model_copy(update={"db_hold_pool_size": 1}), run_migrations=False)
         try:
             assert database.plain_holds is not None
             await database.plain_holds.place(plain(ana, sale, "E9"))  # connected and prepared before
