@@ -2,16 +2,65 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import Any, TextIO
 
 import structlog
 
+
+class LineHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that also takes lines already rendered (``add_line``). Those added
+    during one turn of the event loop are written together after it, one write instead of one
+    per line (stderr is line-buffered: each line was a system call). A record logged the usual
+    way writes the lines waiting before it first, so lines keep their order."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def add_line(self, line: str) -> None:
+        self.acquire()
+        try:
+            self._pending.append(line)
+        finally:
+            self.release()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: at once
+            self.flush()
+            return
+        if self._flush_on is not loop:
+            self._flush_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.stream.write(text)
+            super().flush()
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
+            self.flush()
+        super().emit(record)
+
+
 # The handler of JSON lines once configure_logging chose them; None for console output.
-_json_handler: logging.StreamHandler[Any] | None = None
+_json_handler: LineHandler | None = None
+_INFO = logging.INFO
+_loggers: dict[str, logging.Logger] = {}
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -31,7 +80,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -60,11 +109,13 @@ def write_json_line(logger_name: str, event: str, fields: dict[str, Any]) -> boo
     keys in the same order: the fields, the event, the bound context, level, logger,
     timestamp), without the chain: for the one line every RPC writes, where the chain's
     generality (a stdlib record, two processor passes) cost about three times the rendering.
+    In the event loop, the line is written once the loop's turn is over (``LineHandler``).
     False when the output is not JSON lines: then log the usual way."""
     handler = _json_handler
     if handler is None:
         return False
-    if not logging.getLogger(logger_name).isEnabledFor(logging.INFO):
+    logger = _loggers.get(logger_name) or _loggers.setdefault(logger_name, logging.getLogger(logger_name))
+    if not logger.isEnabledFor(_INFO):
         return True
     record = {**fields, "event": event}
     for key, value in structlog.contextvars.get_contextvars().items():
@@ -72,11 +123,26 @@ def write_json_line(logger_name: str, event: str, fields: dict[str, Any]) -> boo
     record["level"] = "info"
     record["logger"] = logger_name
     record["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
-    line = json.dumps(record, default=repr) + handler.terminator
-    handler.acquire()
-    try:
-        handler.stream.write(line)
-        handler.flush()
-    finally:
-        handler.release()
+    handler.add_line(render_json(record) + handler.terminator)
     return True
+
+
+def render_json(record: dict[str, Any]) -> str:
+    """``json.dumps(record, default=repr)`` of a record with string keys, character for
+    character; the values a log line mostly holds (strings, None, numbers) are rendered here,
+    in about half the time dumps takes."""
+    parts = []
+    for key, value in record.items():
+        kind = type(value)
+        if kind is str:
+            text = encode_basestring_ascii(value)
+        elif value is None:
+            text = "null"
+        elif kind is float and value - value == 0.0:  # finite
+            text = float.__repr__(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        else:
+            text = json.dumps(value, default=repr)
+        parts.append(f"{encode_basestring_ascii(key)}: {text}")
+    return "{" + ", ".join(parts) + "}"
