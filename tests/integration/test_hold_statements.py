@@ -8,6 +8,7 @@ import time
 import uuid
 
 import psycopg
+import pytest
 from pydantic import SecretStr
 from sqlalchemy import event, make_url
 
@@ -28,6 +29,7 @@ from cinema_grpc.domain.booking.use_cases import (
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.domain.screening.use_cases import get_showtime
 from cinema_grpc.settings import Settings
+from cinema_grpc.storage import database as database_module
 from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 from cinema_grpc.storage.unit_of_work import SqlUnitOfWork
@@ -141,6 +143,13 @@ DOUBLE_CLAIMS = (
 # Every answer of the database is held back this long: a piece of work that waits for the
 # database n times takes about n times as long.
 ANSWER_DELAY = 0.25
+
+
+@pytest.fixture(autouse=True)
+def no_idle_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waits counted here are the work's own: a pooled connection idle for a second (a
+    loaded machine between the warm-up and the work) would be pinged first, one wait more."""
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
 
 
 def _slow_link(server: RunningServer, database_url: str) -> tuple[SlowLink, Settings]:
