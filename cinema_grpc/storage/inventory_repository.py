@@ -361,6 +361,10 @@ FROM event JOIN by_showtime USING (showtime_id)
 """
 
 
+# A swept seat's state by name: a sweep announces 200,000 seats, each looked up here.
+_STATES = {state.value: state for state in SeatState}
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
 
@@ -712,7 +716,7 @@ class SqlInventoryRepository:
             SeatEvent(
                 showtime_id,
                 int(version),
-                tuple(SeatChange(seat_id, SeatState(state)) for seat_id, state in zip(seat_ids, states, strict=True)),
+                tuple(SeatChange(seat_id, _STATES[state]) for seat_id, state in zip(seat_ids, states, strict=True)),
                 at,
             )
             for showtime_id, version, at, seat_ids, states in rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -432,33 +433,52 @@ def _replaces_seats(events: Iterable[SeatEvent]) -> bool:
 
 
 async def release_expired_holds(
-    unit_of_work: Callable[[], UnitOfWork], clock: Clock, batch: int = 50, parallel: int = 2
+    unit_of_work: Callable[[], UnitOfWork], clock: Clock, batch: int = 50, parallel: int = 2, rounds: int = 4
 ) -> int:
     """Frees the seats of expired holds; returns the seats freed.
 
-    Takes ``batch`` showtimes with expired holds per transaction, ``parallel`` transactions at a
-    time on disjoint showtimes. Each locks those of its showtimes that are not busy (a showtime
-    whose lock is taken is left to a later run; its expired holds count as free already),
-    expires their due holds in bulk (without loading them) and records one availability version
-    per showtime.
+    Lists up to ``batch * parallel * rounds`` showtimes with expired holds at a time and expires
+    them ``batch`` showtimes per transaction, ``parallel`` transactions at a time on disjoint
+    showtimes, each taking the next batch as soon as its own has committed (none waits for the
+    slowest of a round). Each locks those of its showtimes that are not busy (a showtime whose
+    lock is taken is left to a later run; its expired holds count as free already), expires
+    their due holds in bulk (without loading them) and records one availability version per
+    showtime.
     """
     freed = 0
+    listed = batch * parallel * rounds
     while True:
         async with unit_of_work() as uow:
-            showtimes = await uow.booking.showtimes_with_expired_holds(clock.now(), batch * parallel)
-        groups = [showtimes[i::parallel] for i in range(parallel) if showtimes[i::parallel]]
+            showtimes = await uow.booking.showtimes_with_expired_holds(clock.now(), listed)
+        waiting = deque(showtimes[i : i + batch] for i in range(0, len(showtimes), batch))
+        results: list[tuple[int, int]] = []
         outcomes = await asyncio.gather(
-            *(_expire_showtimes(unit_of_work, clock, group) for group in groups), return_exceptions=True
+            *(_expire_waiting(unit_of_work, clock, waiting, results) for _ in range(min(parallel, len(waiting)))),
+            return_exceptions=True,
         )
-        # Both transactions have ended, whatever happened to either, before a failure is raised.
+        # Every transaction has ended, whatever happened to any, before a failure is raised.
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        results = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
         freed += sum(seats for seats, _ in results)
         swept = sum(locked for _, locked in results)
-        if len(showtimes) < batch * parallel or swept == 0:
+        if len(showtimes) < listed or swept == 0:
             return freed
+
+
+async def _expire_waiting(
+    unit_of_work: Callable[[], UnitOfWork],
+    clock: Clock,
+    waiting: deque[list[uuid.UUID]],
+    results: list[tuple[int, int]],
+) -> None:
+    """Expires the waiting batches one after another until none is left."""
+    try:
+        while waiting:
+            results.append(await _expire_showtimes(unit_of_work, clock, waiting.popleft()))
+    except BaseException:
+        waiting.clear()  # the others stop after their current batch
+        raise
 
 
 async def _expire_showtimes(
