@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -136,6 +138,29 @@ def test_a_hold_takes_the_customer_lock_before_waiting_for_the_showtime(
     assert [h.state for h in result] == [bpb.HOLD_STATE_ACTIVE]
 
 
+@contextmanager
+def watching_the_lock(dsn: str, key: int) -> Iterator[list[float]]:
+    """The moments the advisory lock ``key`` was seen held (polled every 2 ms) while inside."""
+    seen: list[float] = []
+    watching = threading.Event()
+    watching.set()
+
+    def watch(connection: Db) -> None:
+        while watching.is_set():
+            if True in _lock_state(connection, key):
+                seen.append(time.monotonic())
+            time.sleep(0.002)
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        watcher = threading.Thread(target=watch, args=(connection,))
+        watcher.start()
+        try:
+            yield seen
+        finally:
+            watching.clear()
+            watcher.join(5)
+
+
 DOUBLE_CLAIMS = (
     "SELECT count(*) FROM (SELECT seat_id FROM booking.seat_claims WHERE status IN ('HELD', 'SOLD')"
     " GROUP BY showtime_id, seat_id HAVING count(*) > 1) AS doubles"
@@ -202,24 +227,10 @@ def test_a_hold_waits_for_the_database_twice_and_holds_no_lock_across_a_wait(
 
     def measure(hold_id: uuid.UUID | None = None) -> tuple[float, float, Hold]:
         """How long the work took, how long the showtime's lock was seen held, its answer."""
-        seen: list[float] = []
-        watching = threading.Event()
-        watching.set()
-
-        def watch_the_lock(connection: Db) -> None:
-            while watching.is_set():
-                if True in _lock_state(connection, showtime_key):
-                    seen.append(time.monotonic())
-                time.sleep(0.002)
-
-        with psycopg.connect(db.info.dsn, autocommit=True) as connection:
-            watcher = threading.Thread(target=watch_the_lock, args=(connection,))
-            watcher.start()
+        with watching_the_lock(db.info.dsn, showtime_key) as seen:
             try:
                 elapsed, done = server.run(timed(hold_id))
             finally:
-                watching.clear()
-                watcher.join(5)
                 link.delay = 0.0
         return elapsed, (seen[-1] - seen[0]) if seen else 0.0, done
 

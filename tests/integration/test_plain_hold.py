@@ -4,7 +4,6 @@ plain writes nothing and is left to the inventory, which answers with its detail
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 from tests.booking_data import Customer, Sale, hold, open_sale
 from tests.conftest import RunningServer
-from tests.integration.test_hold_statements import ANSWER_DELAY, _lock_state, _slow_link, expire
+from tests.integration.test_hold_statements import ANSWER_DELAY, _slow_link, expire, watching_the_lock
 from tests.rpc_errors import call_fails
 
 Db = psycopg.Connection[tuple[object, ...]]
@@ -97,15 +96,6 @@ def test_a_plain_hold_waits_for_the_database_once_and_holds_no_lock_across_a_wai
 ) -> None:
     link, settings = _slow_link(server, database_url)
     showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
-    seen: list[float] = []
-    watching = threading.Event()
-    watching.set()
-
-    def watch_the_lock(connection: Db) -> None:
-        while watching.is_set():
-            if True in _lock_state(connection, showtime_key):
-                seen.append(time.monotonic())
-            time.sleep(0.002)
 
     async def timed() -> tuple[float, Hold | None]:
         # One connection, so the measured hold takes the one that is connected and prepared.
@@ -120,14 +110,10 @@ def test_a_plain_hold_waits_for_the_database_once_and_holds_no_lock_across_a_wai
         finally:
             await database.close()
 
-    with psycopg.connect(db.info.dsn, autocommit=True) as connection:
-        watcher = threading.Thread(target=watch_the_lock, args=(connection,))
-        watcher.start()
+    with watching_the_lock(db.info.dsn, showtime_key) as seen:
         try:
             elapsed, placed = server.run(timed())
         finally:
-            watching.clear()
-            watcher.join(5)
             link.delay = 0.0
             link.close()
     assert placed is not None
