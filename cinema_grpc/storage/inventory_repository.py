@@ -55,8 +55,9 @@ from cinema_grpc.domain.booking.model import (
 )
 from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
 from cinema_grpc.domain.money import Money
-from cinema_grpc.domain.screening.model import BusyPeriod, Seat, SeatKind, Showtime, ShowtimeState
+from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.screening_repositories import SHOWTIME_COLUMNS, showtime_of
 
 # The showtime's seat lock. Transaction-scoped: released at commit or rollback, never leaked.
 # The connection's lock_timeout bounds the wait (Contention, i.e. ABORTED with retry advice).
@@ -102,16 +103,10 @@ json_build_array(booking.id, booking.customer_id, booking.hold_id, booking.state
                   WHERE claim.booking_id = booking.id))
 """
 
-_SHOWTIME_COLUMNS = """
-showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
-showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
-(SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
- FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
-"""
 
 # The showtime with the holds and bookings a change needs.
 _LOAD = f"""
-SELECT {_SHOWTIME_COLUMNS},
+SELECT {SHOWTIME_COLUMNS},
        (SELECT json_agg({HOLD_JSON}) FROM booking.holds AS hold
         WHERE hold.showtime_id = showtime.id
           AND (hold.id = ANY(%(hold_ids)s::uuid[]) OR (%(all_sales)s AND hold.state = 'ACTIVE'))),
@@ -148,7 +143,7 @@ WITH showtime AS (
     SELECT seat.* FROM screening.seats AS seat JOIN showtime ON seat.hall_id = showtime.hall_id
     WHERE %(all_seats)s AND seat.retired_at IS NULL
 )
-SELECT {_SHOWTIME_COLUMNS},
+SELECT {SHOWTIME_COLUMNS},
        (SELECT json_agg({HOLD_JSON}) FROM booking.holds AS hold
         WHERE hold.showtime_id = %(showtime_id)s AND hold.state = 'ACTIVE'
           AND greatest(hold.expires_at, hold.payment_deadline) <= %(now)s),
@@ -435,21 +430,6 @@ def _out_of_service(holds: Iterable[list[Any]], bookings: Iterable[list[Any]] = 
     return frozenset(uuid.UUID(seat[0]) for seat in seats if not seat[-1])
 
 
-def _showtime(showtime_id: uuid.UUID, columns: Sequence[Any]) -> Showtime:
-    (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at, prices) = columns
-    return Showtime(
-        showtime_id,
-        cinema_id,
-        hall_id,
-        movie_id,
-        BusyPeriod(starts_at, ends_at, busy_until),
-        {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
-        ShowtimeState(state),
-        cancel_reason,
-        created_at,
-    )
-
-
 def _changes_json(changes: Sequence[SeatChange]) -> str:
     return json.dumps([[str(change.seat_id), change.state.value] for change in changes])
 
@@ -624,7 +604,7 @@ class SqlInventoryRepository:
         return self._loaded(
             SeatInventory(
                 showtime_id,
-                _showtime(showtime_id, row[:10]),
+                showtime_of(showtime_id, row[:10]),
                 holds=[hold_of(showtime_id, item) for item in row[10] or ()],
                 bookings=[_booking(showtime_id, item) for item in row[11] or ()],
                 out_of_service=_out_of_service(row[10] or (), row[11] or ()),
@@ -661,7 +641,7 @@ class SqlInventoryRepository:
         if not rows:
             return SeatInventory(showtime_id, None, offer=HoldOffer(new_hold.customer_id, 0, (), frozenset()))
         row = rows[0]
-        showtime = _showtime(showtime_id, row[:10])
+        showtime = showtime_of(showtime_id, row[:10])
         lapsed, active_holds, seats, taken, recent, seats_of_customer, ended = row[10:]
         offer = HoldOffer(
             new_hold.customer_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -369,13 +369,31 @@ def _busy_during(starts_at: datetime, busy_until: datetime, besides: uuid.UUID |
 
 
 # A showtime with its prices in one statement (GetShowtime reads nothing else).
-_SHOWTIME = """
-SELECT showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
-       showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
-       (SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
-        FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
-FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s
+# A showtime in plain SQL (the table aliased ``showtime``), read back with showtime_of.
+SHOWTIME_COLUMNS = """
+showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
+showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
+(SELECT json_agg(json_build_array(price.kind, price.amount_minor, price.currency))
+ FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
 """
+
+_SHOWTIME = f"SELECT {SHOWTIME_COLUMNS} FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s"
+
+
+def showtime_of(showtime_id: uuid.UUID, columns: Sequence[Any]) -> Showtime:
+    """The showtime from the values of SHOWTIME_COLUMNS, in their order."""
+    (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, cancel_reason, created_at, prices) = columns
+    return Showtime(
+        showtime_id,
+        cinema_id,
+        hall_id,
+        movie_id,
+        BusyPeriod(starts_at, ends_at, busy_until),
+        {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
+        ShowtimeState(state),
+        cancel_reason,
+        created_at,
+    )
 
 
 class SqlShowtimeRepository:
@@ -423,23 +441,7 @@ class SqlShowtimeRepository:
         if not for_update:
             # Plain SQL in the driver's paramstyle: no ORM entities on the hot read.
             rows = await read_rows(self._session, _SHOWTIME, {"showtime_id": showtime_id})
-            if not rows:
-                return None
-            found = rows[0]
-            (cinema_id, hall_id, movie_id, starts_at, ends_at, busy_until, state, reason, created_at, prices) = tuple(
-                found
-            )
-            return Showtime(
-                showtime_id,
-                cinema_id,
-                hall_id,
-                movie_id,
-                BusyPeriod(starts_at, ends_at, busy_until),
-                {SeatKind(kind): Money(amount, currency) for kind, amount, currency in prices or ()},
-                ShowtimeState(state),
-                reason,
-                created_at,
-            )
+            return showtime_of(showtime_id, rows[0]) if rows else None
         query = select(ShowtimeRow).where(ShowtimeRow.id == showtime_id).with_for_update()
         row = await self._session.scalar(query)
         if row is None:
