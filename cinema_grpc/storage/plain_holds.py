@@ -17,7 +17,7 @@ import psycopg
 import psycopg_pool
 
 from cinema_grpc.domain.booking.inventory import PlainHold
-from cinema_grpc.domain.booking.model import ClaimedSeat, Hold, SeatChange, SeatEvent, SeatState
+from cinema_grpc.domain.booking.model import ClaimedSeat, Hold, SeatEvent
 from cinema_grpc.domain.errors import Contention, DomainError, SeatAlreadyTaken, StorageUnavailable
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.payment.model import CARD_AMOUNT_CEILING_MINOR
@@ -124,14 +124,7 @@ class PlainHolds:
             )
         if outcome != "HELD":
             return None
-        seats = _claimed(seat_ids, labels, numbers, kinds, amounts, currencies)
-        event = SeatEvent(
-            plain.showtime_id,
-            int(version),
-            tuple(SeatChange(seat_id, SeatState.HELD) for seat_id in seat_ids),
-            recorded_at,
-        )
-        return plain.hold(seats, int(version)), event
+        return plain.placed(_claimed(seat_ids, labels, numbers, kinds, amounts, currencies), int(version), recorded_at)
 
 
 def _claimed(

@@ -25,6 +25,7 @@ from cinema_grpc.domain.booking.model import (
     RefundState,
     SaleChannel,
     SeatChange,
+    SeatEvent,
     SeatState,
     Ticket,
     best_available,
@@ -130,9 +131,10 @@ class PlainHold:
     def expires_at(self) -> datetime:
         return self.now + self.rules.hold_ttl
 
-    def hold(self, seats: Sequence[ClaimedSeat], seat_map_version: int) -> Hold:
-        """The hold as placed, its seats in the order asked."""
-        return Hold(
+    def placed(self, seats: Sequence[ClaimedSeat], version: int, recorded_at: datetime) -> tuple[Hold, SeatEvent]:
+        """The hold as placed (its seats in the order asked) and the seat event that announces
+        it: every seat HELD, in the showtime's ``version``."""
+        hold = Hold(
             self.hold_id,
             self.showtime_id,
             self.customer_id,
@@ -141,8 +143,10 @@ class PlainHold:
             self.expires_at,
             0,
             self.now,
-            seat_map_version=seat_map_version,
+            seat_map_version=version,
         )
+        changes = tuple(SeatChange(seat.seat_id, SeatState.HELD) for seat in hold.seats)
+        return hold, SeatEvent(self.showtime_id, version, changes, recorded_at)
 
 
 @dataclass(frozen=True)
