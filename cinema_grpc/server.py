@@ -283,6 +283,10 @@ class CinemaServer:
         async def run() -> None:
             try:
                 await job()
+            except asyncio.CancelledError:
+                # Shutdown ended this run mid-way (the scheduler stops without waiting): nothing
+                # failed, and the scheduler would log the cancellation as an error with its trace.
+                return
             except Exception:
                 log.exception("background job failed", job=job_id)
                 if runs is not None:
