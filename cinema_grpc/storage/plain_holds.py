@@ -24,7 +24,7 @@ from cinema_grpc.domain.payment.model import CARD_AMOUNT_CEILING_MINOR
 from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 
-_HOLD = "SELECT * FROM booking.hold_plain_seats(" + ", ".join(["%s"] * 21) + ")"
+HOLD_STATEMENT = "SELECT * FROM booking.hold_plain_seats(" + ", ".join(["%s"] * 21) + ")"
 
 
 def driver_error(exc: psycopg.Error) -> DomainError | None:
@@ -38,6 +38,36 @@ def driver_error(exc: psycopg.Error) -> DomainError | None:
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow):
         return StorageUnavailable("the database is unreachable; retry later")
     return None
+
+
+def statement_params(plain: PlainHold) -> tuple[Any, ...]:
+    """HOLD_STATEMENT's parameters for a plain hold."""
+    rules = plain.rules
+    request = plain.request
+    scope = f"{plain.scope}/{request.owner}" if request is not None else None
+    return (
+        advisory_key(LockNamespace.REQUEST_ID, f"{scope}:{request.request_id}") if request is not None else None,
+        scope,
+        request.request_id if request is not None else None,
+        request.fingerprint if request is not None else None,
+        advisory_key(LockNamespace.CUSTOMER_HOLDS, str(plain.customer_id)),
+        advisory_key(LockNamespace.SHOWTIME_SEATS, str(plain.showtime_id)),
+        plain.showtime_id,
+        plain.customer_id,
+        list(plain.seat_ids),
+        plain.staff,
+        plain.now,
+        rules.online_sales_close,
+        rules.max_active_holds,
+        plain.now - rules.hold_rate_window,
+        rules.max_holds_per_window,
+        plain.now - rules.rehold_cooldown,
+        rules.max_seats_per_hold,
+        rules.max_seats_per_showtime,
+        CARD_AMOUNT_CEILING_MINOR,
+        plain.hold_id,
+        plain.expires_at,
+    )
 
 
 class PlainHolds:
@@ -76,36 +106,11 @@ class PlainHolds:
 
     async def place(self, plain: PlainHold) -> tuple[Hold, SeatEvent] | None:
         """The hold and its seat event, or None (nothing written). Raises SeatAlreadyTaken."""
-        rules = plain.rules
-        request = plain.request
-        scope = f"{plain.scope}/{request.owner}" if request is not None else None
-        params = (
-            advisory_key(LockNamespace.REQUEST_ID, f"{scope}:{request.request_id}") if request is not None else None,
-            scope,
-            request.request_id if request is not None else None,
-            request.fingerprint if request is not None else None,
-            advisory_key(LockNamespace.CUSTOMER_HOLDS, str(plain.customer_id)),
-            advisory_key(LockNamespace.SHOWTIME_SEATS, str(plain.showtime_id)),
-            plain.showtime_id,
-            plain.customer_id,
-            list(plain.seat_ids),
-            plain.staff,
-            plain.now,
-            rules.online_sales_close,
-            rules.max_active_holds,
-            plain.now - rules.hold_rate_window,
-            rules.max_holds_per_window,
-            plain.now - rules.rehold_cooldown,
-            rules.max_seats_per_hold,
-            rules.max_seats_per_showtime,
-            CARD_AMOUNT_CEILING_MINOR,
-            plain.hold_id,
-            plain.expires_at,
-        )
+        params = statement_params(plain)
         pool = await self._opened()
         try:
             async with pool.connection() as connection:
-                cursor = await connection.execute(_HOLD, params, prepare=True)
+                cursor = await connection.execute(HOLD_STATEMENT, params, prepare=True)
                 row = await cursor.fetchone()
         except psycopg_pool.PoolTimeout as exc:
             raise Contention("the server is busy; retry shortly") from exc

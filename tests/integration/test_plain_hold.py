@@ -23,6 +23,7 @@ from cinema_grpc.domain.idempotency import RequestKey
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
+from cinema_grpc.storage.plain_holds import HOLD_STATEMENT, statement_params
 from tests.booking_data import Customer, Sale, hold, open_sale
 from tests.conftest import RunningServer
 from tests.integration.test_hold_statements import ANSWER_DELAY, _slow_link, expire, watching_the_lock
@@ -120,6 +121,41 @@ def test_a_plain_hold_waits_for_the_database_once_and_holds_no_lock_across_a_wai
     assert round(elapsed / ANSWER_DELAY) == 1, f"the hold took {elapsed:.3f} s"
     locked_for = (seen[-1] - seen[0]) if seen else 0.0
     assert locked_for < ANSWER_DELAY / 2, f"the showtime was locked for {locked_for:.3f} s"
+
+
+def nested_plans(db: Db, asked: PlainHold) -> list[str]:
+    """The plan of every statement the hold runs inside PostgreSQL (auto_explain, as notices),
+    on a connection of its own: its plans are made afresh, generic, as a pooled connection's are."""
+    plans: list[str] = []
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+            conn.execute(f"SET auto_explain.{setting}")
+        assert conn.execute(HOLD_STATEMENT, statement_params(asked)).fetchone() is not None
+    return plans
+
+
+def test_the_statement_looks_each_seat_asked_up_by_its_key(
+    server: RunningServer, ana: Customer, ben: Customer, sale: Sale, db: Db
+) -> None:
+    # Planned once per connection, whatever the statistics said then: the seats and their claims
+    # must be read by key, not as every seat of the hall or every claim of the showtime.
+    hold(ben, sale, "A1", "A2", "A3", "B1", "B2", "B3")
+    plans = nested_plans(db, plain(ana, sale, "C3", "C1"))
+    lines = [line.strip() for plan in plans for line in plan.splitlines()]
+    assert any("hold_plain_seats" in plan for plan in plans) and len(plans) > 5
+    scans = [(line, lines[i + 1]) for i, line in enumerate(lines[:-1]) if "Scan" in line and " on seat_claims " in line]
+    assert scans, "no read of seat_claims was planned"
+    for scan, condition in scans:
+        keyed = condition.startswith(("Index Cond:", "Recheck Cond:"))
+        assert "Seq Scan" not in scan and keyed, f"{scan} / {condition}"
+        # A claim is found by (showtime, seat) or by its hold, never filtered out of the showtime's.
+        assert "seat_id =" in condition or "hold_id =" in condition, f"{scan} / {condition}"
+    seat_reads = [(line, lines[i + 1]) for i, line in enumerate(lines[:-1]) if "Scan" in line and " on seats " in line]
+    assert seat_reads, "no read of the seats was planned"
+    for scan, condition in seat_reads:
+        assert "seats_pkey" in scan and "id =" in condition and "hall_id" not in condition, f"{scan} / {condition}"
 
 
 def test_seats_taken_are_refused_by_the_statement_with_their_labels(
