@@ -155,7 +155,9 @@ class CinemaServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        screening_pb2_grpc.add_ScreeningServiceServicer_to_server(ScreeningServicer(uow, clock), self.grpc)
+        screening_pb2_grpc.add_ScreeningServiceServicer_to_server(
+            ScreeningServicer(uow, clock, settings.showtime_cache_seconds), self.grpc
+        )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(
             IdentityServicer(uow, clock, self.hasher, tokens, authenticator, addresses, settings.throttle_rules()),
             self.grpc,

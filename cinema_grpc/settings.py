@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0, le=86_400)
     # Seconds a replica trusts its cached check that a session is still signed in.
     session_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Seconds a replica answers GetShowtime from memory (0: always from the database).
+    showtime_cache_seconds: float = Field(default=1.0, ge=0, le=300)
     # Proxies (comma-separated addresses or CIDRs, e.g. "10.0.0.0/8, 127.0.0.1") whose
     # X-Forwarded-For names the client for throttling. Others' X-Forwarded-For is ignored.
     trusted_proxies: str = ""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import date as date_type
 
+from cachetools import TTLCache
 from google.protobuf.message import Message
 
 from cinema.screening.v1 import screening_pb2 as pb
@@ -210,10 +213,46 @@ register_details(_conflict_details)
 # ---------------------------------------------------------------- servicer
 
 
+class ShowtimeAnswers:
+    """GetShowtime's answers, kept for ``seconds``: a showtime page read by a crowd costs one read
+    of the database per replica and period, not one per call.
+
+    A change made through this replica forgets its showtime at once, and a read that began
+    before any change is not kept. Another replica's change shows here within ``seconds``; what
+    matters is decided by the database whatever this says (a hold of a cancelled showtime is
+    refused by the hold itself).
+    """
+
+    def __init__(self, seconds: float, size: int = 10_000) -> None:
+        self._kept: TTLCache[uuid.UUID, pb.Showtime] | None = (
+            TTLCache(maxsize=size, ttl=seconds, timer=time.monotonic) if seconds > 0 else None
+        )
+        self._changes = 0
+
+    async def get(self, showtime_id: uuid.UUID, read: Callable[[], Awaitable[Showtime]]) -> pb.Showtime:
+        if self._kept is None:
+            return showtime_message(await read())
+        if (kept := self._kept.get(showtime_id)) is not None:
+            return kept
+        changes = self._changes
+        message = showtime_message(await read())
+        if changes == self._changes:
+            self._kept[showtime_id] = message
+        return message
+
+    def changed(self, showtime: Showtime) -> pb.Showtime:
+        """Forgets the showtime (a change was committed); returns its message."""
+        self._changes += 1
+        if self._kept is not None:
+            self._kept.pop(showtime.id, None)
+        return showtime_message(showtime)
+
+
 class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
-    def __init__(self, unit_of_work: Callable[[], UnitOfWork], clock: Clock) -> None:
+    def __init__(self, unit_of_work: Callable[[], UnitOfWork], clock: Clock, showtime_cache_seconds: float) -> None:
         self._uow = unit_of_work
         self._clock = clock
+        self._showtimes = ShowtimeAnswers(showtime_cache_seconds)
 
     async def CreateCinema(self, request: pb.CreateCinemaRequest, context: Context) -> pb.Cinema:
         violations = Violations()
@@ -324,7 +363,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def GetShowtime(self, request: pb.GetShowtimeRequest, context: Context) -> pb.Showtime:
         showtime_id = require_id("showtime_id", request.showtime_id)
-        return showtime_message(await uc.get_showtime(self._uow(), showtime_id))
+        return await self._showtimes.get(showtime_id, lambda: uc.get_showtime(self._uow(), showtime_id))
 
     async def ListShowtimes(self, request: pb.ListShowtimesRequest, context: Context) -> pb.ListShowtimesResponse:
         violations = Violations()
@@ -347,7 +386,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
 
     async def CancelShowtime(self, request: pb.CancelShowtimeRequest, context: Context) -> pb.Showtime:
         showtime_id = require_id("showtime_id", request.showtime_id)
-        return showtime_message(await uc.cancel_showtime(self._uow(), self._clock, showtime_id, request.reason))
+        return self._showtimes.changed(await uc.cancel_showtime(self._uow(), self._clock, showtime_id, request.reason))
 
     async def RescheduleShowtime(self, request: pb.RescheduleShowtimeRequest, context: Context) -> pb.Showtime:
         violations = Violations()
@@ -358,7 +397,7 @@ class ScreeningServicer(screening_pb2_grpc.ScreeningServiceServicer):
         violations.raise_if_any()
         assert showtime_id is not None and starts_at is not None
         cmd = uc.RescheduleShowtime(showtime_id, starts_at, hall_id, key)
-        return showtime_message(await uc.reschedule_showtime(self._uow(), self._clock, cmd))
+        return self._showtimes.changed(await uc.reschedule_showtime(self._uow(), self._clock, cmd))
 
     async def FindFreeHalls(self, request: pb.FindFreeHallsRequest, context: Context) -> pb.FindFreeHallsResponse:
         violations = Violations()
