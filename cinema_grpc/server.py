@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 from pydantic import SecretStr
+from sqlalchemy.pool import QueuePool
 
 from cinema.admission.v1 import admission_pb2, admission_pb2_grpc
 from cinema.booking.v1 import booking_pb2, booking_pb2_grpc
@@ -57,6 +58,9 @@ from cinema_grpc.services.call_budget import CallBudget
 from cinema_grpc.services.identity import IdentityServicer
 from cinema_grpc.services.interceptors import RpcInterceptor
 from cinema_grpc.services.metrics import (
+    DB_POOL_CONNECTIONS,
+    DB_POOL_SIZE,
+    DB_POOL_WAITING,
     RECONCILER_RUNS,
     SEATS_RELEASED_BY_EXPIRY,
     STREAM_WATCHERS,
@@ -215,8 +219,23 @@ class CinemaServer:
             self.port = self.grpc.add_insecure_port(address)
         self.database_health = DatabaseHealth(database.url, self.health, SERVICE_NAMES)
         STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
+        self._pool_gauges(settings)
         TEST_PAYMENT_MODE.set(1 if settings.test_payments else 0)
         self.metrics_port = 0
+
+    def _pool_gauges(self, settings: Settings) -> None:
+        """The pools' gauges, read at each scrape."""
+        pool = self.database.engine.pool
+        if isinstance(pool, QueuePool):
+            DB_POOL_CONNECTIONS.labels("requests", "in_use").set_function(pool.checkedout)
+            DB_POOL_CONNECTIONS.labels("requests", "idle").set_function(pool.checkedin)
+        DB_POOL_SIZE.labels("requests").set(settings.db_pool_size + settings.db_max_overflow)
+        holds = self.database.plain_holds
+        if holds is not None:
+            DB_POOL_CONNECTIONS.labels("holds", "in_use").set_function(lambda: holds.usage()[0])
+            DB_POOL_CONNECTIONS.labels("holds", "idle").set_function(lambda: holds.usage()[1])
+            DB_POOL_WAITING.labels("holds").set_function(lambda: holds.usage()[2])
+            DB_POOL_SIZE.labels("holds").set(holds.size)
 
     async def sweep_expired_holds(self) -> int:
         """One run of the expiry job. Every replica runs it; the advisory lock lets one sweep."""

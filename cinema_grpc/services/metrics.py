@@ -60,6 +60,23 @@ TEST_PAYMENT_MODE = Gauge(
     "1 while payments are not real money (the local Stripe test server or a Stripe test-mode key)",
     registry=REGISTRY,
 )
+DB_POOL_CONNECTIONS = Gauge(
+    "cinema_db_pool_connections",
+    "Open database connections of this replica by pool (requests: the unit of work's; holds: the plain "
+    "holds') and state (in_use, idle); in_use at the pool's size for long means calls queue for a connection",
+    ["pool", "state"],
+    registry=REGISTRY,
+)
+DB_POOL_SIZE = Gauge(
+    "cinema_db_pool_size", "Connections each pool may open (its size, overflow included)", ["pool"], registry=REGISTRY
+)
+DB_POOL_WAITING = Gauge(
+    "cinema_db_pool_waiting",
+    "Calls waiting for a connection of the plain holds' pool (a wait longer than CINEMA_DB_POOL_TIMEOUT_SECONDS "
+    "is refused with CONTENTION, to be retried)",
+    ["pool"],
+    registry=REGISTRY,
+)
 DATABASE_UP = Gauge("cinema_database_up", "1 while the database answers the health probe", registry=REGISTRY)
 
 

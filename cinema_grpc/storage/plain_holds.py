@@ -99,6 +99,18 @@ class PlainHolds:
                 self._pool = pool
         return self._pool
 
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def usage(self) -> tuple[int, int, int]:
+        """Connections in use, idle, and calls waiting for one (zeros until the first hold)."""
+        if self._pool is None:
+            return 0, 0, 0
+        stats = self._pool.get_stats()
+        idle = stats.get("pool_available", 0)
+        return stats.get("pool_size", 0) - idle, idle, stats.get("requests_waiting", 0)
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:

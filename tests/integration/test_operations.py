@@ -60,6 +60,16 @@ def test_metrics_count_rpcs_by_method_and_status_and_show_the_selling_state(
     assert metric(text, "cinema_rpc_duration_seconds_count", method=method) >= 2
     assert metric(text, "cinema_active_holds") == 1
     assert "cinema_stream_watchers" in text and "cinema_database_up" in text
+    # The pools: the hold went through the plain holds' pool, the rest through the requests' pool.
+    settings = server.settings
+    assert metric(text, "cinema_db_pool_size", pool="holds") == settings.db_hold_pool_size
+    assert metric(text, "cinema_db_pool_size", pool="requests") == settings.db_pool_size + settings.db_max_overflow
+    for pool in ("holds", "requests"):
+        open_connections = sum(
+            metric(text, "cinema_db_pool_connections", pool=pool, state=s) for s in ("in_use", "idle")
+        )
+        assert open_connections >= 1, pool
+    assert metric(text, "cinema_db_pool_waiting", pool="holds") == 0
 
 
 def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_again_after(database_url: str) -> None:
