@@ -219,12 +219,12 @@ class CinemaServer:
             self.port = self.grpc.add_insecure_port(address)
         self.database_health = DatabaseHealth(database.url, self.health, SERVICE_NAMES)
         STREAM_WATCHERS.set_function(lambda: self.bus.hub.watcher_count)
-        self._pool_gauges(settings)
+        self.publish_pool_gauges(settings)
         TEST_PAYMENT_MODE.set(1 if settings.test_payments else 0)
         self.metrics_port = 0
 
-    def _pool_gauges(self, settings: Settings) -> None:
-        """The pools' gauges, read at each scrape."""
+    def publish_pool_gauges(self, settings: Settings) -> None:
+        """Points the pool gauges (one set per process) at this server's pools, read at each scrape."""
         pool = self.database.engine.pool
         if isinstance(pool, QueuePool):
             DB_POOL_CONNECTIONS.labels("requests", "in_use").set_function(pool.checkedout)
