@@ -8,8 +8,9 @@ import functools
 import gc
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -92,6 +93,28 @@ SERVICES = (
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
 
 
+class GenericHandlersOnly:
+    """What the generated ``add_*Servicer_to_server`` functions use of a server, registering each
+    service as a generic handler only.
+
+    grpc.aio keeps a pending call request per registered method and, for every call it accepts,
+    waits on all of them at once (``asyncio.wait`` in its main loop), 65 futures here. A generic
+    handler finds the method by name in a dict instead, as gRPC did before registered methods
+    existed; calls, interceptors and reflection are the same. Health/Check measured 0.342 ms of
+    server CPU per call before and 0.292 ms after, against 0.285 ms for a bare grpc.aio server
+    (bench/ab_compare.py, 4 alternated rounds).
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        """Left out: the generic handler added beside it serves these methods."""
+
+
 class CinemaServer:
     """The gRPC server with health and reflection, and the resources it must release."""
 
@@ -159,12 +182,13 @@ class CinemaServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
+        services = cast(grpc.aio.Server, GenericHandlersOnly(self.grpc))
         screening_pb2_grpc.add_ScreeningServiceServicer_to_server(
-            ScreeningServicer(uow, clock, settings.showtime_cache_seconds), self.grpc
+            ScreeningServicer(uow, clock, settings.showtime_cache_seconds), services
         )
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(
             IdentityServicer(uow, clock, self.hasher, tokens, authenticator, addresses, settings.throttle_rules()),
-            self.grpc,
+            services,
         )
         self.gateway = StripeGateway(
             settings.stripe_secret_key.get_secret_value(),
@@ -175,7 +199,7 @@ class CinemaServer:
         )
         booking_pb2_grpc.add_BookingServiceServicer_to_server(
             BookingServicer(uow, clock, settings.booking_rules(), self.bus, self.gateway, settings.payment_rules()),
-            self.grpc,
+            services,
         )
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(
             PaymentServicer(
@@ -187,15 +211,15 @@ class CinemaServer:
                 SyncGuard(settings.sync_payment_per_minute, timedelta(seconds=settings.sync_payment_cache_seconds)),
                 self.verify_audit_trail,
             ),
-            self.grpc,
+            services,
         )
-        reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), self.grpc)
+        reports_pb2_grpc.add_ReportsServiceServicer_to_server(ReportsServicer(uow, clock), services)
         ticket_key = settings.ticket_signing_key.get_secret_value() if settings.ticket_signing_key else None
         self.ticket_codes = Ed25519TicketCodec.from_settings(
             ticket_key, settings.ticket_retired_public_keys, settings.data_dir
         )
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(
-            AdmissionServicer(uow, clock, self.ticket_codes, settings.admission_rules(), qr_png), self.grpc
+            AdmissionServicer(uow, clock, self.ticket_codes, settings.admission_rules(), qr_png), services
         )
         gateway = self.gateway
         payment_rules = settings.payment_rules()
@@ -205,10 +229,10 @@ class CinemaServer:
 
         self.webhooks = WebhookListener(on_webhook)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc,
+            services,
         )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
