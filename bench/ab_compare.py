@@ -2,7 +2,7 @@
 between runs minutes apart on a shared machine.
 
     git archive <commit> | tar -x -C /tmp/before
-    .venv/bin/python bench/ab_compare.py --before /tmp/before --rounds 6 --kinds health,get_showtime
+    .venv/bin/python bench/ab_compare.py --before /tmp/before --rounds 6 --kinds health,get_showtime,hold
 
 Starts `cinema-grpc serve` twice on one database (the work tree's code, and the code in
 ``--before`` through PYTHONPATH), and the bare grpc.aio server of the ceiling; seeds through the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +34,7 @@ import psycopg
 
 def compare(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
     bench_args = bb.parse_args(
-        ["--duration", str(args.duration), "--showtimes", "10", "--customers", "8", "--phases", "reads"]
+        ["--duration", str(args.duration), "--showtimes", "100", "--customers", "64", "--phases", "reads"]
     )
     before = str(Path(args.before).resolve())
     with (
@@ -57,6 +58,7 @@ def compare(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                 }
                 try:
                     world = await bb.seed(servers["after"].address, db, bench_args)
+                    rng = random.Random(bench_args.seed)
                     results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
                     names = list(servers)
                     for round_ in range(args.rounds):
@@ -67,9 +69,21 @@ def compare(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                                 if name == "bare" and kind != "health":
                                     continue
                                 server = servers[name]
-                                row = meter.measure(
-                                    f"{kind}, {name}", server.address, server.pid, kind, showtimes=world.showtimes
+                                # Holds: each row on 100 showtimes, as booking_bench.py's, the seats
+                                # freed after it.
+                                extra: dict[str, Any] = (
+                                    {"pairs": world.pairs(rng), "customers": world.customers} if kind == "hold" else {}
                                 )
+                                row = meter.measure(
+                                    f"{kind}, {name}",
+                                    server.address,
+                                    server.pid,
+                                    kind,
+                                    showtimes=world.showtimes,
+                                    **extra,
+                                )
+                                if kind == "hold":
+                                    await bb.reset_holds(db)
                                 results.setdefault((kind, name), []).append(
                                     (row.server_ms, row.rate, os.getloadavg()[0])
                                 )
