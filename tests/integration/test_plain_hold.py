@@ -186,6 +186,29 @@ def test_taken_seats_are_refused_without_waiting_for_the_showtime_lock(
             other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
 
 
+@pytest.mark.parametrize(
+    "rules",
+    [BookingRules(max_active_holds=1), BookingRules(max_holds_per_window=1), BookingRules(max_seats_per_showtime=2)],
+    ids=["active holds", "hold rate", "seats of the showtime"],
+)
+def test_the_customers_own_limits_are_read_before_the_showtime_lock(
+    server: RunningServer, ana: Customer, sale: Sale, db_admin: Db, rules: BookingRules
+) -> None:
+    """The lock every hold of the showtime queues for is not held while one customer's holds are
+    counted: a customer at a limit is sent to the inventory while another holds the lock."""
+    hold(ana, sale, "C1", "C2")
+    showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
+    with psycopg.connect(db_admin.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (showtime_key,))
+        try:
+            # Waiting for the lock would end in CONTENTION when the lock timeout runs out.
+            started = time.monotonic()
+            assert place(server, server.settings, plain(ana, sale, "C3", rules=rules)) is None
+            assert time.monotonic() - started < 1.0
+        finally:
+            other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
+
+
 Setup = Callable[[Customer, Customer, Sale, Db, ScreeningServiceStub], PlainHold]
 
 
