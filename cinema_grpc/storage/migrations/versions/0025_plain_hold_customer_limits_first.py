@@ -49,7 +49,7 @@ def upgrade() -> None:
             locked boolean;
             customer_over boolean;
             cooled boolean;
-            share_over boolean := false;
+            share_over boolean;
         BEGIN
             IF wanted IS NULL OR wanted = 0 OR wanted > p_max_seats_per_hold THEN
                 RETURN QUERY SELECT 'DECIDE', NULL::bigint, NULL::timestamptz, NULL::uuid[], NULL::text[],
@@ -86,28 +86,31 @@ def upgrade() -> None:
             -- changes them (expiry, release, sale) lowers them. Over one of them, a hold that
             -- takes the locks is left to the inventory before the showtime's lock; one that does
             -- not (a seat is claimed) answers as before.
-            customer_over := (SELECT count(*) FROM booking.holds AS hold
-                              WHERE hold.customer_id = p_customer_id AND hold.state = 'ACTIVE'
-                                AND greatest(hold.expires_at, hold.payment_deadline) > p_now) >= p_max_active_holds
-                             OR (NOT p_staff AND (SELECT count(*) FROM (SELECT FROM booking.holds AS hold
-                                                                       WHERE hold.customer_id = p_customer_id
-                                                                         AND hold.created_at > p_rate_since
-                                                                       LIMIT p_rate_limit) AS recent) >= p_rate_limit);
-            cooled := NOT p_staff AND EXISTS (
-                SELECT FROM booking.holds AS hold JOIN booking.seat_claims AS claim ON claim.hold_id = hold.id
-                WHERE hold.customer_id = p_customer_id AND hold.showtime_id = p_showtime_id
-                  AND hold.state IN ('RELEASED', 'EXPIRED') AND hold.ended_at > p_cooldown_since
-                  AND claim.seat_id = ANY(p_seat_ids));
+            -- One statement: the active holds and hold rate, the re-hold cooldown, and (for a hold
+            -- that takes the locks) the customer's seats of the showtime, counted hold by hold
+            -- through their claims' index (a join was planned as a scan of every claim).
+            SELECT (SELECT count(*) FROM booking.holds AS hold
+                    WHERE hold.customer_id = p_customer_id AND hold.state = 'ACTIVE'
+                      AND greatest(hold.expires_at, hold.payment_deadline) > p_now) >= p_max_active_holds
+                   OR (NOT p_staff AND (SELECT count(*) FROM (SELECT FROM booking.holds AS hold
+                                                             WHERE hold.customer_id = p_customer_id
+                                                               AND hold.created_at > p_rate_since
+                                                             LIMIT p_rate_limit) AS recent) >= p_rate_limit),
+                   NOT p_staff AND EXISTS (
+                       SELECT FROM booking.holds AS hold JOIN booking.seat_claims AS claim ON claim.hold_id = hold.id
+                       WHERE hold.customer_id = p_customer_id AND hold.showtime_id = p_showtime_id
+                         AND hold.state IN ('RELEASED', 'EXPIRED') AND hold.ended_at > p_cooldown_since
+                         AND claim.seat_id = ANY(p_seat_ids)),
+                   CASE WHEN locked AND NOT p_staff THEN coalesce((
+                       SELECT sum((SELECT count(*) FROM booking.seat_claims AS claim
+                                   WHERE claim.hold_id = hold.id AND claim.status IN ('HELD', 'SOLD')
+                                     AND (claim.status = 'SOLD' OR claim.expires_at > p_now)))
+                       FROM booking.holds AS hold
+                       WHERE hold.customer_id = p_customer_id AND hold.showtime_id = p_showtime_id
+                         AND hold.state IN ('ACTIVE', 'CONVERTED')), 0) + wanted > p_max_seats_per_showtime
+                   ELSE false END
+            INTO customer_over, cooled, share_over;
             IF locked THEN
-                -- The customer's seats of the showtime, counted hold by hold through their claims'
-                -- index (a join was planned as a scan of every claim).
-                share_over := NOT p_staff AND coalesce((
-                    SELECT sum((SELECT count(*) FROM booking.seat_claims AS claim
-                                WHERE claim.hold_id = hold.id AND claim.status IN ('HELD', 'SOLD')
-                                  AND (claim.status = 'SOLD' OR claim.expires_at > p_now)))
-                    FROM booking.holds AS hold
-                    WHERE hold.customer_id = p_customer_id AND hold.showtime_id = p_showtime_id
-                      AND hold.state IN ('ACTIVE', 'CONVERTED')), 0) + wanted > p_max_seats_per_showtime;
                 IF customer_over OR cooled OR share_over THEN
                     -- Left to the inventory without queueing for the showtime's lock.
                     RETURN QUERY SELECT 'DECIDE', NULL::bigint, NULL::timestamptz, NULL::uuid[], NULL::text[],
