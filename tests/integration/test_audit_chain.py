@@ -140,12 +140,25 @@ def recompute_without_the_key(conn: Db, *, scheme: AuditScheme | None = None, st
     conn.execute("ALTER TABLE payment.audit_log ENABLE TRIGGER audit_log_append_only")
 
 
+def drop(admin: Db, url: str) -> None:
+    admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database(db_admin: Db, database_url: str) -> Iterator[str]:
+    """A new empty database for one test (its URL), dropped after it."""
+    url = database(db_admin, database_url)
+    yield url
+    drop(db_admin, url)
+
+
 @pytest.fixture(scope="module")
-def template(db_admin: Db, database_url: str) -> str:
+def template(db_admin: Db, database_url: str) -> Iterator[str]:
     """A migrated database to copy, so each test starts from a fresh one quickly."""
     url = database(db_admin, database_url)
     migrate(sqlalchemy_url(url))
-    return str(make_url(url).database)
+    yield str(make_url(url).database)
+    drop(db_admin, url)
 
 
 @pytest.fixture
@@ -156,10 +169,8 @@ def fresh(db_admin: Db, database_url: str, template: str) -> Iterator[str]:
     db_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_entries_written_before_the_chain_was_keyed_still_verify(
-    db_admin: Db, database_url: str, tmp_path: Path
-) -> None:
-    url = database(db_admin, database_url)
+def test_entries_written_before_the_chain_was_keyed_still_verify(empty_database: str, tmp_path: Path) -> None:
+    url = empty_database
     migrate(sqlalchemy_url(url), "0010")
     with psycopg.connect(_libpq(url), autocommit=True) as conn:
         previous = GENESIS_HASH
@@ -297,7 +308,7 @@ def roles(db_admin: Db, database_url: str) -> Iterator[tuple[str, str]]:
     )
     assert created.returncode == 0, created.stderr
     yield owner_url, as_role(url, runtime, "runtime-password")
-    db_admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    drop(db_admin, url)
     db_admin.execute(f'DROP ROLE IF EXISTS "{runtime}"')
     db_admin.execute(f'DROP ROLE IF EXISTS "{owner}"')
 
@@ -365,8 +376,8 @@ def test_the_server_works_normally_as_the_runtime_role(
     assert (tmp_path / "data" / "audit-checkpoint.json").exists()
 
 
-def test_serve_without_migrations_names_a_schema_that_is_behind(db_admin: Db, database_url: str) -> None:
-    url = database(db_admin, database_url)
+def test_serve_without_migrations_names_a_schema_that_is_behind(empty_database: str) -> None:
+    url = empty_database
     newest = sorted(p.name[:4] for p in (Path(migrations.__file__).parent / "versions").glob("[0-9]*.py"))[-1]
     assert schema_behind(sqlalchemy_url(url)) == (
         f"the database schema is at migration (none), this server needs {newest}"
