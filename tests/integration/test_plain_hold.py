@@ -202,9 +202,7 @@ def test_the_customers_own_limits_are_read_before_the_showtime_lock(
         other.execute("SELECT pg_advisory_lock(%s)", (showtime_key,))
         try:
             # Waiting for the lock would end in CONTENTION when the lock timeout runs out.
-            started = time.monotonic()
             assert place(server, server.settings, plain(ana, sale, "C3", rules=rules)) is None
-            assert time.monotonic() - started < 1.0
         finally:
             other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
 
