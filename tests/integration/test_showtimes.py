@@ -92,8 +92,11 @@ def test_showtimes_separated_by_the_cleaning_buffer_all_fit(
 def test_a_cancelled_showtime_frees_its_slot(screening: ScreeningServiceStub, hall: pb.Hall, movie: pb.Movie) -> None:
     start = tomorrow_at(18)
     first = screening.CreateShowtime(showtime_request(hall, movie, start))
+    assert screening.GetShowtime(pb.GetShowtimeRequest(showtime_id=first.id)) == first  # now kept in memory
     cancelled = screening.CancelShowtime(pb.CancelShowtimeRequest(showtime_id=first.id, reason="projector broken"))
     assert (cancelled.state, cancelled.cancel_reason) == (pb.SHOWTIME_STATE_CANCELLED, "projector broken")
+    # Through the replica that cancelled it, at once (not once the kept answer runs out).
+    assert screening.GetShowtime(pb.GetShowtimeRequest(showtime_id=first.id)) == cancelled
     again = screening.CancelShowtime(pb.CancelShowtimeRequest(showtime_id=first.id, reason="twice"))
     assert again == cancelled
     assert screening.CreateShowtime(showtime_request(hall, movie, start)).id != first.id
