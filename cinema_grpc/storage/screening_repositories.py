@@ -368,8 +368,7 @@ def _busy_during(starts_at: datetime, busy_until: datetime, besides: uuid.UUID |
     return condition if besides is None else and_(condition, ShowtimeRow.id != besides)
 
 
-# A showtime with its prices in one statement (GetShowtime reads nothing else).
-# A showtime in plain SQL (the table aliased ``showtime``), read back with showtime_of.
+# A showtime with its prices, in plain SQL (the table aliased ``showtime``), read back with showtime_of.
 SHOWTIME_COLUMNS = """
 showtime.cinema_id, showtime.hall_id, showtime.movie_id, showtime.starts_at, showtime.ends_at,
 showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at,
@@ -377,6 +376,7 @@ showtime.busy_until, showtime.state, showtime.cancel_reason, showtime.created_at
  FROM screening.showtime_prices AS price WHERE price.showtime_id = showtime.id)
 """
 
+# GetShowtime reads nothing else: one statement.
 _SHOWTIME = f"SELECT {SHOWTIME_COLUMNS} FROM screening.showtimes AS showtime WHERE showtime.id = %(showtime_id)s"
 
 
