@@ -366,10 +366,37 @@ async def seed(address: str, db: AsyncDb, args: argparse.Namespace) -> World:
     )
 
 
-async def reset_holds(db: AsyncDb) -> None:
-    """Removes every hold and claim, so the next phase starts from empty showtimes."""
+# The past of a cinema in use: holds that ended without a sale over the last week, one seat
+# each, a quarter of them the bench customers'. The hold's statements are planned once per
+# connection with the statistics of that moment; planned on emptied tables they read far more
+# than they do in a cinema in use (docs/performance.md), which is not what the rows measure.
+HISTORY_SQL = """
+INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)
+SELECT gen_random_uuid(), showtimes[1 + n %% cardinality(showtimes)],
+       CASE WHEN n %% 4 = 0 THEN users[1 + n %% cardinality(users)] ELSE gen_random_uuid() END,
+       CASE WHEN n %% 2 = 0 THEN 'RELEASED' ELSE 'EXPIRED' END, ended, ended - interval '10 minutes', ended
+FROM generate_series(1, %(holds)s) AS n,
+     LATERAL (SELECT now() - interval '1 hour' - make_interval(mins => n %% 10000) AS ended) AS moment,
+     (SELECT array_agg(id) AS showtimes FROM screening.showtimes) AS every_showtime,
+     (SELECT array_agg(id) AS users FROM identity.users) AS every_user;
+INSERT INTO booking.seat_claims
+    (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
+SELECT gen_random_uuid(), hold.id, hold.showtime_id, seat.id, 'RELEASED', 1200, 'EUR', hold.expires_at,
+       hold.created_at
+FROM booking.holds AS hold
+JOIN screening.showtimes AS showtime ON showtime.id = hold.showtime_id
+CROSS JOIN LATERAL (SELECT id FROM screening.seats WHERE hall_id = showtime.hall_id
+                    OFFSET abs(hashtext(hold.id::text)) %% 100 LIMIT 1) AS seat
+"""
+
+
+async def reset_holds(db: AsyncDb, history: int = 0) -> None:
+    """Removes every hold and claim, so the next phase starts from empty showtimes with a past of
+    ``history`` ended holds, and brings the statistics up to date."""
     await db.execute("DELETE FROM booking.seat_claims")
     await db.execute("DELETE FROM booking.holds")
+    for statement in HISTORY_SQL.split(";\n"):
+        await db.execute(statement, {"holds": history})
     await db.execute("VACUUM ANALYZE booking.seat_claims, booking.holds")
 
 
@@ -775,6 +802,7 @@ class Run:
                     f" {len(world.big_seats)} seats and {len(world.customers)} customers"
                     f" in {time.perf_counter() - began:.1f} s"
                 )
+                await reset_holds(db, args.history_holds)
                 results.loads["after seeding"] = os.getloadavg()[0]
                 if "ceiling" in args.phases:
                     self.ceiling(meter)
@@ -828,7 +856,7 @@ class Run:
             customers=world.customers,
         )
         self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
-        await reset_holds(db)
+        await reset_holds(db, self.args.history_holds)
         rows["hold_one"] = meter.measure(
             "HoldSeats, one showtime",
             server.address,
@@ -838,7 +866,7 @@ class Run:
             customers=world.customers,
         )
         self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
-        await reset_holds(db)
+        await reset_holds(db, self.args.history_holds)
 
     async def contention(self, server: ServerProcess, world: World, db: AsyncDb) -> None:
         args = self.args
@@ -851,7 +879,7 @@ class Run:
         ).result()
         doubles = int(await scalar(db, DOUBLE_CLAIMS_SQL))
         self.results.doubles += doubles
-        await reset_holds(db)
+        await reset_holds(db, self.args.history_holds)
         self.results.contention = Contention(
             clients=args.contention_clients,
             seats=len(seats),
@@ -879,7 +907,7 @@ class Run:
             args.watchers,
             args.watch_channels,
         ).result()
-        await reset_holds(db)
+        await reset_holds(db, self.args.history_holds)
         self.results.fan_out = FanOut(
             watchers=args.watchers,
             snapshots=outcome.snapshots,
@@ -911,7 +939,7 @@ class Run:
                 customers=world.customers,
             )
             self.results.doubles += int(await scalar(db, DOUBLE_CLAIMS_SQL))
-            await reset_holds(db)
+            await reset_holds(db, self.args.history_holds)
         finally:
             server.stop()
 
@@ -953,7 +981,7 @@ class Run:
         outcome = await cursor.fetchone()
         assert outcome is not None
         self.results.doubles += left["double claims"]
-        await reset_holds(db)
+        await reset_holds(db, self.args.history_holds)
         self.results.sweep = Sweep(
             holds=args.sweep_holds,
             seats=seats,
@@ -1250,6 +1278,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--watch-channels", type=int, default=40)
     parser.add_argument("--events", type=int, default=20, help="holds made while the watchers watch")
+    parser.add_argument(
+        "--history-holds", type=int, default=20_000, help="ended holds in the tables before each hold phase"
+    )
     parser.add_argument("--sweep-holds", type=int, default=100_000)
     parser.add_argument("--sweep-seats-per-hold", type=int, default=2)
     parser.add_argument("--sweep-concurrency", type=int, default=16)

@@ -28,6 +28,7 @@ from tests.booking_data import Customer, Sale, hold, open_sale
 from tests.conftest import RunningServer
 from tests.integration.test_hold_statements import ANSWER_DELAY, _slow_link, expire, watching_the_lock
 from tests.rpc_errors import call_fails
+from tests.screening_data import make_movie, showtime_request
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -156,6 +157,86 @@ def test_the_statement_looks_each_seat_asked_up_by_its_key(
     assert seat_reads, "no read of the seats was planned"
     for scan, condition in seat_reads:
         assert "seats_pkey" in scan and "id =" in condition and "hall_id" not in condition, f"{scan} / {condition}"
+
+
+PLANNED_TABLES = ["booking.holds", "booking.seat_claims"]
+
+
+def held_reading(conn: Db, asked: PlainHold) -> tuple[tuple[object, ...], int, int]:
+    """The hold's answer and the rows of holds and seat claims it read (by sequential scans, by
+    index), in a transaction that is rolled back."""
+    with conn.transaction(force_rollback=True):
+        answer = conn.execute(HOLD_STATEMENT, statement_params(asked), prepare=True).fetchone()
+        read = conn.execute(
+            "SELECT coalesce(sum(seq_tup_read), 0), coalesce(sum(idx_tup_fetch), 0) FROM pg_stat_xact_user_tables"
+            " WHERE format('%%I.%%I', schemaname, relname) = ANY(%s)",
+            (PLANNED_TABLES,),
+        ).fetchone()
+    assert answer is not None and read is not None
+    return answer, int(read[0]), int(read[1])
+
+
+def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_asked(
+    server: RunningServer, ana: Customer, sale: Sale, screening: ScreeningServiceStub, db: Db
+) -> None:
+    """Whatever else the tables hold, a hold reads the customer's holds of its showtime and the
+    seats asked: not the customer's whole history, not every hold or claim of the showtime, not
+    every hold that ended lately (the plans are generic, made once per connection)."""
+    ana_id = uuid.UUID(ana.user.id)
+    # Twenty earlier showtimes with 100 holds each, ended days ago; 300 of them ana's.
+    other = open_sale(screening, hours_ahead=60, cinema_name="Rex")
+    movie = make_movie(screening, minutes=90)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+    earlier = [other.showtime.id] + [
+        screening.CreateShowtime(showtime_request(other.hall, movie, start + timedelta(hours=3 * i))).id
+        for i in range(1, 20)
+    ]
+    db.execute(
+        "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)"
+        " SELECT gen_random_uuid(), showtime, CASE WHEN n <= 15 THEN %s ELSE gen_random_uuid() END, state,"
+        "        now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'"
+        " FROM unnest(%s::uuid[]) AS showtime, generate_series(1, 50) AS n,"
+        "      unnest(ARRAY['CONVERTED', 'RELEASED']) AS state",
+        (ana_id, earlier),
+    )
+    # One seat each, let go.
+    db.execute(
+        "INSERT INTO booking.seat_claims"
+        " (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
+        " SELECT gen_random_uuid(), hold.id, hold.showtime_id, seat.id, 'RELEASED', 1200, 'EUR', hold.expires_at,"
+        "        hold.created_at"
+        " FROM booking.holds AS hold, LATERAL (SELECT id FROM screening.seats WHERE hall_id = %s"
+        "                                      OFFSET abs(hashtext(hold.id::text)) %% 60 LIMIT 1) AS seat",
+        (other.hall.id,),
+    )
+    # The showtime fills up: 400 customers' active holds, each free seat of rows C-F claimed,
+    # and 400 others' holds that ended a moment ago.
+    db.execute(
+        "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)"
+        " SELECT gen_random_uuid(), %s, gen_random_uuid(), state, now() + interval '10 minutes',"
+        "        now() - interval '1 hour', CASE WHEN state = 'ACTIVE' THEN NULL ELSE now() END"
+        " FROM generate_series(1, 400), unnest(ARRAY['ACTIVE', 'RELEASED']) AS state",
+        (sale.showtime.id,),
+    )
+    db.execute(
+        "INSERT INTO booking.seat_claims"
+        " (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
+        " SELECT gen_random_uuid(), hold.id, hold.showtime_id, seat.id, 'HELD', 1200, 'EUR', hold.expires_at, now()"
+        " FROM (SELECT id, showtime_id, expires_at, row_number() OVER () AS n FROM booking.holds"
+        "       WHERE showtime_id = %(showtime)s AND state = 'ACTIVE') AS hold"
+        " JOIN (SELECT id, row_number() OVER () AS n FROM screening.seats"
+        "       WHERE hall_id = %(hall)s AND row_label IN ('C', 'D', 'E', 'F')) AS seat USING (n)",
+        {"showtime": sale.showtime.id, "hall": sale.hall.id},
+    )
+    db.execute(f"ANALYZE {', '.join(PLANNED_TABLES)}")
+    hold(ana, sale, "B1")  # one hold of hers on the showtime
+    with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        answer, scanned, fetched = held_reading(conn, plain(ana, sale, "B2"))
+    assert answer[0] == "HELD"
+    # Her one hold of the showtime, its claim and her seat, a few rows more for visibility and
+    # uniqueness checks: against several hundred when a plan walks any of the others.
+    assert scanned == 0, f"{scanned} rows read by sequential scans"
+    assert fetched <= 20, f"{fetched} rows fetched through indexes"
 
 
 def test_seats_taken_are_refused_by_the_statement_with_their_labels(
