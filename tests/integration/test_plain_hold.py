@@ -176,14 +176,9 @@ def held_reading(conn: Db, asked: PlainHold) -> tuple[tuple[object, ...], int, i
     return answer, int(read[0]), int(read[1])
 
 
-def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_asked(
-    server: RunningServer, ana: Customer, sale: Sale, screening: ScreeningServiceStub, db: Db
-) -> None:
-    """Whatever else the tables hold, a hold reads the customer's holds of its showtime and the
-    seats asked: not the customer's whole history, not every hold or claim of the showtime, not
-    every hold that ended lately (the plans are generic, made once per connection)."""
-    ana_id = uuid.UUID(ana.user.id)
-    # Twenty earlier showtimes with 100 holds each, ended days ago; 300 of them ana's.
+def history(db: Db, screening: ScreeningServiceStub, customer_id: uuid.UUID) -> None:
+    """Twenty earlier showtimes with 100 holds each, one seat each, ended days ago; 300 of them
+    the customer's."""
     other = open_sale(screening, hours_ahead=60, cinema_name="Rex")
     movie = make_movie(screening, minutes=90)
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
@@ -197,9 +192,8 @@ def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_ask
         "        now() - interval '2 days', now() - interval '2 days', now() - interval '2 days'"
         " FROM unnest(%s::uuid[]) AS showtime, generate_series(1, 50) AS n,"
         "      unnest(ARRAY['CONVERTED', 'RELEASED']) AS state",
-        (ana_id, earlier),
+        (customer_id, earlier),
     )
-    # One seat each, let go.
     db.execute(
         "INSERT INTO booking.seat_claims"
         " (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)"
@@ -209,8 +203,11 @@ def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_ask
         "                                      OFFSET abs(hashtext(hold.id::text)) %% 60 LIMIT 1) AS seat",
         (other.hall.id,),
     )
-    # The showtime fills up: 400 customers' active holds, each free seat of rows C-F claimed,
-    # and 400 others' holds that ended a moment ago.
+
+
+def rush(db: Db, sale: Sale) -> None:
+    """The showtime fills up: 400 customers' active holds, each free seat of rows C-F claimed,
+    and 400 others' holds that ended a moment ago."""
     db.execute(
         "INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)"
         " SELECT gen_random_uuid(), %s, gen_random_uuid(), state, now() + interval '10 minutes',"
@@ -228,9 +225,25 @@ def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_ask
         "       WHERE hall_id = %(hall)s AND row_label IN ('C', 'D', 'E', 'F')) AS seat USING (n)",
         {"showtime": sale.showtime.id, "hall": sale.hall.id},
     )
+
+
+@pytest.mark.parametrize("planned", ["in the rush", "before the rush"])
+def test_a_hold_reads_only_the_customers_holds_of_the_showtime_and_the_seats_asked(
+    server: RunningServer, ana: Customer, sale: Sale, screening: ScreeningServiceStub, db: Db, planned: str
+) -> None:
+    """Whatever else the tables hold, a hold reads the customer's holds of its showtime and the
+    seats asked: not the customer's whole history, not every hold or claim of the showtime, not
+    every hold that ended lately. Its plans are made once per connection, with the statistics of
+    that moment: also when they were made before the rush, while no hold was active."""
+    history(db, screening, uuid.UUID(ana.user.id))
+    if planned == "in the rush":
+        rush(db, sale)
     db.execute(f"ANALYZE {', '.join(PLANNED_TABLES)}")
-    hold(ana, sale, "B1")  # one hold of hers on the showtime
     with psycopg.connect(db.info.dsn, autocommit=True) as conn:
+        assert held_reading(conn, plain(ana, sale, "B1"))[0][0] == "HELD"  # planned now (rolled back)
+        if planned == "before the rush":
+            rush(db, sale)
+        hold(ana, sale, "B3")  # a hold of hers on the showtime
         answer, scanned, fetched = held_reading(conn, plain(ana, sale, "B2"))
     assert answer[0] == "HELD"
     # Her one hold of the showtime, its claim and her seat, a few rows more for visibility and
