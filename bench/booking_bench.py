@@ -1143,7 +1143,9 @@ def phase_table(results: Results, args: argparse.Namespace) -> Table:
         during = sweep.during
         table.add(
             f"  HoldSeats during the sweep, c={during.concurrency}",
-            f"{during.rate:,.0f}/s, p50/p99 {during.p50_ms:,.1f}/{during.p99_ms:,.1f} ms",
+            f"{during.rate:,.0f}/s, p50/p99 {during.p50_ms:,.1f}/{during.p99_ms:,.1f} ms"
+            if during.calls
+            else "none: the sweep was over before the load began",
             "",
             "!" if during.failures else "",
         )
@@ -1272,7 +1274,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--showtimes", type=int, default=100)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--seats-per-row", type=int, default=20)
-    parser.add_argument("--customers", type=int, default=64, help="signed-in customers (99 holds each at most)")
+    parser.add_argument("--customers", type=int, default=128, help="signed-in customers (99 holds each at most)")
     parser.add_argument("--contention-clients", type=int, default=500)
     parser.add_argument("--contention-seats", type=int, default=10)
     parser.add_argument("--watchers", type=int, default=1000)
