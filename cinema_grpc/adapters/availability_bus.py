@@ -197,12 +197,22 @@ def encode(event: SeatEvent) -> str:
     return json.dumps(data)
 
 
-class Outbox:
-    """Events waiting to leave the process, sent in order by one task, a batch at a time."""
+# Sends of an outbox start at least this long after the previous one ended: under load, the
+# events of a few milliseconds leave as one batch (one NOTIFY or PUBLISH for several holds
+# instead of one for every two or three), and after a quiet moment an event leaves at once.
+# Watchers in other processes see a change up to this much later; those of the process, at once.
+SEND_SPACING_SECONDS = 0.005
 
-    def __init__(self, send: Callable[[list[SeatEvent]], Awaitable[None]], name: str) -> None:
+
+class Outbox:
+    """Events waiting to leave the process, sent in order by one task, a batch at a time, the
+    sends at least ``spacing`` seconds apart."""
+
+    def __init__(self, send: Callable[[list[SeatEvent]], Awaitable[None]], name: str, *, spacing: float = 0.0) -> None:
         self._send = send
         self._name = name
+        self._spacing = spacing
+        self._last_sent = float("-inf")  # loop time at which the last send ended
         self._waiting: list[SeatEvent] = []
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()  # nothing waiting, nothing being sent
@@ -217,8 +227,11 @@ class Outbox:
             self._task = asyncio.create_task(self._drain(), name=self._name)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
+            if (pause := self._last_sent + self._spacing - loop.time()) > 0:
+                await asyncio.sleep(pause)  # what arrives meanwhile leaves with it
             self._ready.clear()
             batch, self._waiting = self._waiting, []
             if batch:
@@ -228,6 +241,7 @@ class Outbox:
                 except Exception:  # one bad batch must not stop every later one
                     log.exception("seat events could not be sent", outbox=self._name, events=len(batch))
                 finally:
+                    self._last_sent = loop.time()
                     if not self._waiting:
                         self._idle.set()
 
@@ -270,7 +284,7 @@ class RedisBus:
         self._subscriber: Redis = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._outbox = Outbox(self._send, "redis-seat-events-out")
+        self._outbox = Outbox(self._send, "redis-seat-events-out", spacing=SEND_SPACING_SECONDS)
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="redis-seat-events")
@@ -368,7 +382,7 @@ class PostgresBus:
         self._conninfo = conninfo
         self._check_seconds = check_seconds
         self._origin = uuid.uuid4().hex[:12]  # notifications of this process are skipped
-        self._outbox = Outbox(self._notify, "postgres-seat-events-out")
+        self._outbox = Outbox(self._notify, "postgres-seat-events-out", spacing=SEND_SPACING_SECONDS)
         self._delivered: dict[uuid.UUID, int] = {}  # showtime -> newest version handed to the hub
         self._wanted: dict[uuid.UUID, int] = {}  # showtime -> oldest notified version not yet read
         self._wake = asyncio.Event()

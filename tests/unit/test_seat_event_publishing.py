@@ -42,6 +42,41 @@ def test_events_leave_in_publishing_order_while_the_publisher_goes_on() -> None:
     assert batches < 10  # what piled up while a send was slow went out together
 
 
+def test_under_load_the_sends_are_spaced_and_after_a_quiet_moment_an_event_leaves_at_once() -> None:
+    showtime = uuid.uuid4()
+    spacing = 0.5
+
+    async def scenario() -> tuple[list[list[int]], list[float], float]:
+        loop = asyncio.get_running_loop()
+        batches: list[list[int]] = []
+        sent_at: list[float] = []
+        sends: asyncio.Queue[None] = asyncio.Queue()
+
+        async def send(batch: list[SeatEvent]) -> None:
+            batches.append([event.version for event in batch])
+            sent_at.append(loop.time())
+            sends.put_nowait(None)
+
+        outbox = Outbox(send, "test-outbox", spacing=spacing)
+        outbox.put(events(showtime, 1, 1))
+        await asyncio.wait_for(sends.get(), 5)
+        outbox.put(events(showtime, 2, 1))  # right after a send: held back ...
+        await asyncio.sleep(0.05)
+        outbox.put(events(showtime, 3, 2))  # ... and sent with what follows
+        await asyncio.wait_for(sends.get(), 5)
+        await asyncio.sleep(spacing)  # a quiet moment
+        put_at = loop.time()
+        outbox.put(events(showtime, 5, 1))
+        await asyncio.wait_for(sends.get(), 5)
+        await outbox.close()
+        return batches, sent_at, put_at
+
+    batches, sent_at, put_at = asyncio.run(scenario())
+    assert batches == [[1], [2, 3, 4], [5]]
+    assert sent_at[1] - sent_at[0] >= spacing
+    assert sent_at[2] - put_at < spacing / 2
+
+
 def test_the_in_process_bus_delivers_after_the_publisher_returns_in_order() -> None:
     showtime = uuid.uuid4()
 
