@@ -749,24 +749,24 @@ class Results:
 
 
 async def seed_expired_holds(db: AsyncDb, world: World, args: argparse.Namespace) -> list[uuid.UUID]:
-    """`--sweep-holds` expired holds on extra showtimes (made after the last seeded one)."""
+    """`--sweep-holds` expired holds on extra showtimes (made after the last seeded one), in the
+    caller's transaction: nobody sees them before it commits."""
     per_showtime = len(world.seats) // args.sweep_seats_per_hold
     count = math.ceil(args.sweep_holds / per_showtime)
-    async with db.transaction():
-        cursor = await db.execute(SWEEP_SHOWTIMES_SQL, {"count": count, "template": world.showtimes[-1]})
-        showtimes = [row[0] for row in await cursor.fetchall()]
-        await db.execute(SWEEP_PRICES_SQL, {"showtimes": showtimes, "template": world.showtimes[-1]})
-        params = {
-            "showtimes": showtimes,
-            "holds": args.sweep_holds,
-            "per_showtime": per_showtime,
-            "per_hold": args.sweep_seats_per_hold,
-            "hall": world.hall_id,
-            "price": PRICE_MINOR,
-            "currency": CURRENCY,
-        }
-        for statement in SWEEP_HOLDS_SQL.split(";\n"):
-            await db.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement} or None)
+    cursor = await db.execute(SWEEP_SHOWTIMES_SQL, {"count": count, "template": world.showtimes[-1]})
+    showtimes = [row[0] for row in await cursor.fetchall()]
+    await db.execute(SWEEP_PRICES_SQL, {"showtimes": showtimes, "template": world.showtimes[-1]})
+    params = {
+        "showtimes": showtimes,
+        "holds": args.sweep_holds,
+        "per_showtime": per_showtime,
+        "per_hold": args.sweep_seats_per_hold,
+        "hall": world.hall_id,
+        "price": PRICE_MINOR,
+        "currency": CURRENCY,
+    }
+    for statement in SWEEP_HOLDS_SQL.split(";\n"):
+        await db.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement} or None)
     await db.execute("ANALYZE booking.holds, booking.seat_claims, booking.seat_events, booking.showtime_versions")
     return showtimes
 
@@ -947,25 +947,29 @@ class Run:
         args = self.args
         if "sweep" not in args.phases:
             return
-        progress(f"sweep: seeding {args.sweep_holds:,} expired holds")
-        showtimes = await seed_expired_holds(db, world, args)
-        seats = int(await scalar(db, "SELECT count(*) FROM booking.seat_claims WHERE status = 'HELD'"))
         progress(f"sweep: a server sweeping every {args.sweep_interval:g} s, HoldSeats c={args.sweep_concurrency}")
         stop_file = self.log_dir / "sweep-over"
         server = self.server(CINEMA_SWEEP_INTERVAL_SECONDS=str(args.sweep_interval))
-        began = time.perf_counter()
         try:
-            row, pending = meter.run(
-                f"HoldSeats during the sweep, c={args.sweep_concurrency}",
-                server.address,
-                server.pid,
-                "hold",
-                concurrency=args.sweep_concurrency,
-                pairs=world.pairs(self.rng),
-                customers=world.customers,
-                duration=600,
-                stop_file=str(stop_file),
-            )
+            # The expired holds appear at once, with their commit, while the HoldSeats load runs:
+            # the sweep is timed from that commit, under that load.
+            async with db.transaction():
+                progress(f"sweep: seeding {args.sweep_holds:,} expired holds")
+                showtimes = await seed_expired_holds(db, world, args)
+                seats = int(await scalar(db, "SELECT count(*) FROM booking.seat_claims WHERE status = 'HELD'"))
+                row, pending = meter.run(
+                    f"HoldSeats during the sweep, c={args.sweep_concurrency}",
+                    server.address,
+                    server.pid,
+                    "hold",
+                    concurrency=args.sweep_concurrency,
+                    pairs=world.pairs(self.rng),
+                    customers=world.customers,
+                    duration=600,
+                    stop_file=str(stop_file),
+                )
+                await asyncio.sleep(max(0.0, pending[1] - time.time()))  # until the load's window opens
+            began = time.perf_counter()
             seconds = float("nan")
             while time.perf_counter() - began < args.sweep_timeout:
                 if int(await scalar(db, SWEEP_LEFT_SQL["expired ACTIVE holds"])) == 0:
