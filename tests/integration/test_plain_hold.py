@@ -177,7 +177,7 @@ def held_reading(conn: Db, asked: PlainHold) -> tuple[tuple[object, ...], int, i
 
 
 def history(db: Db, screening: ScreeningServiceStub, customer_id: uuid.UUID) -> None:
-    """Twenty earlier showtimes with 100 holds each, one seat each, ended days ago; 300 of them
+    """Twenty earlier showtimes with 100 holds each, one seat each, ended days ago; 600 of them
     the customer's."""
     other = open_sale(screening, hours_ahead=60, cinema_name="Rex")
     movie = make_movie(screening, minutes=90)
