@@ -188,7 +188,7 @@ async def _closed_loop(spec: LoadSpec) -> LoadResult:
                     if not stopped:
                         stopped = True
                         result.exhausted_at = time.time()
-                        result.note = str(why)
+                        result.note = f"stopped early: {why}"
                     return
                 except grpc.aio.AioRpcError as error:
                     failure = reason_of(error)
