@@ -367,12 +367,13 @@ async def seed(address: str, db: AsyncDb, args: argparse.Namespace) -> World:
 
 
 # The past of a cinema in use: holds that ended without a sale over the last week, one seat
-# each, a quarter of them the bench customers'. The hold's statements are planned once per
-# connection with the statistics of that moment; planned on emptied tables they read far more
-# than they do in a cinema in use (docs/performance.md), which is not what the rows measure.
+# each, a quarter of them the bench customers', with time-ordered ids as the application writes
+# them. The hold's statements are planned once per connection with the statistics of that
+# moment; planned on emptied tables they read far more than they do in a cinema in use
+# (docs/performance.md), which is not what the rows measure.
 HISTORY_SQL = """
 INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at, ended_at)
-SELECT gen_random_uuid(), showtimes[1 + n %% cardinality(showtimes)],
+SELECT booking.uuid_v7(ended - interval '10 minutes'), showtimes[1 + n %% cardinality(showtimes)],
        CASE WHEN n %% 4 = 0 THEN users[1 + n %% cardinality(users)] ELSE gen_random_uuid() END,
        CASE WHEN n %% 2 = 0 THEN 'RELEASED' ELSE 'EXPIRED' END, ended, ended - interval '10 minutes', ended
 FROM generate_series(1, %(holds)s) AS n,
@@ -381,7 +382,7 @@ FROM generate_series(1, %(holds)s) AS n,
      (SELECT array_agg(id) AS users FROM identity.users) AS every_user;
 INSERT INTO booking.seat_claims
     (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
-SELECT gen_random_uuid(), hold.id, hold.showtime_id, seat.id, 'RELEASED', 1200, 'EUR', hold.expires_at,
+SELECT booking.uuid_v7(hold.created_at), hold.id, hold.showtime_id, seat.id, 'RELEASED', 1200, 'EUR', hold.expires_at,
        hold.created_at
 FROM booking.holds AS hold
 JOIN screening.showtimes AS showtime ON showtime.id = hold.showtime_id
@@ -407,9 +408,9 @@ async def scalar(db: AsyncDb, sql: str, params: Any = None) -> Any:
 
 
 # Expired holds as the booking repository writes holds (state ACTIVE, claims HELD with the hold's
-# expires_at, one seat event per hold raising the showtime's version), in bulk. They were made
-# between 15 and 10 minutes ago and lapsed within the last 5 minutes: inside the event retention,
-# so the sweep's pruning finds nothing of theirs to delete.
+# expires_at, one seat event per hold raising the showtime's version, time-ordered ids), in
+# bulk. They were made between 15 and 10 minutes ago and lapsed within the last 5 minutes:
+# inside the event retention, so the sweep's pruning finds nothing of theirs to delete.
 SWEEP_SHOWTIMES_SQL = """
 INSERT INTO screening.showtimes
     (id, cinema_id, hall_id, hall_key, movie_id, starts_at, ends_at, busy_until, state, created_at)
@@ -428,12 +429,12 @@ WHERE p.showtime_id = %(template)s
 """
 SWEEP_HOLDS_SQL = """
 CREATE TEMP TABLE sweep_holds ON COMMIT DROP AS
-SELECT h.showtime_id, h.slot, gen_random_uuid() AS hold_id, gen_random_uuid() AS customer_id,
-       now() - interval '15 minutes' + (h.k * interval '300 seconds') / %(holds)s AS created_at
-FROM (SELECT st.id AS showtime_id, st.n, slot, (st.n - 1) * %(per_showtime)s + slot AS k
-      FROM unnest(%(showtimes)s::uuid[]) WITH ORDINALITY AS st (id, n),
-           generate_series(0, %(per_showtime)s - 1) AS slot) AS h
-WHERE h.k < %(holds)s;
+SELECT showtime_id, slot, booking.uuid_v7(created_at) AS hold_id, gen_random_uuid() AS customer_id, created_at
+FROM (SELECT h.showtime_id, h.slot, now() - interval '15 minutes' + (h.k * interval '300 seconds') / %(holds)s AS created_at
+      FROM (SELECT st.id AS showtime_id, st.n, slot, (st.n - 1) * %(per_showtime)s + slot AS k
+            FROM unnest(%(showtimes)s::uuid[]) WITH ORDINALITY AS st (id, n),
+                 generate_series(0, %(per_showtime)s - 1) AS slot) AS h
+      WHERE h.k < %(holds)s) AS timed;
 CREATE TEMP TABLE sweep_seats ON COMMIT DROP AS
 SELECT id AS seat_id, (row_number() OVER (ORDER BY row_index, number) - 1) / %(per_hold)s AS slot
 FROM screening.seats WHERE hall_id = %(hall)s AND retired_at IS NULL;
@@ -441,7 +442,7 @@ INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, crea
 SELECT hold_id, showtime_id, customer_id, 'ACTIVE', created_at + interval '10 minutes', created_at FROM sweep_holds;
 INSERT INTO booking.seat_claims
     (id, hold_id, showtime_id, seat_id, status, amount_minor, currency, expires_at, created_at)
-SELECT gen_random_uuid(), h.hold_id, h.showtime_id, s.seat_id, 'HELD', %(price)s, %(currency)s,
+SELECT booking.uuid_v7(h.created_at), h.hold_id, h.showtime_id, s.seat_id, 'HELD', %(price)s, %(currency)s,
        h.created_at + interval '10 minutes', h.created_at
 FROM sweep_holds h JOIN sweep_seats s USING (slot);
 INSERT INTO booking.seat_events (showtime_id, version, changes, created_at)

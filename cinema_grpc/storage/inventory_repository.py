@@ -54,6 +54,7 @@ from cinema_grpc.domain.booking.model import (
     Ticket,
 )
 from cinema_grpc.domain.errors import SeatAlreadyTaken, StaleDecision
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.screening.model import Seat, SeatKind
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
@@ -562,7 +563,7 @@ class SqlInventoryRepository:
                 "hold_id": hold.id,
                 "expires_at": hold.expires_at,
                 "created_at": hold.created_at,
-                "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                "claim_ids": [new_id() for _ in hold.seats],
                 "amounts": [seat.price.amount_minor for seat in hold.seats],
                 "currencies": [seat.price.currency for seat in hold.seats],
                 "changes": _changes_json(one_version(inventory.changes)),
@@ -766,7 +767,7 @@ class SqlInventoryRepository:
                         "customer_id": hold.customer_id,
                         "expires_at": hold.expires_at,
                         "created_at": hold.created_at,
-                        "claim_ids": [uuid.uuid4() for _ in hold.seats],
+                        "claim_ids": [new_id() for _ in hold.seats],
                         "seat_ids": [seat.seat_id for seat in hold.seats],
                         "amounts": [seat.price.amount_minor for seat in hold.seats],
                         "currencies": [seat.price.currency for seat in hold.seats],

@@ -36,6 +36,7 @@ from cinema_grpc.domain.errors import (
     Violations,
     invalid,
 )
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.ports import UnitOfWork
 from cinema_grpc.domain.text import clean_text
 
@@ -119,7 +120,7 @@ async def _judge_and_record(
     if door is None:
         raise ShowtimeNotFound(request.showtime_id)
     scan = Scan(
-        id=uuid.uuid4(),
+        id=new_id(),
         device_id=request.device_id,
         client_scan_id=request.client_scan_id,
         showtime_id=door.id,
@@ -146,7 +147,7 @@ async def _judge_and_record(
         return scan
     assert ticket is not None
     admission = Admission(
-        id=uuid.uuid4(),
+        id=new_id(),
         ticket_id=ticket.ticket_id,
         showtime_id=ticket.showtime_id,
         scan_id=scan.id,

@@ -55,6 +55,7 @@ from cinema_grpc.domain.errors import (
     TooManySeats,
     Violations,
 )
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.payment.model import check_card_amount
 from cinema_grpc.domain.screening.model import Seat, SeatKind, Showtime, ShowtimeState
 
@@ -419,7 +420,7 @@ class SeatInventory:
         self.expire(now)
         hold = self._put_hold(
             Hold(
-                uuid.uuid4(),
+                new_id(),
                 showtime.id,
                 offer.customer_id,
                 claimed,
@@ -497,11 +498,11 @@ class SeatInventory:
         if hold.state is not HoldState.ACTIVE:
             raise HoldNotActive(f"the hold is {hold.state.lower()}", subject=f"holds/{hold.id}")
         booking = Booking(
-            uuid.uuid4(),
+            new_id(),
             hold.showtime_id,
             hold.customer_id,
             hold.id,
-            tuple(Ticket(uuid.uuid4(), seat, True) for seat in hold.seats),
+            tuple(Ticket(new_id(), seat, True) for seat in hold.seats),
             BookingState.CONFIRMED,
             channel,
             counter_payment,

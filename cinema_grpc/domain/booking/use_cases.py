@@ -38,6 +38,7 @@ from cinema_grpc.domain.errors import (
     invalid,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.ports import AvailabilityBus, BookingFilter, Clock, HoldFilter, UnitOfWork, WatcherLagging
 from cinema_grpc.domain.screening.model import SeatKind
@@ -71,7 +72,7 @@ async def hold_seats(
     if isinstance(cmd, HoldSeats):
         # The common hold, decided and written by the storage in one statement when it is plain.
         plain = PlainHold(
-            uuid.uuid4(),
+            new_id(),
             cmd.showtime_id,
             caller.user_id,
             cmd.seat_ids,

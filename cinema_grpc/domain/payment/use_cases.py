@@ -29,6 +29,7 @@ from cinema_grpc.domain.errors import (
     invalid,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.money import Money
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.payment.audit import AuditCheckpoint, AuditVerdict, extends, verify_chain
@@ -142,7 +143,7 @@ async def _start(
             raise NothingToPay("this hold costs nothing; sell it at the counter instead", subject=f"holds/{hold.id}")
         check_card_amount(amount, f"holds/{hold.id}")
         payment = Payment(
-            uuid.uuid4(),
+            new_id(),
             hold.id,
             hold.showtime_id,
             hold.customer_id,
@@ -504,7 +505,7 @@ async def _request_refund(
     *,
     kind: str = "refund_requested",
 ) -> Refund:
-    refund = Refund(uuid.uuid4(), payment.id, amount, RefundState.PENDING, reason[:500], actor, "", 0, "", now)
+    refund = Refund(new_id(), payment.id, amount, RefundState.PENDING, reason[:500], actor, "", 0, "", now)
     await uow.payments.add_refund(refund)
     await _audit(uow, payment, kind, actor, now, amount=amount, note=reason)
     return refund

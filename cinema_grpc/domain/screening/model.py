@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cinema_grpc.domain.errors import HallSuggestion, Violations
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.money import Money
 
 # After every showtime the hall is cleaned; nothing else may start in it before then.
@@ -185,7 +186,7 @@ class Hall:
 
 def generate_seats(hall_id: uuid.UUID, layout: SeatLayout) -> tuple[Seat, ...]:
     return tuple(
-        Seat(uuid.uuid4(), hall_id, spec.row_label, spec.number, spec.column, spec.kind) for spec in layout.seats()
+        Seat(new_id(), hall_id, spec.row_label, spec.number, spec.column, spec.kind) for spec in layout.seats()
     )
 
 

@@ -29,6 +29,7 @@ from cinema_grpc.domain.errors import (
     invalid,
 )
 from cinema_grpc.domain.idempotency import RequestKey, earlier_result, remember_result
+from cinema_grpc.domain.ids import new_id
 from cinema_grpc.domain.money import Money, is_currency_code
 from cinema_grpc.domain.pagination import Page, PageRequest
 from cinema_grpc.domain.ports import Clock, HallSlotTaken, MovieFilter, ShowtimeFilter, UnitOfWork
@@ -75,7 +76,7 @@ async def create_cinema(uow: UnitOfWork, clock: Clock, cmd: CreateCinema) -> Cin
     async with uow:
         if (earlier := await earlier_result(uow, "CreateCinema", cmd.request)) is not None:
             return await _cinema(uow, earlier)
-        cinema = Cinema(uuid.uuid4(), name, cmd.time_zone, cmd.currency, clock.now())
+        cinema = Cinema(new_id(), name, cmd.time_zone, cmd.currency, clock.now())
         await uow.cinemas.add(cinema)
         await remember_result(uow, "CreateCinema", cmd.request, cinema.id)
         await uow.commit()
@@ -122,7 +123,7 @@ async def create_hall(uow: UnitOfWork, clock: Clock, cmd: CreateHall) -> Hall:
         if (earlier := await earlier_result(uow, "CreateHall", cmd.request)) is not None:
             return await _hall(uow, earlier)
         await _cinema(uow, cmd.cinema_id)
-        hall_id = uuid.uuid4()
+        hall_id = new_id()
         now = clock.now()
         hall = Hall(hall_id, cmd.cinema_id, name, cmd.layout, generate_seats(hall_id, cmd.layout), now, now)
         # The hall row and every seat row go into this one transaction: a failure on any
@@ -270,7 +271,7 @@ async def create_movie(uow: UnitOfWork, clock: Clock, fields: MovieFields, reque
         if (earlier := await earlier_result(uow, "CreateMovie", request)) is not None:
             return await _movie(uow, earlier)
         now = clock.now()
-        movie = Movie(uuid.uuid4(), fields.title, fields.duration_minutes, fields.rating, fields.active, now, now)
+        movie = Movie(new_id(), fields.title, fields.duration_minutes, fields.rating, fields.active, now, now)
         await uow.movies.add(movie)
         await remember_result(uow, "CreateMovie", request, movie.id)
         await uow.commit()
@@ -348,7 +349,7 @@ async def create_showtime(uow: UnitOfWork, clock: Clock, cmd: CreateShowtime) ->
             raise MovieInactive(f"movie {movie.id} is not active", subject=f"movies/{movie.id}")
         period = BusyPeriod.for_screening(cmd.starts_at, movie.duration)
         showtime = Showtime(
-            uuid.uuid4(),
+            new_id(),
             cinema.id,
             hall.id,
             movie.id,

@@ -1,0 +1,20 @@
+"""Ids of the records a cinema writes by the thousand: holds, seat claims and tickets, bookings,
+payments, admissions, and the screening records beside them.
+
+They are time-ordered UUIDs (version 7, RFC 9562): 48 bits of Unix milliseconds, then random
+bits. Records written together sit together in their B-tree indexes, so a busy evening adds to
+the right edge of each primary key instead of to a random page of it, and the sweeper's
+updates of holds that were made together touch pages that are already at hand (measured in
+docs/performance.md, "Time-ordered ids"). An id tells when its record was made, which every
+such record says anyway; accounts and sign-in sessions keep random ids (version 4), so that an
+account's id does not tell when it was opened.
+"""
+
+import uuid
+
+from uuid_utils.compat import uuid7
+
+
+def new_id() -> uuid.UUID:
+    """A new time-ordered id (UUID version 7)."""
+    return uuid7()
