@@ -5,10 +5,11 @@ same schema, alternated.
     .venv/bin/python bench/id_order_bench.py [--rounds 2] [--holds 100000] [--database-url URL]
 
 Each round writes, in SQL, a week of 20,000 ended holds and 100,000 expired holds of 2 seats on
-500 showtimes, made over 5 minutes (as bench/booking_bench.py's sweep phase does, without the
-showtimes and seats: foreign keys are not checked while it writes), runs `VACUUM ANALYZE` and a
-`CHECKPOINT`, then expires them as the sweeper's statement does, 50 showtimes per transaction:
-holds to EXPIRED, their claims to RELEASED. It prints the CPU of the PostgreSQL backend that ran
+500 showtimes, made over 5 minutes: by default one showtime's after another's, as
+bench/booking_bench.py's sweep phase writes them, or in turn (`--interleaved`); no showtimes or
+seats are written (foreign keys are not checked while it writes). Then it runs `VACUUM
+ANALYZE` and a `CHECKPOINT` and expires them as the sweeper's statement does, 50 showtimes per
+transaction: holds to EXPIRED, their claims to RELEASED. It prints the CPU of the PostgreSQL backend that ran
 the updates (from /proc) and the WAL they wrote. Without --database-url an embedded PostgreSQL
 starts in a temporary directory.
 """
@@ -40,7 +41,7 @@ SELECT {hold_id}, (SELECT id FROM showtime WHERE n = i %% 500), (SELECT id FROM 
 FROM (SELECT i, now() - interval '7 days' + i * interval '30 seconds' AS at
       FROM generate_series(1, 20000) AS i) AS past;
 INSERT INTO booking.holds (id, showtime_id, customer_id, state, expires_at, created_at)
-SELECT {hold_id}, (SELECT id FROM showtime WHERE n = i * 500 / %(holds)s), gen_random_uuid(), 'ACTIVE',
+SELECT {hold_id}, (SELECT id FROM showtime WHERE n = {showtime_of_i}), gen_random_uuid(), 'ACTIVE',
        at + interval '10 minutes', at
 FROM (SELECT i, now() - interval '15 minutes' + i * interval '300 seconds' / %(holds)s AS at
       FROM generate_series(0, %(holds)s - 1) AS i) AS lapsed;
@@ -62,11 +63,16 @@ WHERE showtime_id = ANY(%s) AND status = 'HELD' AND hold_id = ANY(%s)
 """
 
 
-def round_of(url: str, kind: str, holds: int) -> tuple[float, float, float, float]:
+def round_of(url: str, kind: str, holds: int, interleaved: bool) -> tuple[float, float, float, float]:
     """(backend CPU of both updates, of the holds' update, wall seconds, WAL MB)."""
     expression = KINDS[kind]
+    showtime_of_i = "i %% 500" if interleaved else "i * 500 / %(holds)s"
     with psycopg.connect(url, autocommit=True) as db:
-        seed = SEED.format(hold_id=expression.format(at="at"), claim_id=expression.format(at="hold.created_at"))
+        seed = SEED.format(
+            hold_id=expression.format(at="at"),
+            claim_id=expression.format(at="hold.created_at"),
+            showtime_of_i=showtime_of_i,
+        )
         with db.transaction(), psycopg.ClientCursor(db) as cursor:  # several statements with parameters
             cursor.execute(seed, {"holds": holds})
         db.execute("VACUUM ANALYZE booking.holds")
@@ -96,15 +102,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each kind of id, alternated")
     parser.add_argument("--holds", type=int, default=100_000)
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="the showtimes' holds made in turn over the 5 minutes (default: one showtime's after another's, as"
+        " bench/booking_bench.py writes them, so a batch of 50 showtimes is 30 seconds of holds)",
+    )
     parser.add_argument("--database-url")
     args = parser.parse_args()
     with provision_database(args.database_url) as (url, where):
-        print(f"{args.holds:,} expired holds of 2 seats, 500 showtimes, {BATCH} per transaction; {where}")
+        order = "made in turn" if args.interleaved else "made one showtime after another"
+        print(f"{args.holds:,} expired holds of 2 seats, 500 showtimes ({order}), {BATCH} per transaction; {where}")
         print(f"{platform.node()}: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
         print(f"{'ids':<13} {'backend CPU s':>13} {'of which holds':>14} {'wall s':>7} {'WAL MB':>7}")
         for number in range(args.rounds):
             for kind in KINDS:
-                cpu, holds_cpu, wall, wal = round_of(libpq_url(url), kind, args.holds)
+                cpu, holds_cpu, wall, wal = round_of(libpq_url(url), kind, args.holds, args.interleaved)
                 print(f"{kind:<13} {cpu:>13.2f} {holds_cpu:>14.2f} {wall:>7.2f} {wal:>7.0f}   (round {number + 1})")
 
 
