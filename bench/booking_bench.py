@@ -561,6 +561,10 @@ class Meter:
     def by_application(self, backends: dict[int, str]) -> dict[int, float]:
         return {pid: cpu_seconds(pid) for pid in backends}
 
+    def application_cpu(self) -> dict[int, tuple[str, float]]:
+        """Each live backend's application_name and CPU seconds so far."""
+        return {pid: (name, cpu_seconds(pid)) for pid, name in self.backends().items()}
+
     def cpu(self, server_pid: int) -> tuple[float, TreeCpu | None]:
         """The server's CPU seconds so far, and PostgreSQL's processes."""
         return tree_cpu_seconds(server_pid), tree_cpu(self.postmaster) if self.postmaster else None
@@ -724,6 +728,10 @@ class Sweep:
     version_mismatches: int
     left: dict[str, int]
     during: Row
+    # PostgreSQL CPU of the server's request-pool connections ("cinema-grpc") from the commit to
+    # the end of the sweep: the sweeper's transactions (the HoldSeats load runs on the hold pool,
+    # but a hold its statement leaves to the seat inventory runs here too).
+    request_pool_pg_cpu_s: float
 
     @property
     def clean(self) -> bool:
@@ -983,12 +991,18 @@ class Run:
                 )
                 await asyncio.sleep(max(0.0, pending[1] - time.time()))  # until the load's window opens
             began = time.perf_counter()
+            pool_before = meter.application_cpu()
             seconds = float("nan")
             while time.perf_counter() - began < args.sweep_timeout:
                 if int(await scalar(db, SWEEP_LEFT_SQL["expired ACTIVE holds"])) == 0:
                     seconds = time.perf_counter() - began
                     break
                 await asyncio.sleep(0.1)
+            pool_cpu = sum(
+                cpu - pool_before.get(pid, (name, 0.0))[1]
+                for pid, (name, cpu) in meter.application_cpu().items()
+                if name == "cinema-grpc"
+            )
             stop_file.touch()
             during = meter.finish(row, pending, wait_window=False)
         finally:
@@ -1010,6 +1024,7 @@ class Run:
             version_mismatches=int(outcome[3]),
             left=left,
             during=during,
+            request_pool_pg_cpu_s=pool_cpu,
         )
 
 
@@ -1169,6 +1184,12 @@ def phase_table(results: Results, args: argparse.Namespace) -> Table:
         if during.failures:
             table.add("  failed HoldSeats during the sweep", failures_text(during.failures))
         table.add(
+            "  PostgreSQL CPU of the request pool (the sweeper's transactions)",
+            f"{sweep.request_pool_pg_cpu_s:.1f} s",
+            "",
+            "",
+        )
+        table.add(
             "  holds EXPIRED / claims RELEASED / announced FREE",
             f"{sweep.expired_holds:,} / {sweep.released_claims:,} / {sweep.announced_free:,}",
             f"{sweep.holds:,} / {sweep.seats:,} / {sweep.seats:,}",
@@ -1221,6 +1242,7 @@ def figures_of(results: Results) -> dict[str, Any]:
             "clean": sweep.clean,
             "left": sweep.left,
             "during": sweep.during.figures(),
+            "request_pool_pg_cpu_s": sweep.request_pool_pg_cpu_s,
         }
     return figures
 
