@@ -27,7 +27,12 @@ def grid(labels: str = "ABCDE", columns: int = 10, **row: object) -> pb.SeatLayo
     return pb.SeatLayout(rows=[pb.SeatRow(label=label, columns=columns, **row) for label in labels])  # type: ignore[arg-type]
 
 
-def make_cinema(stub: ScreeningServiceStub, name: str = "Odeon", time_zone: str = "Europe/Berlin") -> pb.Cinema:
+# The time zone of the tests' cinemas: their local days are not the machine's (UTC) from
+# 22:00 or 23:00 UTC on.
+CINEMA_TIME_ZONE = "Europe/Berlin"
+
+
+def make_cinema(stub: ScreeningServiceStub, name: str = "Odeon", time_zone: str = CINEMA_TIME_ZONE) -> pb.Cinema:
     return stub.CreateCinema(
         pb.CreateCinemaRequest(cinema=pb.Cinema(name=name, time_zone=time_zone, currency_code="EUR"))
     )

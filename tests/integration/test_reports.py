@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import grpc
 import psycopg
@@ -17,7 +18,7 @@ from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.auth_client import with_token
 from tests.booking_data import Customer, Sale, hold
 from tests.rpc_errors import call_fails
-from tests.screening_data import make_hall, make_movie, showtime_request
+from tests.screening_data import CINEMA_TIME_ZONE, make_hall, make_movie, showtime_request
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -34,7 +35,8 @@ def sell(who: Customer, clerk: Customer, sale: Sale, *labels: str) -> bpb.Bookin
 
 
 def today() -> date_pb2.Date:
-    now = datetime.now(UTC).astimezone()
+    """The cinema's local day: the reports count days in the cinema's time zone."""
+    now = datetime.now(ZoneInfo(CINEMA_TIME_ZONE))
     return date_pb2.Date(year=now.year, month=now.month, day=now.day)
 
 
@@ -104,7 +106,7 @@ def test_revenue_by_day_counts_valid_tickets_of_the_sale_day(
     clerk.booking.CancelBooking(bpb.CancelBookingRequest(booking_id=cancelled.id))
     old = sell(ana, clerk, sale, "B4")
     db.execute("UPDATE booking.bookings SET created_at = created_at - interval '3 days' WHERE id = %s", (old.id,))
-    start = datetime.now(UTC).astimezone() - timedelta(days=7)
+    start = datetime.now(ZoneInfo(CINEMA_TIME_ZONE)) - timedelta(days=7)
     report = reports(channel, clerk).GetRevenueByDay(
         rpb.GetRevenueByDayRequest(
             cinema_id=sale.showtime.cinema_id,
