@@ -23,7 +23,15 @@ from cinema_grpc.console.runner import ConsoleServer
 from tests.auth_client import sign_in, with_token
 from tests.conftest import RunningServer
 from tests.console_client import account, running_console
-from tests.screening_data import grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
+from tests.screening_data import (
+    CINEMA_TIME_ZONE,
+    grid,
+    make_cinema,
+    make_hall,
+    make_movie,
+    showtime_request,
+    tomorrow_at,
+)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
@@ -34,7 +42,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
-ZONE = ZoneInfo("Europe/Berlin")  # make_cinema's time zone
+ZONE = ZoneInfo(CINEMA_TIME_ZONE)
 Db = psycopg.Connection[tuple[object, ...]]
 
 

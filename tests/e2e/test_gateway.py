@@ -33,6 +33,7 @@ from tests.booking_data import Sale, open_sale
 from tests.conftest import RunningServer
 from tests.e2e.test_command_line import embedded_server_env, free_port, wait_until_serving
 from tests.payment_data import confirm_card
+from tests.screening_data import CINEMA_TIME_ZONE
 from tests.tls_files import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
@@ -121,7 +122,7 @@ def test_a_customer_buys_and_refunds_over_rest(
 
     # screening: the cinema's showtimes of the local day, with the date as query parameters
     showtime = sale.showtime
-    start = showtime.start_time.ToDatetime(tzinfo=UTC).astimezone(ZoneInfo("Europe/Berlin"))
+    start = showtime.start_time.ToDatetime(tzinfo=UTC).astimezone(ZoneInfo(CINEMA_TIME_ZONE))
     query = {
         "cinema_id": sale.hall.cinema_id,
         "date.year": start.year,

@@ -38,6 +38,7 @@ from tests.auth_client import PASSWORD, register, with_token
 from tests.booking_data import Customer, Sale, hold, open_sale
 from tests.conftest import RunningServer, _libpq
 from tests.rpc_errors import call_fails, failure
+from tests.screening_data import CINEMA_TIME_ZONE
 
 Db = psycopg.Connection[tuple[object, ...]]
 
@@ -89,7 +90,7 @@ def soon(screening: ScreeningServiceStub) -> Sale:
 
 def scanner_config(door: Door, sale: Sale, moment: datetime) -> apb.ScannerConfig:
     """The configuration of the cinema's local day of ``moment``."""
-    day = moment.astimezone(ZoneInfo("Europe/Berlin")).date()
+    day = moment.astimezone(ZoneInfo(CINEMA_TIME_ZONE)).date()
     return door.admission.GetScannerConfig(
         apb.GetScannerConfigRequest(
             cinema_id=sale.showtime.cinema_id, date=date_pb2.Date(year=day.year, month=day.month, day=day.day)

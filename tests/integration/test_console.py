@@ -27,11 +27,19 @@ from cinema_grpc.settings import Settings
 from tests.booking_data import customer, hold, open_sale, states
 from tests.conftest import RunningServer
 from tests.console_client import account, csrf_of, running_console, signed_in_client
-from tests.screening_data import grid, make_cinema, make_hall, make_movie, showtime_request, tomorrow_at
+from tests.screening_data import (
+    CINEMA_TIME_ZONE,
+    grid,
+    make_cinema,
+    make_hall,
+    make_movie,
+    showtime_request,
+    tomorrow_at,
+)
 from tests.tls_files import self_signed_certificate
 
 Db = psycopg.Connection[tuple[object, ...]]
-ZONE = ZoneInfo("Europe/Berlin")  # make_cinema's time zone
+ZONE = ZoneInfo(CINEMA_TIME_ZONE)
 
 
 @pytest.fixture(scope="module")
