@@ -62,6 +62,8 @@ from cinema_grpc.services.metrics import (
     DB_POOL_CONNECTIONS,
     DB_POOL_SIZE,
     DB_POOL_WAITING,
+    HOLD_BATCHES,
+    HOLD_BATCHES_REFUSED,
     RECONCILER_RUNS,
     SEATS_RELEASED_BY_EXPIRY,
     STREAM_WATCHERS,
@@ -91,6 +93,12 @@ SERVICES = (
     admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
 )
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES)
+
+
+def count_hold_batch(size: int, refused: bool) -> None:
+    HOLD_BATCHES.observe(size)
+    if refused:
+        HOLD_BATCHES_REFUSED.inc()
 
 
 class GenericHandlersOnly:
@@ -263,6 +271,7 @@ class CinemaServer:
             DB_POOL_CONNECTIONS.labels("holds", "idle").set_function(lambda: holds.usage()[1])
             DB_POOL_WAITING.labels("holds").set_function(lambda: holds.usage()[2])
             DB_POOL_SIZE.labels("holds").set(holds.size)
+            holds.on_batch = count_hold_batch
 
     async def sweep_expired_holds(self) -> int:
         """One run of the expiry job. Every replica runs it; the advisory lock lets one sweep."""

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     # Connections of the plain hold's own pool (HoldSeats in one statement), per process.
     db_hold_pool_size: int = Field(default=8, ge=1, le=200)
+    # Most plain holds one of those connections writes in one transaction when holds queue for
+    # a connection (1: every hold its own transaction).
+    db_hold_batch_size: int = Field(default=16, ge=1, le=100)
     # Longest wait for a free database connection before a request is refused as CONTENTION.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # Server-side cap on one statement and on waiting for a row lock, in milliseconds.

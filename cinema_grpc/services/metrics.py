@@ -72,9 +72,22 @@ DB_POOL_SIZE = Gauge(
 )
 DB_POOL_WAITING = Gauge(
     "cinema_db_pool_waiting",
-    "Calls waiting for a connection of the plain holds' pool (a wait longer than CINEMA_DB_POOL_TIMEOUT_SECONDS "
+    "Plain holds waiting for a connection of the holds' pool (a wait longer than CINEMA_DB_POOL_TIMEOUT_SECONDS "
     "is refused with CONTENTION, to be retried)",
     ["pool"],
+    registry=REGISTRY,
+)
+HOLD_BATCHES = Histogram(
+    "cinema_db_hold_batch_size",
+    "Plain holds written in one transaction by a connection of the holds' pool (1: a hold alone); "
+    "under load several holds that queued for a connection go together (CINEMA_DB_HOLD_BATCH_SIZE)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 100),
+    registry=REGISTRY,
+)
+HOLD_BATCHES_REFUSED = Counter(
+    "cinema_db_hold_batches_refused",
+    "Batches of plain holds the database refused as a whole (a lock or statement timeout, a deadlock, an "
+    "error in one hold): nothing was written and each hold was placed again alone",
     registry=REGISTRY,
 )
 DATABASE_UP = Gauge("cinema_database_up", "1 while the database answers the health probe", registry=REGISTRY)

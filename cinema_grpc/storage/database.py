@@ -240,6 +240,7 @@ def open_database(settings: Settings, *, run_migrations: bool = True) -> Databas
         connect_args(settings, "cinema-grpc-holds"),
         size=settings.db_hold_pool_size,
         timeout=settings.db_pool_timeout_seconds,
+        batch_size=settings.db_hold_batch_size,
     )
     return Database(url, engine, async_sessionmaker(engine, expire_on_commit=False), embedded, plain_holds)
 

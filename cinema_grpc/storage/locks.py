@@ -19,12 +19,14 @@ class LockNamespace(enum.StrEnum):
     # for each other, so the second sees what the first recorded and never repeats it.
     REQUEST_ID = "request-id"
     # Transaction lock per customer, taken before any showtime lock by a new hold: a
-    # customer's parallel holds on different showtimes count each other for the limit.
+    # customer's parallel holds on different showtimes count each other for the limit. A batch
+    # of plain holds (plain_holds) takes all of its request-id, customer and showtime locks at
+    # once, each kind in key order, before anything else.
     CUSTOMER_HOLDS = "customer-holds"
     # Transaction lock per showtime: every decision about its seats (hold, release, sell,
     # cancel, expire) is taken by one transaction at a time, so "is this seat free?" and
-    # "claim it" cannot interleave. Other showtimes never wait. Only the expiry sweeper holds
-    # several showtime locks: it takes them in key order and nothing else before them. Taken
+    # "claim it" cannot interleave. Other showtimes never wait. Only the expiry sweeper and a
+    # batch of plain holds hold several showtime locks: both take them in key order. Taken
     # after the request-id and customer locks, before row locks.
     SHOWTIME_SEATS = "showtime-seats"
     # Session lock held by the replica that is sweeping expired holds (pg_try_advisory_lock:

@@ -1,17 +1,31 @@
 """The plain hold in one statement: booking.hold_plain_seats (migration 0020) on a connection of a
 small pool of its own, in autocommit, the statement prepared once per connection.
 
-No session, no unit of work, no transaction opened or closed by the client: the statement is
-its own transaction, so a hold costs one round trip and its locks live only while PostgreSQL
-runs it. What it cannot decide it leaves to the seat inventory (None).
+No session, no unit of work, no transaction opened or closed by the client: a hold costs one
+round trip and its locks live only while PostgreSQL runs it. What the statement cannot decide it
+leaves to the seat inventory (None).
+
+Holds that arrive while every connection is busy wait in a queue, and a connection that comes
+free takes the queued holds together (``HoldBatches``): their statements go in one pipeline and
+commit together, one implicit transaction that ends at the pipeline's Sync. A lone hold is its
+own transaction, as before; a busy server pays one round trip, one commit and one wake-up of
+the event loop for several holds. A batch first takes every advisory lock its holds will take,
+all at once in the one lock order (request ids, then customers, then showtimes, each in key
+order), so two batches, or a batch and any other transaction, never wait for each other in a
+circle. In one process, a batch never takes a hold whose keys a running batch holds: it would
+only wait for it. If the database refuses a batch (a lock or statement timeout, a deadlock with
+another replica's transaction, any error in one of its holds), nothing of it was written and
+each of its holds is placed again alone, with its own answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -25,6 +39,8 @@ from cinema_grpc.domain.screening.model import SeatKind
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
 
 HOLD_STATEMENT = "SELECT * FROM booking.hold_plain_seats(" + ", ".join(["%s"] * 21) + ")"
+# A batch's locks, in the order of the array (a function scan yields its rows in order).
+LOCK_STATEMENT = "SELECT count(pg_advisory_xact_lock(key)) FROM unnest(%s::bigint[]) AS key"
 
 
 def driver_error(exc: psycopg.Error) -> DomainError | None:
@@ -70,16 +86,116 @@ def statement_params(plain: PlainHold) -> tuple[Any, ...]:
     )
 
 
-class PlainHolds:
-    """Places plain holds (see PlainHold) through a pool of autocommit connections."""
+def lock_keys(params: Sequence[tuple[Any, ...]]) -> list[int]:
+    """Every advisory key the holds of these statement parameters take, in the one lock order:
+    request ids, customers, showtimes (LockNamespace), each class in key order."""
+    keys: list[int] = []
+    for position in (0, 4, 5):
+        keys.extend(sorted({hold[position] for hold in params if hold[position] is not None}))
+    return keys
 
-    def __init__(self, conninfo: str, connect_args: dict[str, Any], *, size: int, timeout: float) -> None:
+
+Item = TypeVar("Item")
+
+
+class HoldBatches(Generic[Item]):
+    """Holds waiting for a connection, in the order they came, taken in batches of at most
+    ``limit``. A batch takes no hold that shares a lock key with a batch still running (it would
+    only wait for it to commit); such a hold keeps its place, and no later hold that shares a key
+    with it goes before it: holds of one customer or one showtime go in the order they came."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: deque[tuple[Item, tuple[int, ...]]] = deque()
+        self._running: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def put(self, item: Item, keys: Sequence[int]) -> None:
+        self._waiting.append((item, tuple(keys)))
+
+    def remove(self, item: Item) -> bool:
+        """Takes a hold out of the queue; False if it is not waiting (taken by a batch)."""
+        for entry in self._waiting:
+            if entry[0] is item:
+                self._waiting.remove(entry)
+                return True
+        return False
+
+    def take(self) -> list[Item]:
+        """The next batch (empty if every waiting hold shares a key with a running batch); its
+        keys count as running until ``done``."""
+        batch: list[tuple[Item, tuple[int, ...]]] = []
+        kept: deque[tuple[Item, tuple[int, ...]]] = deque()
+        kept_keys: set[int] = set()  # no hold overtakes an earlier one that shares a key with it
+        while self._waiting and len(batch) < self.limit:
+            entry = self._waiting.popleft()
+            if any(key in self._running or key in kept_keys for key in entry[1]):
+                kept.append(entry)
+                kept_keys.update(entry[1])
+            else:
+                batch.append(entry)
+        kept.extend(self._waiting)
+        self._waiting = kept
+        for _, keys in batch:
+            self._running.update(keys)
+        return [item for item, _ in batch]
+
+    def done(self, keys: Iterable[Sequence[int]]) -> None:
+        """A batch committed or failed: the keys of its holds are free."""
+        for hold_keys in keys:
+            for key in hold_keys:
+                self._running[key] -= 1
+                if self._running[key] <= 0:
+                    del self._running[key]
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A hold's statement parameters, its lock keys, and the future of its row."""
+
+    params: tuple[Any, ...]
+    keys: tuple[int, ...] = field(init=False)
+    future: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = tuple(key for key in (self.params[0], self.params[4], self.params[5]) if key is not None)
+        self.future = asyncio.get_running_loop().create_future()
+
+    def answer(self, row: Any = None, error: BaseException | None = None) -> None:
+        if self.future.done():  # the caller is gone (cancelled, timed out)
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(row)
+
+
+class PlainHolds:
+    """Places plain holds (see PlainHold) through a pool of autocommit connections, in batches
+    of at most ``batch_size`` when holds queue for a connection (1: each hold alone)."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        connect_args: dict[str, Any],
+        *,
+        size: int,
+        timeout: float,
+        batch_size: int = 16,
+    ) -> None:
         self._conninfo = conninfo
         self._connect_args = {**connect_args, "autocommit": True}
         self._size = size
         self._timeout = timeout
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._opening = asyncio.Lock()
+        self._queue: HoldBatches[_Waiting] = HoldBatches(batch_size)
+        self._running: set[asyncio.Task[None]] = set()
+        # Told of each batch (a lone hold too): its size, and whether the database refused it
+        # and its holds were placed again one by one.
+        self.on_batch: Callable[[int, bool], None] | None = None
 
     async def _opened(self) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._pool is not None:
@@ -104,32 +220,43 @@ class PlainHolds:
         return self._size
 
     def usage(self) -> tuple[int, int, int]:
-        """Connections in use, idle, and calls waiting for one (zeros until the first hold)."""
+        """Connections in use, idle, and holds waiting for one (zeros until the first hold)."""
         if self._pool is None:
-            return 0, 0, 0
+            return 0, 0, len(self._queue)
         stats = self._pool.get_stats()
         idle = stats.get("pool_available", 0)
-        return stats.get("pool_size", 0) - idle, idle, stats.get("requests_waiting", 0)
+        return stats.get("pool_size", 0) - idle, idle, len(self._queue)
 
     async def close(self) -> None:
+        """Lets the running batches finish, then closes the connections."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
     async def place(self, plain: PlainHold) -> tuple[Hold, SeatEvent] | None:
         """The hold and its seat event, or None (nothing written). Raises SeatAlreadyTaken."""
-        params = statement_params(plain)
-        pool = await self._opened()
+        waiting = _Waiting(statement_params(plain))
+        self._queue.put(waiting, waiting.keys)
+        self._dispatch()
         try:
-            async with pool.connection() as connection:
-                cursor = await connection.execute(HOLD_STATEMENT, params, prepare=True)
-                row = await cursor.fetchone()
+            # A hold still queued when the pool's timeout is up is refused, as a call that waits
+            # that long for a connection; one that a batch took gets its batch's answer.
+            done, _ = await asyncio.wait((waiting.future,), timeout=self._timeout)
+            if not done and self._queue.remove(waiting):
+                raise Contention("the server is busy; retry shortly")
+            row = await waiting.future
         except psycopg_pool.PoolTimeout as exc:
             raise Contention("the server is busy; retry shortly") from exc
         except psycopg.Error as exc:
             if (error := driver_error(exc)) is not None:
                 raise error from exc
             raise
+        finally:
+            if not waiting.future.done():  # cancelled: no batch takes it, or its answer is dropped
+                self._queue.remove(waiting)
+                waiting.future.cancel()
         assert row is not None
         outcome, version, recorded_at, seat_ids, labels, numbers, kinds, amounts, currencies = row
         if outcome == "TAKEN":
@@ -142,6 +269,71 @@ class PlainHolds:
         if outcome != "HELD":
             return None
         return plain.placed(_claimed(seat_ids, labels, numbers, kinds, amounts, currencies), int(version), recorded_at)
+
+    def _dispatch(self) -> None:
+        """Starts a batch on each free connection while holds wait that can go."""
+        while len(self._running) < self._size and (batch := self._queue.take()):
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._dispatch()
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            pool = await self._opened()
+            answered = len(batch) > 1 and await self._together(pool, batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), len(batch) > 1 and not answered)
+            if not answered:
+                for waiting in batch:
+                    await self._alone(pool, waiting)
+        except BaseException as exc:  # pragma: no cover - a bug or the loop closing: no caller hangs
+            for waiting in batch:
+                waiting.answer(error=exc)
+            raise
+        finally:
+            self._queue.done(waiting.keys for waiting in batch)
+
+    async def _together(
+        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]], batch: list[_Waiting]
+    ) -> bool:
+        """The batch in one transaction. False if the database refused it: nothing of it was
+        written and no hold has its answer yet."""
+        try:
+            async with pool.connection() as connection:
+                try:
+                    async with connection.pipeline():
+                        await connection.execute(LOCK_STATEMENT, (lock_keys([w.params for w in batch]),), prepare=True)
+                        cursors = [
+                            await connection.execute(HOLD_STATEMENT, waiting.params, prepare=True) for waiting in batch
+                        ]
+                    rows = [await cursor.fetchone() for cursor in cursors]
+                except psycopg.Error as exc:
+                    if connection.broken or exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):
+                        # The connection failed: whether the batch committed is unknown, so it
+                        # is not placed again (a caller may retry with its request id).
+                        raise
+                    return False
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            for waiting in batch:
+                waiting.answer(error=exc)
+            return True
+        for waiting, row in zip(batch, rows, strict=True):
+            waiting.answer(row)
+        return True
+
+    async def _alone(
+        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]], waiting: _Waiting
+    ) -> None:
+        try:
+            async with pool.connection() as connection:
+                cursor = await connection.execute(HOLD_STATEMENT, waiting.params, prepare=True)
+                waiting.answer(await cursor.fetchone())
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            waiting.answer(error=exc)
 
 
 def _claimed(

@@ -72,6 +72,9 @@ def test_metrics_count_rpcs_by_method_and_status_and_show_the_selling_state(
         )
         assert open_connections >= 1, pool
     assert metric(text, "cinema_db_pool_waiting", pool="holds") == 0
+    # Each transaction of the plain holds' pool, by how many holds it wrote (a hold alone: 1).
+    assert metric(text, "cinema_db_hold_batch_size_bucket", le="1.0") >= 2
+    assert "cinema_db_hold_batches_refused_total" in text
 
 
 def test_health_is_not_serving_while_the_database_is_unreachable_and_serving_again_after(database_url: str) -> None:
