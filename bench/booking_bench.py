@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 import warnings
 from collections import Counter
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import loadgen
@@ -166,6 +167,8 @@ class ServerProcess:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.workers = workers
+        metrics_port = free_port() if workers == 1 else 0
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -185,6 +188,7 @@ class ServerProcess:
             "CINEMA_MAX_SEATS_PER_HOLD": "10",
             "CINEMA_DB_POOL_SIZE": str(args.db_pool_size),
             "CINEMA_DB_HOLD_POOL_SIZE": str(args.db_hold_pool_size),
+            "CINEMA_DB_HOLD_BATCH_SIZE": str(args.db_hold_batch_size),
             "CINEMA_DB_MAX_OVERFLOW": str(args.db_max_overflow),
             "CINEMA_SHUTDOWN_GRACE_SECONDS": "2",
             # Every watcher of the fan-out comes from this machine's address.
@@ -192,7 +196,8 @@ class ServerProcess:
             "CINEMA_MAX_STREAMS_PER_ADDRESS": str(max(100, args.watchers + 100)),
             # Every customer registers from this machine's address.
             "CINEMA_REGISTRATIONS_PER_ADDRESS": "1000000",
-            "CINEMA_METRICS_PORT": "0",
+            # The holds per transaction of the plain holds' pool are read from the metrics.
+            "CINEMA_METRICS_PORT": str(metrics_port),
             "CINEMA_WEBHOOK_PORT": "0",
             "CINEMA_TOKEN_SIGNING_KEY": args.signing_key,
             # The bench pays for nothing: a Stripe key for a closed loopback port does.
@@ -215,6 +220,8 @@ class ServerProcess:
             print(self.log.read_text()[-3000:], file=sys.stderr)
             raise
         self.pid = self.process.pid
+        if self.metrics_url is not None:
+            Meter.metrics[self.pid] = self.metrics_url
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -497,6 +504,9 @@ class Row:
     pg_by_kind_s: dict[str, float] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     note: str = ""
+    # Plain holds per transaction of the holds' pool (cinema_db_hold_batch_size), where the
+    # server exports it and the row placed plain holds.
+    holds_per_transaction: float | None = None
 
     @property
     def rate(self) -> float:
@@ -537,11 +547,36 @@ class Row:
             },
             "failures": dict(self.failures),
             "note": self.note,
+            "holds_per_transaction": self.holds_per_transaction,
         }
+
+
+def hold_batches(metrics_url: str | None) -> tuple[float, float] | None:
+    """The server's count and sum of cinema_db_hold_batch_size (transactions, plain holds), or
+    None where it does not export them (older code, several workers)."""
+    if metrics_url is None:
+        return None
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    found = {
+        name: float(value)
+        for line in text.splitlines()
+        if line.startswith("cinema_db_hold_batch_size_")
+        for name, value in [line.split(" ", 1)]
+    }
+    if "cinema_db_hold_batch_size_count" not in found:
+        return None
+    return found["cinema_db_hold_batch_size_count"], found.get("cinema_db_hold_batch_size_sum", 0.0)
 
 
 class Meter:
     """Runs closed-loop load from the load-generator processes and reads CPU at the window's edges."""
+
+    # Server pid -> its metrics address (single-process servers).
+    metrics: ClassVar[dict[int, str]] = {}
 
     def __init__(self, args: argparse.Namespace, pool: ProcessPoolExecutor, postmaster: int | None) -> None:
         self.args = args
@@ -650,6 +685,7 @@ class Meter:
             row.note = f"CPU read {late:.1f} s after the window opened: its CPU figures are too low"
         backends = self.backends()
         backend_before = self.by_application(backends)
+        batches_before = hold_batches(self.metrics.get(server_pid)) if wait_window else None
         if wait_window:
             time.sleep(max(0.0, end - time.time()))
         results: list[loadgen.LoadResult] = [f.result() for f in futures]
@@ -659,6 +695,9 @@ class Meter:
         window_end = min([end, *stopped])
         after = self.cpu(server_pid)
         backend_after = self.by_application(backends)
+        batches_after = hold_batches(self.metrics.get(server_pid)) if batches_before is not None else None
+        if batches_before is not None and batches_after is not None and batches_after[0] > batches_before[0]:
+            row.holds_per_transaction = (batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0])
         for pid, name in backends.items():
             used = backend_after[pid] - backend_before[pid]
             row.pg_by_application_s[name] = row.pg_by_application_s.get(name, 0.0) + max(used, 0.0)
@@ -683,6 +722,7 @@ class Meter:
         progress(
             f"  {row.name}: {row.rate:,.0f}/s, p50/p99 {row.p50_ms:.1f}/{row.p99_ms:.1f} ms,"
             f" server {row.server_ms:.3f} ms + PostgreSQL {row.pg_ms:.3f} ms CPU per call"
+            + (f", {row.holds_per_transaction:.1f} holds per transaction" if row.holds_per_transaction else "")
             + (f", failures {dict(row.failures)}" if row.failures else "")
         )
         return row
@@ -1276,7 +1316,8 @@ def header(args: argparse.Namespace, where: str, results: Results, command: str)
             f"load      1-minute load average {loads} (anything else on the machine counts too)",
             f"database  {where}",
             f"server    `cinema-grpc serve` in its own process, INFO JSON logs to a file,"
-            f" pool {args.db_pool_size} + {args.db_max_overflow}, hold pool {args.db_hold_pool_size},"
+            f" pool {args.db_pool_size} + {args.db_max_overflow}, hold pool {args.db_hold_pool_size}"
+            f" (batches of up to {args.db_hold_batch_size}),"
             f" seat events {'Redis' if args.redis_url else 'default bus'}",
             f"clients   {args.processes} load-generator processes, {args.channels} channels in all,"
             f" {args.duration:g} s measured after {args.warmup:g} s warm-up, closed loop",
@@ -1303,6 +1344,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db-pool-size", type=int, default=32, help="the server's pool (default 32)")
     parser.add_argument(
         "--db-hold-pool-size", type=int, default=8, help="the server's pool for plain holds (default 8)"
+    )
+    parser.add_argument(
+        "--db-hold-batch-size",
+        type=int,
+        default=16,
+        help="most plain holds per transaction when holds queue for a connection (default 16; 1: each alone)",
     )
     parser.add_argument(
         "--db-max-overflow",

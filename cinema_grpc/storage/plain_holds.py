@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -115,6 +115,10 @@ class HoldBatches(Generic[Item]):
     def put(self, item: Item, keys: Sequence[int]) -> None:
         self._waiting.append((item, tuple(keys)))
 
+    def put_first(self, items: Sequence[tuple[Item, Sequence[int]]]) -> None:
+        """Holds that were taken and must go again: before every waiting hold, in this order."""
+        self._waiting.extendleft((item, tuple(keys)) for item, keys in reversed(items))
+
     def remove(self, item: Item) -> bool:
         """Takes a hold out of the queue; False if it is not waiting (taken by a batch)."""
         for entry in self._waiting:
@@ -158,6 +162,12 @@ class _Waiting:
     params: tuple[Any, ...]
     keys: tuple[int, ...] = field(init=False)
     future: asyncio.Future[Any] = field(init=False)
+    batch: asyncio.Task[None] | None = None  # the batch that took it
+    abandoned: bool = False  # its caller was stopped while the batch ran
+
+    @property
+    def hold_id(self) -> uuid.UUID:
+        return uuid.UUID(str(self.params[19]))
 
     def __post_init__(self) -> None:
         self.keys = tuple(key for key in (self.params[0], self.params[4], self.params[5]) if key is not None)
@@ -243,10 +253,13 @@ class PlainHolds:
         try:
             # A hold still queued when the pool's timeout is up is refused, as a call that waits
             # that long for a connection; one that a batch took gets its batch's answer.
+            # (asyncio.wait: a caller stopped meanwhile leaves the future to the finally below.)
             done, _ = await asyncio.wait((waiting.future,), timeout=self._timeout)
             if not done and self._queue.remove(waiting):
+                waiting.future.cancel()
                 raise Contention("the server is busy; retry shortly")
-            row = await waiting.future
+            await asyncio.wait((waiting.future,))
+            row = waiting.future.result()
         except psycopg_pool.PoolTimeout as exc:
             raise Contention("the server is busy; retry shortly") from exc
         except psycopg.Error as exc:
@@ -254,9 +267,15 @@ class PlainHolds:
                 raise error from exc
             raise
         finally:
-            if not waiting.future.done():  # cancelled: no batch takes it, or its answer is dropped
-                self._queue.remove(waiting)
+            if not waiting.future.done():
+                # The caller was stopped (its deadline, the server's time limit): nothing of
+                # its request may be kept. Still queued, no batch takes it; taken, its batch is
+                # stopped (PostgreSQL cancels the statement running, and the transaction with
+                # it) and the batch's other holds are placed again.
                 waiting.future.cancel()
+                if not self._queue.remove(waiting) and waiting.batch is not None:
+                    waiting.abandoned = True
+                    waiting.batch.cancel()
         assert row is not None
         outcome, version, recorded_at, seat_ids, labels, numbers, kinds, amounts, currencies = row
         if outcome == "TAKEN":
@@ -273,9 +292,15 @@ class PlainHolds:
     def _dispatch(self) -> None:
         """Starts a batch on each free connection while holds wait that can go."""
         while len(self._running) < self._size and (batch := self._queue.take()):
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._ended)
+            task = self._start(self._run(batch))
+            for waiting in batch:
+                waiting.batch = task
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+        return task
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -290,12 +315,37 @@ class PlainHolds:
             if not answered:
                 for waiting in batch:
                     await self._alone(pool, waiting)
-        except BaseException as exc:  # pragma: no cover - a bug or the loop closing: no caller hangs
+        except asyncio.CancelledError:
+            # Stopped for a caller that is gone: the others go again, unless it committed.
+            if [waiting for waiting in batch if not waiting.future.done()]:
+                self._start(self._after_stop(batch))
+            raise
+        except BaseException as exc:  # pragma: no cover - a bug: no caller hangs
             for waiting in batch:
                 waiting.answer(error=exc)
             raise
         finally:
             self._queue.done(waiting.keys for waiting in batch)
+
+    async def _after_stop(self, batch: list[_Waiting]) -> None:
+        """A stopped batch's holds whose callers still wait: each goes again first in the queue,
+        unless its hold was written (the stop came after the commit): then its answer is lost."""
+        left = [waiting for waiting in batch if not waiting.future.done()]
+        try:
+            pool = await self._opened()
+            async with pool.connection() as connection:
+                cursor = await connection.execute(
+                    "SELECT id FROM booking.holds WHERE id = ANY(%s)", ([waiting.hold_id for waiting in left],)
+                )
+                written = {row[0] for row in await cursor.fetchall()}
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            for waiting in left:
+                waiting.answer(error=exc)
+            return
+        for waiting in left:
+            if waiting.hold_id in written:
+                waiting.answer(error=StorageUnavailable("the hold's answer was lost; retry with the same request_id"))
+        self._queue.put_first([(waiting, waiting.keys) for waiting in left if waiting.hold_id not in written])
 
     async def _together(
         self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]], batch: list[_Waiting]

@@ -212,3 +212,45 @@ def test_with_batches_of_one_every_hold_is_its_own_transaction(
     assert all(isinstance(hold, Hold) for hold in placed)
     assert batches == [(1, False)] * 4
     assert len(set(transactions(db, asked))) == 4
+
+
+def test_a_caller_stopped_while_its_batch_runs_keeps_nothing_and_the_others_are_held(
+    server: RunningServer, ana: Customer, ben: Customer, clerk: Customer, sale: Sale, db: Db
+) -> None:
+    # The batch waits for ana's customer lock, which another session holds; ben's call is
+    # stopped meanwhile (its deadline). The batch is stopped with it, and once the lock is free
+    # ana's and the clerk's holds are placed again and held; nothing of ben's is written.
+    first = plain(ben, sale, "E1", rules=RULES)
+    batch = [
+        plain(ana, sale, "B1", rules=RULES),
+        plain(ben, sale, "B2", rules=RULES),
+        plain(clerk, sale, "B3", rules=RULES, staff=True),
+    ]
+    ana_key = advisory_key(LockNamespace.CUSTOMER_HOLDS, ana.user.id)
+
+    async def work(holds: PlainHolds) -> list[Hold | BaseException | None]:
+        calls = [asyncio.ensure_future(answers(holds, [hold])) for hold in [first, *batch]]
+        await asyncio.sleep(0.5)  # the first is held, the batch waits for ana's lock
+        calls[2].cancel()
+        await asyncio.sleep(0.2)
+        free.set()
+        return [(await call)[0] if not call.cancelled() else None for call in calls]
+
+    free = asyncio.Event()
+    with psycopg.connect(db.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (ana_key,))
+
+        async def release_when_free() -> None:
+            await free.wait()
+            await asyncio.to_thread(other.execute, "SELECT pg_advisory_unlock(%s)", (ana_key,))
+
+        async def both(holds: PlainHolds) -> list[Hold | BaseException | None]:
+            _, placed = await asyncio.gather(release_when_free(), work(holds))
+            return placed
+
+        placed, batches = with_holds(server, server.settings, both, db_hold_pool_size=1, db_lock_timeout_ms=5000)
+    assert isinstance(placed[0], Hold) and isinstance(placed[1], Hold) and isinstance(placed[3], Hold)
+    assert placed[2] is None  # stopped
+    written = transactions(db, batch)
+    assert written[1] is None and written[0] is not None and written[0] == written[2]
+    assert batches == [(1, False), (2, False)]  # the stopped batch did not end; the two went again

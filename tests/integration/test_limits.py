@@ -332,8 +332,11 @@ def test_shutdown_lets_in_flight_rpcs_finish_and_ends_streams_clearly(
     for watcher in watchers:
         watcher.next()
     holder = _lock_showtime(db, sale.showtime.id)
+    assert running.server is not None and running.server.database.plain_holds is not None
+    plain_holds = running.server.database.plain_holds
     with ThreadPoolExecutor(len(seats)) as pool:
-        # Eight holds in flight, all waiting for the showtime's lock.
+        # Eight holds in flight: the first waits for the showtime's lock, the seven behind it
+        # queue to go together once it is done.
         pending = [
             pool.submit(who.HoldSeats, bpb.HoldSeatsRequest(showtime_id=sale.showtime.id, seat_ids=[seat]), timeout=30)
             for who, seat in zip(customers, seats, strict=True)
@@ -343,7 +346,7 @@ def test_shutdown_lets_in_flight_rpcs_finish_and_ends_streams_clearly(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
-        while db.execute(waiting).fetchone() != (len(seats),):
+        while db.execute(waiting).fetchone() != (1,) or plain_holds.usage()[2] != len(seats) - 1:
             assert time.monotonic() < deadline, "the holds did not reach the showtime lock"
             time.sleep(0.05)
         stopping = threading.Thread(target=running.stop)
