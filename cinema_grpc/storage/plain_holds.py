@@ -102,7 +102,9 @@ class HoldBatches(Generic[Item]):
     """Holds waiting for a connection, in the order they came, taken in batches of at most
     ``limit``. A batch takes no hold that shares a lock key with a batch still running (it would
     only wait for it to commit); such a hold keeps its place, and no later hold that shares a key
-    with it goes before it: holds of one customer or one showtime go in the order they came."""
+    with it goes before it: holds of one customer or one showtime go in the order they came.
+    With a limit of 1 every hold goes as soon as a connection is free, as before batches: the
+    holds of a busy showtime queue for its lock in PostgreSQL, each on its connection."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -130,6 +132,9 @@ class HoldBatches(Generic[Item]):
     def take(self) -> list[Item]:
         """The next batch (empty if every waiting hold shares a key with a running batch); its
         keys count as running until ``done``."""
+        if self.limit == 1:
+            # Every hold its own transaction, sent at once: PostgreSQL's locks order them.
+            return [self._waiting.popleft()[0]] if self._waiting else []
         batch: list[tuple[Item, tuple[int, ...]]] = []
         kept: deque[tuple[Item, tuple[int, ...]]] = deque()
         kept_keys: set[int] = set()  # no hold overtakes an earlier one that shares a key with it
@@ -148,6 +153,8 @@ class HoldBatches(Generic[Item]):
 
     def done(self, keys: Iterable[Sequence[int]]) -> None:
         """A batch committed or failed: the keys of its holds are free."""
+        if self.limit == 1:
+            return
         for hold_keys in keys:
             for key in hold_keys:
                 self._running[key] -= 1

@@ -86,3 +86,13 @@ def test_a_batch_takes_request_then_customer_then_showtime_locks_each_in_key_ord
     by_customer = sorted(advisory_key(LockNamespace.CUSTOMER_HOLDS, str(c)) for c in customers)
     by_showtime = sorted(advisory_key(LockNamespace.SHOWTIME_SEATS, str(s)) for s in showtimes)
     assert keys == requests + by_customer + by_showtime
+
+
+def test_with_a_limit_of_one_every_hold_goes_as_soon_as_a_connection_is_free() -> None:
+    queue: HoldBatches[str] = HoldBatches(1)
+    queue.put("a", [1, 2])
+    queue.put("b", [2, 3])  # the same showtime: it queues for the lock in PostgreSQL
+    assert queue.take() == ["a"]
+    assert queue.take() == ["b"]
+    queue.done([[1, 2], [2, 3]])
+    assert queue.take() == []
