@@ -60,6 +60,15 @@ async def answers(holds: PlainHolds, asked: list[PlainHold]) -> list[Hold | Base
     return [answer if isinstance(answer, BaseException) or answer is None else answer[0] for answer in placed]
 
 
+def three_holds(ana: Customer, ben: Customer, clerk: Customer, sale: Sale) -> list[PlainHold]:
+    """B1 for ana, B2 for ben, B3 for the clerk at the box office."""
+    return [
+        plain(ana, sale, "B1", rules=RULES),
+        plain(ben, sale, "B2", rules=RULES),
+        plain(clerk, sale, "B3", rules=RULES, staff=True),
+    ]
+
+
 def transactions(db: Db, holds: list[PlainHold]) -> list[object]:
     """The transaction that wrote each hold (its row's xmin), None for a hold not written."""
     written = dict(
@@ -113,11 +122,7 @@ def test_a_batch_the_database_refuses_is_placed_again_hold_by_hold(
     # written, and each hold is placed alone: ana's and the clerk's are held, ben's is refused
     # as busy (to be retried) after its own wait.
     first = plain(ana, sale, "E1", rules=RULES)
-    batch = [
-        plain(ana, sale, "B1", rules=RULES),
-        plain(ben, sale, "B2", rules=RULES),
-        plain(clerk, sale, "B3", rules=RULES, staff=True),
-    ]
+    batch = three_holds(ana, ben, clerk, sale)
     with psycopg.connect(db.info.dsn, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (advisory_key(LockNamespace.CUSTOMER_HOLDS, ben.user.id),))
         placed, batches = with_holds(
@@ -221,11 +226,7 @@ def test_a_caller_stopped_while_its_batch_runs_keeps_nothing_and_the_others_are_
     # stopped meanwhile (its deadline). The batch is stopped with it, and once the lock is free
     # ana's and the clerk's holds are placed again and held; nothing of ben's is written.
     first = plain(ben, sale, "E1", rules=RULES)
-    batch = [
-        plain(ana, sale, "B1", rules=RULES),
-        plain(ben, sale, "B2", rules=RULES),
-        plain(clerk, sale, "B3", rules=RULES, staff=True),
-    ]
+    batch = three_holds(ana, ben, clerk, sale)
     ana_key = advisory_key(LockNamespace.CUSTOMER_HOLDS, ana.user.id)
 
     async def work(holds: PlainHolds) -> list[Hold | BaseException | None]:
