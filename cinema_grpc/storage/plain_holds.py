@@ -170,7 +170,6 @@ class _Waiting:
     keys: tuple[int, ...] = field(init=False)
     future: asyncio.Future[Any] = field(init=False)
     batch: asyncio.Task[None] | None = None  # the batch that took it
-    abandoned: bool = False  # its caller was stopped while the batch ran
 
     @property
     def hold_id(self) -> uuid.UUID:
@@ -211,7 +210,7 @@ class PlainHolds:
         self._queue: HoldBatches[_Waiting] = HoldBatches(batch_size)
         self._running: set[asyncio.Task[None]] = set()
         # Told of each batch (a lone hold too): its size, and whether the database refused it
-        # and its holds were placed again one by one.
+        # and its holds were placed again, each alone.
         self.on_batch: Callable[[int, bool], None] | None = None
 
     async def _opened(self) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
@@ -237,7 +236,7 @@ class PlainHolds:
         return self._size
 
     def usage(self) -> tuple[int, int, int]:
-        """Connections in use, idle, and holds waiting for one (zeros until the first hold)."""
+        """Connections in use, idle (none before the first hold), and holds waiting for one."""
         if self._pool is None:
             return 0, 0, len(self._queue)
         stats = self._pool.get_stats()
@@ -281,7 +280,6 @@ class PlainHolds:
                 # it) and the batch's other holds are placed again.
                 waiting.future.cancel()
                 if not self._queue.remove(waiting) and waiting.batch is not None:
-                    waiting.abandoned = True
                     waiting.batch.cancel()
         assert row is not None
         outcome, version, recorded_at, seat_ids, labels, numbers, kinds, amounts, currencies = row
@@ -320,8 +318,9 @@ class PlainHolds:
             if self.on_batch is not None:
                 self.on_batch(len(batch), len(batch) > 1 and not answered)
             if not answered:
-                for waiting in batch:
-                    await self._alone(pool, waiting)
+                # Side by side, each on a connection of its own: a hold that waits for a lock
+                # until lock_timeout does not make the others wait after it.
+                await asyncio.gather(*(self._alone(pool, waiting) for waiting in batch))
         except asyncio.CancelledError:
             # Stopped for a caller that is gone: the others go again, unless it committed.
             if [waiting for waiting in batch if not waiting.future.done()]:
