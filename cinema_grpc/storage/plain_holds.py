@@ -209,6 +209,7 @@ class PlainHolds:
         self._opening = asyncio.Lock()
         self._queue: HoldBatches[_Waiting] = HoldBatches(batch_size)
         self._running: set[asyncio.Task[None]] = set()
+        self._batches: dict[asyncio.Task[None], list[_Waiting]] = {}
         # Told of each batch (a lone hold too): its size, and whether the database refused it
         # and its holds were placed again, each alone.
         self.on_batch: Callable[[int, bool], None] | None = None
@@ -281,6 +282,9 @@ class PlainHolds:
                 waiting.future.cancel()
                 if not self._queue.remove(waiting) and waiting.batch is not None:
                     waiting.batch.cancel()
+                    # The caller hears that it was stopped once PostgreSQL has stopped the
+                    # statement: a hold it was told nothing of must not be written after.
+                    await asyncio.wait((waiting.batch,))
         assert row is not None
         outcome, version, recorded_at, seat_ids, labels, numbers, kinds, amounts, currencies = row
         if outcome == "TAKEN":
@@ -298,6 +302,7 @@ class PlainHolds:
         """Starts a batch on each free connection while holds wait that can go."""
         while len(self._running) < self._size and (batch := self._queue.take()):
             task = self._start(self._run(batch))
+            self._batches[task] = batch
             for waiting in batch:
                 waiting.batch = task
 
@@ -308,35 +313,33 @@ class PlainHolds:
         return task
 
     def _ended(self, task: asyncio.Task[None]) -> None:
+        """A batch (or the recovery of a stopped one) is over, however it ended, even stopped
+        before it began: its keys are free, and no hold of it is left without an answer."""
         self._running.discard(task)
+        batch = self._batches.pop(task, [])
+        self._queue.done(waiting.keys for waiting in batch)
+        unanswered = [waiting for waiting in batch if not waiting.future.done()]
+        if unanswered and task.cancelled():
+            # Stopped for a caller that is gone: the others go again, unless it committed.
+            self._start(self._after_stop(unanswered))
+        elif unanswered and (error := task.exception()) is not None:  # a bug: no caller hangs
+            for waiting in unanswered:
+                waiting.answer(error=error)
         self._dispatch()
 
     async def _run(self, batch: list[_Waiting]) -> None:
-        try:
-            pool = await self._opened()
-            answered = len(batch) > 1 and await self._together(pool, batch)
-            if self.on_batch is not None:
-                self.on_batch(len(batch), len(batch) > 1 and not answered)
-            if not answered:
-                # Side by side, each on a connection of its own: a hold that waits for a lock
-                # until lock_timeout does not make the others wait after it.
-                await asyncio.gather(*(self._alone(pool, waiting) for waiting in batch))
-        except asyncio.CancelledError:
-            # Stopped for a caller that is gone: the others go again, unless it committed.
-            if [waiting for waiting in batch if not waiting.future.done()]:
-                self._start(self._after_stop(batch))
-            raise
-        except BaseException as exc:  # pragma: no cover - a bug: no caller hangs
-            for waiting in batch:
-                waiting.answer(error=exc)
-            raise
-        finally:
-            self._queue.done(waiting.keys for waiting in batch)
+        pool = await self._opened()
+        answered = len(batch) > 1 and await self._together(pool, batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), len(batch) > 1 and not answered)
+        if not answered:
+            # Side by side, each on a connection of its own: a hold that waits for a lock
+            # until lock_timeout does not make the others wait after it.
+            await asyncio.gather(*(self._alone(pool, waiting) for waiting in batch))
 
-    async def _after_stop(self, batch: list[_Waiting]) -> None:
+    async def _after_stop(self, left: list[_Waiting]) -> None:
         """A stopped batch's holds whose callers still wait: each goes again first in the queue,
         unless its hold was written (the stop came after the commit): then its answer is lost."""
-        left = [waiting for waiting in batch if not waiting.future.done()]
         try:
             pool = await self._opened()
             async with pool.connection() as connection:
@@ -348,6 +351,7 @@ class PlainHolds:
             for waiting in left:
                 waiting.answer(error=exc)
             return
+        left = [waiting for waiting in left if not waiting.future.done()]  # callers stopped meanwhile: not again
         for waiting in left:
             if waiting.hold_id in written:
                 waiting.answer(error=StorageUnavailable("the hold's answer was lost; retry with the same request_id"))

@@ -255,3 +255,32 @@ def test_a_caller_stopped_while_its_batch_runs_keeps_nothing_and_the_others_are_
     written = transactions(db, batch)
     assert written[1] is None and written[0] is not None and written[0] == written[2]
     assert batches == [(1, False), (2, False)]  # the stopped batch did not end; the two went again
+
+
+def test_a_stopped_caller_hears_so_only_once_its_statement_is_stopped(
+    server: RunningServer, ana: Customer, sale: Sale, db: Db
+) -> None:
+    # The hold waits for the showtime's lock. Its caller is stopped; the moment it hears so, the
+    # lock is freed: the statement must be stopped by then, or it would write the hold after.
+    lone = plain(ana, sale, "B1", rules=RULES)
+    showtime_key = advisory_key(LockNamespace.SHOWTIME_SEATS, sale.showtime.id)
+    with psycopg.connect(db.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (showtime_key,))
+
+        async def work(holds: PlainHolds) -> bool:
+            call = asyncio.ensure_future(holds.place(lone))
+            await asyncio.sleep(0.5)  # at the lock
+            call.cancel()
+            await asyncio.wait((call,))
+            running = other.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'cinema-grpc-holds' AND state = 'active'"
+            ).fetchone()
+            other.execute("SELECT pg_advisory_unlock(%s)", (showtime_key,))
+            await asyncio.sleep(0.5)  # time enough for a statement still running to write
+            return call.cancelled() and running == (0,)
+
+        stopped, batches = with_holds(server, server.settings, work, db_hold_pool_size=1, db_lock_timeout_ms=5000)
+    assert stopped, "the caller heard it was stopped while its statement still ran"
+    assert batches == [(1, False)]
+    assert transactions(db, [lone]) == [None]
