@@ -86,11 +86,17 @@ def statement_params(plain: PlainHold) -> tuple[Any, ...]:
     )
 
 
+# Where statement_params puts the request-id, customer and showtime lock keys (in the lock
+# order), and the hold's id.
+KEY_POSITIONS = (0, 4, 5)
+HOLD_ID_POSITION = 19
+
+
 def lock_keys(params: Sequence[tuple[Any, ...]]) -> list[int]:
     """Every advisory key the holds of these statement parameters take, in the one lock order:
     request ids, customers, showtimes (LockNamespace), each class in key order."""
     keys: list[int] = []
-    for position in (0, 4, 5):
+    for position in KEY_POSITIONS:
         keys.extend(sorted({hold[position] for hold in params if hold[position] is not None}))
     return keys
 
@@ -173,10 +179,11 @@ class _Waiting:
 
     @property
     def hold_id(self) -> uuid.UUID:
-        return uuid.UUID(str(self.params[19]))
+        hold_id: uuid.UUID = self.params[HOLD_ID_POSITION]
+        return hold_id
 
     def __post_init__(self) -> None:
-        self.keys = tuple(key for key in (self.params[0], self.params[4], self.params[5]) if key is not None)
+        self.keys = tuple(self.params[p] for p in KEY_POSITIONS if self.params[p] is not None)
         self.future = asyncio.get_running_loop().create_future()
 
     def answer(self, row: Any = None, error: BaseException | None = None) -> None:
