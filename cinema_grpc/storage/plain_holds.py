@@ -7,7 +7,8 @@ leaves to the seat inventory (None).
 
 Holds that arrive while every connection is busy wait in a queue, and a connection that comes
 free takes the queued holds together (``HoldBatches``): their statements go in one pipeline and
-commit together, one implicit transaction that ends at the pipeline's Sync. A lone hold is its
+commit together, in one transaction (BEGIN and COMMIT in the pipeline, one round trip): stopped
+before its COMMIT is sent, the batch rolls back, whatever PostgreSQL already ran. A lone hold is its
 own transaction, as before; a busy server pays one round trip, one commit and one wake-up of
 the event loop for several holds. A batch first takes every advisory lock its holds will take,
 all at once in the one lock order (request ids, then customers, then showtimes, each in key
@@ -217,6 +218,10 @@ class PlainHolds:
         self._queue: HoldBatches[_Waiting] = HoldBatches(batch_size)
         self._running: set[asyncio.Task[None]] = set()
         self._batches: dict[asyncio.Task[None], list[_Waiting]] = {}
+        # The recovery of a stopped batch, and the batch's holds: their keys stay taken until
+        # the holds not written are back first in the queue, so no later hold overtakes them.
+        self._recovering: dict[asyncio.Task[None], list[_Waiting]] = {}
+        self._closed = False
         # Told of each batch (a lone hold too): its size, and whether the database refused it
         # and its holds were placed again, each alone.
         self.on_batch: Callable[[int, bool], None] | None = None
@@ -224,6 +229,8 @@ class PlainHolds:
     async def _opened(self) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._pool is not None:
             return self._pool
+        if self._closed:
+            raise StorageUnavailable("the server is shutting down; retry on another")
         async with self._opening:
             if self._pool is None:
                 pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = psycopg_pool.AsyncConnectionPool(
@@ -252,7 +259,9 @@ class PlainHolds:
         return stats.get("pool_size", 0) - idle, idle, len(self._queue)
 
     async def close(self) -> None:
-        """Lets the running batches finish, then closes the connections."""
+        """Lets the running batches finish, then closes the connections; a hold placed after it
+        is refused."""
+        self._closed = True
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         pool, self._pool = self._pool, None
@@ -323,15 +332,23 @@ class PlainHolds:
         """A batch (or the recovery of a stopped one) is over, however it ended, even stopped
         before it began: its keys are free, and no hold of it is left without an answer."""
         self._running.discard(task)
-        batch = self._batches.pop(task, [])
-        self._queue.done(waiting.keys for waiting in batch)
-        unanswered = [waiting for waiting in batch if not waiting.future.done()]
-        if unanswered and task.cancelled():
-            # Stopped for a caller that is gone: the others go again, unless it committed.
-            self._start(self._after_stop(unanswered))
-        elif unanswered and (error := task.exception()) is not None:  # a bug: no caller hangs
-            for waiting in unanswered:
-                waiting.answer(error=error)
+        if (recovered := self._recovering.pop(task, None)) is not None:
+            self._queue.done(waiting.keys for waiting in recovered)
+            if task.cancelled() or task.exception() is not None:  # shut down midway: no caller hangs
+                for waiting in recovered:
+                    if not self._queue.remove(waiting):
+                        waiting.answer(error=StorageUnavailable("the hold was stopped; retry with the same request_id"))
+        else:
+            batch = self._batches.pop(task, [])
+            unanswered = [waiting for waiting in batch if not waiting.future.done()]
+            if unanswered and task.cancelled():
+                # Stopped for a caller that is gone: the others go again, unless it committed.
+                self._recovering[self._start(self._after_stop(unanswered))] = batch
+            else:
+                self._queue.done(waiting.keys for waiting in batch)
+                if unanswered and (error := task.exception()) is not None:  # a bug: no caller hangs
+                    for waiting in unanswered:
+                        waiting.answer(error=error)
         self._dispatch()
 
     async def _run(self, batch: list[_Waiting]) -> None:
@@ -360,7 +377,7 @@ class PlainHolds:
                     "SELECT id FROM booking.holds WHERE id = ANY(%s)", ([waiting.hold_id for waiting in left],)
                 )
                 written = {row[0] for row in await cursor.fetchall()}
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except Exception as exc:  # noqa: BLE001 - the database's refusal or a bug: each caller hears it
             for waiting in left:
                 waiting.answer(error=exc)
             return
@@ -378,7 +395,11 @@ class PlainHolds:
         try:
             async with pool.connection() as connection:
                 try:
-                    async with connection.pipeline():
+                    # An explicit transaction, not the pipeline's implicit one: the pipeline
+                    # ends with a Sync however its block ends, and a Sync commits an implicit
+                    # transaction. Stopped while it sends (a caller's deadline), the batch
+                    # rolls back what PostgreSQL already ran of it.
+                    async with connection.pipeline(), connection.transaction():
                         await connection.execute(LOCK_STATEMENT, (lock_keys([w.params for w in batch]),), prepare=True)
                         cursors = [
                             await connection.execute(HOLD_STATEMENT, waiting.params, prepare=True) for waiting in batch
@@ -390,12 +411,13 @@ class PlainHolds:
                         # is not placed again (a caller may retry with its request id).
                         raise
                     return False
+                # Answered before the connection goes back: a stop while it does would make
+                # a committed batch's answers lost.
+                for waiting, row in zip(batch, rows, strict=True):
+                    waiting.answer(row)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             for waiting in batch:
                 waiting.answer(error=exc)
-            return True
-        for waiting, row in zip(batch, rows, strict=True):
-            waiting.answer(row)
         return True
 
     async def _alone(
@@ -405,7 +427,7 @@ class PlainHolds:
             async with pool.connection() as connection:
                 cursor = await connection.execute(HOLD_STATEMENT, waiting.params, prepare=True)
                 waiting.answer(await cursor.fetchone())
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except Exception as exc:  # noqa: BLE001 - the database's refusal or a bug: the caller hears it
             waiting.answer(error=exc)
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.domain.booking.inventory import PlainHold
@@ -20,7 +22,7 @@ from cinema_grpc.domain.errors import Contention, SeatAlreadyTaken
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import open_database
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
-from cinema_grpc.storage.plain_holds import PlainHolds
+from cinema_grpc.storage.plain_holds import HOLD_STATEMENT, PlainHolds
 from tests.booking_data import Customer, Sale, open_sale
 from tests.conftest import RunningServer
 from tests.integration.test_plain_hold import plain
@@ -254,6 +256,56 @@ def test_a_caller_stopped_while_its_batch_runs_keeps_nothing_and_the_others_are_
     assert placed[2] is None  # stopped
     written = transactions(db, batch)
     assert written[1] is None and written[0] is not None and written[0] == written[2]
+    assert batches == [(1, False), (2, False)]  # the stopped batch did not end; the two went again
+
+
+def test_a_caller_stopped_while_its_batch_is_being_sent_keeps_nothing(
+    server: RunningServer,
+    ana: Customer,
+    ben: Customer,
+    clerk: Customer,
+    sale: Sale,
+    db: Db,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PostgreSQL has run the batch's locks and its first hold, and waits, idle, for the rest: a
+    # cancel request then finds no statement to stop. The first hold's caller is stopped at that
+    # moment, while the client sends the second hold. What PostgreSQL ran of the batch must not
+    # be committed (the pipeline's Sync would commit an implicit transaction); the two others
+    # go again and are held.
+    first = plain(ben, sale, "E1", rules=RULES)
+    batch = three_holds(ana, ben, clerk, sale)
+    calls: dict[uuid.UUID, asyncio.Future[Any]] = {}
+    sent = 0
+    execute = psycopg.AsyncConnection.execute
+
+    async def slow_second_hold(connection: Any, query: Any, params: Any = None, **options: Any) -> Any:
+        nonlocal sent
+        if query == HOLD_STATEMENT and connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            sent += 1
+            if sent == 2:
+                await asyncio.sleep(0.3)  # PostgreSQL runs what it has, and waits
+                calls[batch[0].hold_id].cancel()
+                await asyncio.sleep(0)  # the stopped caller stops the batch here
+        return await execute(connection, query, params, **options)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", slow_second_hold)
+
+    async def work(holds: PlainHolds) -> list[Hold | BaseException | None]:
+        for plain_hold in [first, *batch]:
+            calls[plain_hold.hold_id] = asyncio.ensure_future(holds.place(plain_hold))
+        await asyncio.wait(calls.values())
+        return [
+            None if call.cancelled() else call.exception() or call.result()[0]  # type: ignore[index]
+            for call in calls.values()
+        ]
+
+    placed, batches = with_holds(server, server.settings, work, db_hold_pool_size=1)
+    assert placed[1] is None  # stopped
+    assert all(isinstance(hold, Hold) for hold in (placed[0], placed[2], placed[3])), placed
+    written = transactions(db, batch)
+    assert written[0] is None, "a stopped caller's hold was committed"
+    assert written[1] is not None and written[1] == written[2]
     assert batches == [(1, False), (2, False)]  # the stopped batch did not end; the two went again
 
 

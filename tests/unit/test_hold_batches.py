@@ -1,17 +1,34 @@
 """Holds queued for a connection go in batches in the order they came; a hold whose lock keys a
-running batch holds keeps its place for the next batch; a batch takes its locks in the one lock
-order of the system."""
+running batch holds keeps its place for the next batch, also when that batch was stopped; a
+batch takes its locks in the one lock order of the system; whatever goes wrong, each caller
+hears of it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
 
 from cinema_grpc.domain.booking.inventory import PlainHold
 from cinema_grpc.domain.booking.model import BookingRules
+from cinema_grpc.domain.errors import Contention
 from cinema_grpc.domain.idempotency import RequestKey
 from cinema_grpc.storage.locks import LockNamespace, advisory_key
-from cinema_grpc.storage.plain_holds import HoldBatches, lock_keys, statement_params
+from cinema_grpc.storage.plain_holds import (
+    HOLD_ID_POSITION,
+    HOLD_STATEMENT,
+    LOCK_STATEMENT,
+    HoldBatches,
+    PlainHolds,
+    lock_keys,
+    statement_params,
+)
 
 
 def test_batches_take_the_waiting_holds_in_order_up_to_the_limit() -> None:
@@ -96,3 +113,133 @@ def test_with_a_limit_of_one_every_hold_goes_as_soon_as_a_connection_is_free() -
     assert queue.take() == ["b"]
     queue.done([[1, 2], [2, 3]])
     assert queue.take() == []
+
+
+def hold(customer: uuid.UUID, showtime: uuid.UUID) -> PlainHold:
+    return PlainHold(
+        uuid.uuid4(), showtime, customer, (uuid.uuid4(),), False, datetime(2026, 12, 2, 12, tzinfo=UTC), BookingRules()
+    )
+
+
+class Cursor:
+    def __init__(self, row: Any = None) -> None:
+        self.row = row
+
+    async def fetchone(self) -> Any:
+        return self.row
+
+    async def fetchall(self) -> list[Any]:
+        return []  # the recovery of a stopped batch: none of its holds was written
+
+
+class Database:
+    """A stand-in for the holds' pool: each hold statement records the hold's name and waits
+    until its gate (and a batch's lock statement until the "lock" gate) is open; ``fail`` says
+    what a statement raises, in a batch or alone, instead."""
+
+    def __init__(self, names: dict[uuid.UUID, str]) -> None:
+        self.names = names
+        self.statements: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fail: dict[bool, BaseException] = {}
+        self.in_batch = False
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Database]:
+        await asyncio.sleep(0)
+        yield self
+
+    broken = False
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[None]:
+        self.in_batch = True
+        try:
+            yield
+        finally:
+            self.in_batch = False
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+    async def execute(self, query: str, params: Any = None, prepare: bool = False) -> Cursor:
+        if (error := self.fail.get(self.in_batch)) is not None:
+            raise error
+        if query == LOCK_STATEMENT:
+            await self.gate("lock").wait()
+        elif query == HOLD_STATEMENT:
+            name = self.names[params[HOLD_ID_POSITION]]
+            self.statements.append(name)
+            await self.gate(name).wait()
+            return Cursor(("DECIDE", *[None] * 8))  # left to the seat inventory: place() answers None
+        return Cursor()
+
+
+def plain_holds(database: Database, monkeypatch: pytest.MonkeyPatch, *, size: int, batch_size: int) -> PlainHolds:
+    holds = PlainHolds("", {}, size=size, timeout=30, batch_size=batch_size)
+
+    async def opened() -> Database:
+        return database
+
+    monkeypatch.setattr(holds, "_opened", opened)
+    return holds
+
+
+def test_the_holds_of_a_stopped_batch_go_again_before_any_later_hold_that_shares_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a, b and c ask for seats of one showtime, in this order, while two other holds have both
+    # connections. a and b go as a batch; c waits for their showtime. b's caller is stopped
+    # while the batch waits for its locks: the batch is stopped, and a goes again, before c.
+    showtime = uuid.uuid4()
+    asked = {"f1": hold(uuid.uuid4(), uuid.uuid4()), "f2": hold(uuid.uuid4(), uuid.uuid4())}
+    asked |= {name: hold(uuid.uuid4(), showtime) for name in "abc"}
+    database = Database({plain.hold_id: name for name, plain in asked.items()})
+
+    async def run() -> list[str]:
+        holds = plain_holds(database, monkeypatch, size=2, batch_size=2)
+        calls = {}
+        for name, plain in asked.items():
+            calls[name] = asyncio.ensure_future(holds.place(plain))
+            await asyncio.sleep(0.01)
+        database.gate("f1").set()
+        database.gate("f2").set()
+        await asyncio.sleep(0.05)  # a and b wait for their locks, c for their showtime
+        calls["b"].cancel()
+        await asyncio.sleep(0.05)
+        for name in ("lock", "a", "c"):
+            database.gate(name).set()
+        done, _ = await asyncio.wait(calls.values(), timeout=5)
+        assert len(done) == 5 and calls["b"].cancelled()
+        assert [calls[name].result() for name in ("f1", "f2", "a", "c")] == [None] * 4
+        return database.statements
+
+    assert asyncio.run(run()) == ["f1", "f2", "a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("error", "heard"),
+    [(RuntimeError("a bug"), RuntimeError), (psycopg.errors.QueryCanceled("statement timeout"), Contention)],
+)
+def test_whatever_a_hold_alone_raises_its_caller_hears_it(
+    error: Exception, heard: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first hold goes alone; the two behind it go as a batch, which the database refuses
+    # (a lock timeout), so each of them goes again alone. Alone, each meets the error.
+    asked = [hold(uuid.uuid4(), uuid.uuid4()) for _ in range(3)]
+    database = Database({plain.hold_id: str(i) for i, plain in enumerate(asked)})
+    database.fail = {True: psycopg.errors.LockNotAvailable("lock timeout"), False: error}
+
+    async def run() -> list[BaseException | None]:
+        holds = plain_holds(database, monkeypatch, size=1, batch_size=4)
+        calls = [asyncio.ensure_future(holds.place(plain)) for plain in asked]
+        done, _ = await asyncio.wait(calls, timeout=5)
+        assert len(done) == 3, "a caller never heard of its hold"
+        return [call.exception() for call in calls]
+
+    raised = asyncio.run(run())
+    assert all(isinstance(exc, heard) for exc in raised), raised
