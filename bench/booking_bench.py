@@ -767,7 +767,7 @@ class Sweep:
     announced_free: int
     version_mismatches: int
     left: dict[str, int]
-    during: Row
+    during: Row | None  # None: swept with no other load (--sweep-concurrency 0)
     # PostgreSQL CPU of the server's request-pool connections ("cinema-grpc") from the commit to
     # the end of the sweep: the sweeper's transactions (the HoldSeats load runs on the hold pool,
     # but a hold its statement leaves to the seat inventory runs here too).
@@ -1008,7 +1008,8 @@ class Run:
         args = self.args
         if "sweep" not in args.phases:
             return
-        progress(f"sweep: a server sweeping every {args.sweep_interval:g} s, HoldSeats c={args.sweep_concurrency}")
+        load = f"HoldSeats c={args.sweep_concurrency}" if args.sweep_concurrency else "no other load"
+        progress(f"sweep: a server sweeping every {args.sweep_interval:g} s, {load}")
         stop_file = self.log_dir / "sweep-over"
         server = self.server(CINEMA_SWEEP_INTERVAL_SECONDS=str(args.sweep_interval))
         try:
@@ -1018,18 +1019,20 @@ class Run:
                 progress(f"sweep: seeding {args.sweep_holds:,} expired holds")
                 showtimes = await seed_expired_holds(db, world, args)
                 seats = int(await scalar(db, "SELECT count(*) FROM booking.seat_claims WHERE status = 'HELD'"))
-                row, pending = meter.run(
-                    f"HoldSeats during the sweep, c={args.sweep_concurrency}",
-                    server.address,
-                    server.pid,
-                    "hold",
-                    concurrency=args.sweep_concurrency,
-                    pairs=world.pairs(self.rng),
-                    customers=world.customers,
-                    duration=600,
-                    stop_file=str(stop_file),
-                )
-                await asyncio.sleep(max(0.0, pending[1] - time.time()))  # until the load's window opens
+                loaded = None
+                if args.sweep_concurrency:
+                    loaded = meter.run(
+                        f"HoldSeats during the sweep, c={args.sweep_concurrency}",
+                        server.address,
+                        server.pid,
+                        "hold",
+                        concurrency=args.sweep_concurrency,
+                        pairs=world.pairs(self.rng),
+                        customers=world.customers,
+                        duration=600,
+                        stop_file=str(stop_file),
+                    )
+                    await asyncio.sleep(max(0.0, loaded[1][1] - time.time()))  # until the load's window opens
             began = time.perf_counter()
             pool_before = meter.application_cpu()
             seconds = float("nan")
@@ -1044,7 +1047,7 @@ class Run:
                 if name == "cinema-grpc"
             )
             stop_file.touch()
-            during = meter.finish(row, pending, wait_window=False)
+            during = meter.finish(*loaded, wait_window=False) if loaded is not None else None
         finally:
             server.stop()
         left = {name: int(await scalar(db, sql)) for name, sql in SWEEP_LEFT_SQL.items()}
@@ -1212,16 +1215,18 @@ def phase_table(results: Results, args: argparse.Namespace) -> Table:
             f"< {SWEEP_TARGET_SECONDS:g} s",
             verdict(sweep.seconds < SWEEP_TARGET_SECONDS),
         )
-        during = sweep.during
-        table.add(
-            f"  HoldSeats during the sweep, c={during.concurrency}",
-            f"{during.rate:,.0f}/s, p50/p99 {during.p50_ms:,.1f}/{during.p99_ms:,.1f} ms"
-            if during.calls
-            else "none: the sweep was over before the load began",
-            "",
-            "!" if during.failures else "",
-        )
-        if during.failures:
+        if (during := sweep.during) is None:
+            table.add("  HoldSeats during the sweep", "none (--sweep-concurrency 0)", "", "")
+        else:
+            table.add(
+                f"  HoldSeats during the sweep, c={during.concurrency}",
+                f"{during.rate:,.0f}/s, p50/p99 {during.p50_ms:,.1f}/{during.p99_ms:,.1f} ms"
+                if during.calls
+                else "none: the sweep was over before the load began",
+                "",
+                "!" if during.failures else "",
+            )
+        if during is not None and during.failures:
             table.add("  failed HoldSeats during the sweep", failures_text(during.failures))
         table.add(
             "  PostgreSQL CPU of the request pool (the sweeper's transactions)",
@@ -1281,7 +1286,7 @@ def figures_of(results: Results) -> dict[str, Any]:
             "seconds": sweep.seconds,
             "clean": sweep.clean,
             "left": sweep.left,
-            "during": sweep.during.figures(),
+            "during": sweep.during.figures() if sweep.during is not None else None,
             "request_pool_pg_cpu_s": sweep.request_pool_pg_cpu_s,
         }
     return figures
@@ -1371,7 +1376,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sweep-holds", type=int, default=100_000)
     parser.add_argument("--sweep-seats-per-hold", type=int, default=2)
-    parser.add_argument("--sweep-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--sweep-concurrency", type=int, default=16, help="HoldSeats in flight while it sweeps (0: no other load)"
+    )
     parser.add_argument("--sweep-interval", type=float, default=0.25, help="the sweeping server's job interval")
     parser.add_argument("--sweep-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=7, help="random seed of the seat order")
