@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 from booking_bench import libpq_url, provision_database
-from id_order_bench import BATCH, EXPIRE_HOLDS, RELEASE_CLAIMS, SEED
+from id_order_bench import BATCH, SEED, expire
 from proc_cpu import cpu_seconds
 
 Db = psycopg.Connection[Any]
@@ -103,22 +103,13 @@ def sweep(db: Db, guard: bool) -> tuple[float, float, int, int]:
     for table in ("holds", "seat_claims", *(("claimed_seats",) if guard else ())):
         db.execute(f"VACUUM ANALYZE booking.{table}")
     db.execute("CHECKPOINT")
-    pid = db.info.backend_pid
     showtimes = sorted(
         row[0] for row in db.execute("SELECT DISTINCT showtime_id FROM booking.holds WHERE state = 'ACTIVE'")
     )
     counters = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'booking.seat_claims'::regclass"
     db.execute("SELECT pg_stat_clear_snapshot()")
     before_counts = db.execute(counters).fetchone()
-    cpu_before, holds_cpu = cpu_seconds(pid), 0.0
-    for start in range(0, len(showtimes), BATCH):
-        batch = showtimes[start : start + BATCH]
-        with db.transaction():
-            before = cpu_seconds(pid)
-            expired = [row[0] for row in db.execute(EXPIRE_HOLDS, (batch,))]
-            holds_cpu += cpu_seconds(pid) - before
-            db.execute(RELEASE_CLAIMS, (batch, expired))
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu, holds_cpu = expire(db, showtimes)
     if guard:
         left = db.execute("SELECT count(*) FROM booking.claimed_seats").fetchone()
         assert left is not None and left[0] == 0, f"{left} guard rows left after the sweep"

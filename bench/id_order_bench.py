@@ -63,6 +63,21 @@ WHERE showtime_id = ANY(%s) AND status = 'HELD' AND hold_id = ANY(%s)
 """
 
 
+def expire(db: Db, showtimes: list[Any]) -> tuple[float, float]:
+    """Expires these showtimes' lapsed holds as the sweeper does, BATCH showtimes per
+    transaction: (backend CPU of both updates, of the holds' update)."""
+    pid = db.info.backend_pid
+    cpu_before, holds_cpu = cpu_seconds(pid), 0.0
+    for start in range(0, len(showtimes), BATCH):
+        batch = showtimes[start : start + BATCH]
+        with db.transaction():
+            before = cpu_seconds(pid)
+            expired = [row[0] for row in db.execute(EXPIRE_HOLDS, (batch,))]
+            holds_cpu += cpu_seconds(pid) - before
+            db.execute(RELEASE_CLAIMS, (batch, expired))
+    return cpu_seconds(pid) - cpu_before, holds_cpu
+
+
 def round_of(url: str, kind: str, holds: int, interleaved: bool) -> tuple[float, float, float, float]:
     """(backend CPU of both updates, of the holds' update, wall seconds, WAL MB)."""
     expression = KINDS[kind]
@@ -78,21 +93,14 @@ def round_of(url: str, kind: str, holds: int, interleaved: bool) -> tuple[float,
         db.execute("VACUUM ANALYZE booking.holds")
         db.execute("VACUUM ANALYZE booking.seat_claims")
         db.execute("CHECKPOINT")
-        pid = db.info.backend_pid
         showtimes = [
             row[0] for row in db.execute("SELECT DISTINCT showtime_id FROM booking.holds WHERE state = 'ACTIVE'")
         ]
         showtimes.sort()
         wal_before = db.execute("SELECT pg_current_wal_lsn()").fetchone()
-        began, cpu_before, holds_cpu = time.perf_counter(), cpu_seconds(pid), 0.0
-        for start in range(0, len(showtimes), BATCH):
-            batch = showtimes[start : start + BATCH]
-            with db.transaction():
-                before = cpu_seconds(pid)
-                expired = [row[0] for row in db.execute(EXPIRE_HOLDS, (batch,))]
-                holds_cpu += cpu_seconds(pid) - before
-                db.execute(RELEASE_CLAIMS, (batch, expired))
-        cpu, wall = cpu_seconds(pid) - cpu_before, time.perf_counter() - began
+        began = time.perf_counter()
+        cpu, holds_cpu = expire(db, showtimes)
+        wall = time.perf_counter() - began
         wal = db.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", wal_before).fetchone()
         assert wal is not None
         return cpu, holds_cpu, wall, float(wal[0]) / 1e6
