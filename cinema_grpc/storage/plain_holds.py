@@ -297,7 +297,11 @@ class PlainHolds:
                 # it) and the batch's other holds are placed again.
                 waiting.future.cancel()
                 if not self._queue.remove(waiting) and waiting.batch is not None:
-                    waiting.batch.cancel()
+                    if not waiting.batch.cancelling():
+                        # Once, however many of the batch's callers stop: a second stop would
+                        # cut psycopg's cancel request short, and it would close the connection
+                        # instead, leaving PostgreSQL to run what it had received (a COMMIT too).
+                        waiting.batch.cancel()
                     # The caller hears that it was stopped once PostgreSQL has stopped the
                     # statement: a hold it was told nothing of must not be written after.
                     await asyncio.wait((waiting.batch,))

@@ -243,3 +243,43 @@ def test_whatever_a_hold_alone_raises_its_caller_hears_it(
 
     raised = asyncio.run(run())
     assert all(isinstance(exc, heard) for exc in raised), raised
+
+
+def test_a_batch_is_stopped_once_however_many_of_its_callers_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two holds go as a batch, which waits for its locks. Its first caller is stopped; while the
+    # batch sends PostgreSQL its cancel request, the second caller is stopped too. A second stop
+    # of the batch would cut the cancel request short (psycopg then closes the connection, and
+    # PostgreSQL may still run what it had received).
+    asked = [hold(uuid.uuid4(), uuid.uuid4()) for _ in range(3)]
+    database = Database({plain.hold_id: str(i) for i, plain in enumerate(asked)})
+    calls: list[asyncio.Future[Any]] = []
+    interrupted: list[bool] = []
+    execute = database.execute
+
+    async def cancel_request_on_stop(query: str, params: Any = None, prepare: bool = False) -> Cursor:
+        try:
+            return await execute(query, params, prepare)
+        except asyncio.CancelledError:
+            if query == LOCK_STATEMENT:
+                calls[2].cancel()  # the batch's second caller stops meanwhile
+                try:
+                    await asyncio.sleep(0.05)  # the cancel request on its way
+                    interrupted.append(False)
+                except asyncio.CancelledError:
+                    interrupted.append(True)
+            raise
+
+    monkeypatch.setattr(database, "execute", cancel_request_on_stop)
+
+    async def run() -> None:
+        holds = plain_holds(database, monkeypatch, size=1, batch_size=4)
+        calls.extend(asyncio.ensure_future(holds.place(plain)) for plain in asked)
+        await asyncio.sleep(0.05)  # the first alone, the two others as a batch at its locks
+        database.gate("0").set()
+        await asyncio.sleep(0.05)
+        calls[1].cancel()
+        done, _ = await asyncio.wait(calls, timeout=5)
+        assert len(done) == 3 and calls[1].cancelled() and calls[2].cancelled()
+
+    asyncio.run(run())
+    assert interrupted == [False]
