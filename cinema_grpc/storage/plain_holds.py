@@ -360,16 +360,20 @@ class PlainHolds:
         answered = len(batch) > 1 and await self._together(pool, batch)
         if self.on_batch is not None:
             self.on_batch(len(batch), len(batch) > 1 and not answered)
-        if not answered:
-            # Side by side, each on a connection of its own: a hold that waits for a lock
-            # until lock_timeout does not make the others wait after it. Each in a task of its
-            # own, which a stopped caller stops alone.
-            loop = asyncio.get_running_loop()
-            alone = []
-            for waiting in batch:
-                waiting.batch = loop.create_task(self._alone(pool, waiting))
-                alone.append(waiting.batch)
-            await asyncio.gather(*alone, return_exceptions=True)
+        if answered:
+            return
+        if len(batch) == 1:  # a lone hold, in this task: its caller, if stopped, stops it
+            await self._alone(pool, batch[0])
+            return
+        # A refused batch's holds, side by side, each on a connection of its own: a hold that
+        # waits for a lock until lock_timeout does not make the others wait after it. Each in a
+        # task of its own, which a stopped caller stops alone.
+        loop = asyncio.get_running_loop()
+        alone = []
+        for waiting in batch:
+            waiting.batch = loop.create_task(self._alone(pool, waiting))
+            alone.append(waiting.batch)
+        await asyncio.gather(*alone, return_exceptions=True)
 
     async def _after_stop(self, left: list[_Waiting]) -> None:
         """A stopped batch's holds whose callers still wait: each goes again first in the queue,
