@@ -11,6 +11,7 @@ events cross workers through the database (LISTEN/NOTIFY) or Redis, as across re
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import socket
@@ -33,10 +34,16 @@ from cinema_grpc.storage.database import EmbeddedPostgres, database_url, migrate
 log = structlog.get_logger(__name__)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _free_ports(*hosts: str) -> list[int]:
+    """A free port on each host, all different: every socket stays bound until all are picked
+    (one closed before the next ``bind(0)`` may be handed out again)."""
+    with contextlib.ExitStack() as bound:
+        ports = []
+        for host in hosts:
+            sock = bound.enter_context(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -89,10 +96,6 @@ class Workers:
             signing_key_text(None, settings.data_dir)  # likewise the key of ticket codes
         if settings.audit_key is None:
             audit_key(None, settings.data_dir)  # the same
-        if settings.grpc_port == 0:
-            updates["grpc_port"] = _free_port(settings.grpc_host)
-        if settings.webhook_port == 0:
-            updates["webhook_port"] = _free_port(settings.webhook_host)
         if settings.stripe_secret_key is None:
             self.local_stripe = LocalStripe(settings.data_dir / "localstripe-state.pickle")
             log.warning(
@@ -105,6 +108,16 @@ class Workers:
                 stripe_webhook_secret=SecretStr(self.local_stripe.webhook_secret),
                 stripe_api_base=self.local_stripe.api_base,
             )
+        # Picked after the local Stripe server listens, so its port is not among them.
+        unset = {
+            name: host
+            for name, host, port in (
+                ("grpc_port", settings.grpc_host, settings.grpc_port),
+                ("webhook_port", settings.webhook_host, settings.webhook_port),
+            )
+            if port == 0
+        }
+        updates.update(zip(unset, _free_ports(*unset.values()), strict=True))
         return settings.model_copy(update=updates)
 
     def run(self) -> int:
