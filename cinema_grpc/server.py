@@ -460,12 +460,12 @@ async def serve(
     if settings.stripe_secret_key is None:
         # No Stripe account configured: payments go to a local Stripe-compatible test server.
         local_stripe = LocalStripe(settings.data_dir / "localstripe-state.pickle")
+        await asyncio.to_thread(local_stripe.start)
         log.warning(
-            "no Stripe key: starting the local Stripe test server, which accepts any test card",
+            "no Stripe key: started the local Stripe test server, which accepts any test card",
             api=local_stripe.api_base,
             state_file=str(local_stripe.state_file),
         )
-        await asyncio.to_thread(local_stripe.start)
         settings = settings.model_copy(
             update={
                 "stripe_secret_key": SecretStr(API_KEY),

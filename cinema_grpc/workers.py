@@ -98,11 +98,11 @@ class Workers:
             audit_key(None, settings.data_dir)  # the same
         if settings.stripe_secret_key is None:
             self.local_stripe = LocalStripe(settings.data_dir / "localstripe-state.pickle")
+            self.local_stripe.start()
             log.warning(
-                "no Stripe key: starting the local Stripe test server, which accepts any test card",
+                "no Stripe key: started the local Stripe test server, which accepts any test card",
                 api=self.local_stripe.api_base,
             )
-            self.local_stripe.start()
             updates.update(
                 stripe_secret_key=SecretStr(API_KEY),
                 stripe_webhook_secret=SecretStr(self.local_stripe.webhook_secret),

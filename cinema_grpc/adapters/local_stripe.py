@@ -62,23 +62,31 @@ class LocalStripe:
 
     def start(self, log: Path | None = None) -> LocalStripe:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        out = log.open("ab") if log else subprocess.DEVNULL
+        for _ in range(3):
+            if self._start_once(log):
+                return self
+            # Its port is picked before the child binds it: another process may have taken it.
+            self.port = free_port()
+        raise RuntimeError(f"the local Stripe test server did not start (state file {self.state_file})")
+
+    def _start_once(self, log: Path | None) -> bool:
         command = [sys.executable, "-m", __name__, "--port", str(self.port), "--state", str(self.state_file)]
-        # The child ends when this pipe reaches end of file: when this process exits, however
-        # it exits. Nothing is ever written to it.
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out)
+        with log.open("ab") if log else open(os.devnull, "wb") as out:
+            # The child ends when this pipe reaches end of file: when this process exits,
+            # however it exits. Nothing is ever written to it.
+            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
+        while time.monotonic() < deadline and self._process.poll() is None:
             try:
                 urllib.request.urlopen(f"{self.api_base}/v1/balance", timeout=1)
             except urllib.error.HTTPError:
-                return self  # 401 without a key: it is up
+                if self._process.poll() is None:
+                    return True  # 401 without a key: it is up (and it is this child that answers)
+                break
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the local Stripe test server did not start (state file {self.state_file})")
+        return False
 
     def deliver_webhooks_to(self, url: str) -> None:
         data = urllib.parse.urlencode({"url": url, "secret": self.webhook_secret}).encode()

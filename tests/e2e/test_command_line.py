@@ -305,7 +305,7 @@ def test_serve_without_a_stripe_key_says_payments_are_test_ones_and_takes_its_te
         log.seek(0)
         output = log.read()
     assert "TEST PAYMENT MODE" in output
-    assert "starting the local Stripe test server" in output
+    assert "started the local Stripe test server" in output
 
 
 def test_production_refuses_to_start_without_a_live_stripe_key(tmp_path: Path) -> None:

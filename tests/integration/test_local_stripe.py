@@ -75,3 +75,18 @@ def test_its_state_is_a_file_of_its_own_that_only_this_user_can_read(tmp_path: P
         assert _stripe_get(again, f"/v1/customers/{customer['id']}")["email"] == "ana@example.com"
     finally:
         again.stop()
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced_by_another(tmp_path: Path) -> None:
+    """Its port is picked before its process binds it; another process may take it in between."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = int(squatter.getsockname()[1])
+        stripe = LocalStripe(tmp_path / "localstripe-state.pickle", port=taken).start()
+        try:
+            assert stripe.port != taken
+            assert _listening_addresses(stripe.port) == {"127.0.0.1"}
+            assert _stripe_post(stripe, "/v1/customers", {"email": "ana@example.com"})["email"] == "ana@example.com"
+        finally:
+            stripe.stop()
