@@ -48,11 +48,23 @@ class Sale:
         return [self.seat(label) for label in labels]
 
 
-def open_sale(screening: ScreeningServiceStub, hours_ahead: int = 30, cinema_name: str = "Odeon") -> Sale:
+# A showtime this soon has its doors open and its customers' cancellations closed, and stays
+# ahead for as long as any test runs.
+SOON_MINUTES = 40
+
+
+def open_sale(
+    screening: ScreeningServiceStub, hours_ahead: int = 30, cinema_name: str = "Odeon", *, soon: bool = False
+) -> Sale:
+    """A showtime on the hour ``hours_ahead`` hours on, or ``SOON_MINUTES`` minutes on (``soon``)."""
     cinema = make_cinema(screening, cinema_name)
     hall = make_hall(screening, cinema.id, "Main", LAYOUT)
     movie = make_movie(screening, minutes=100)
-    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=hours_ahead)
+    now = datetime.now(UTC)
+    if soon:  # not on the hour: the next hour may be seconds away
+        start = (now + timedelta(minutes=SOON_MINUTES)).replace(second=0, microsecond=0)
+    else:
+        start = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=hours_ahead)
     showtime = screening.CreateShowtime(showtime_request(hall, movie, start))
     return Sale(showtime, hall)
 

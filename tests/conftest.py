@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +24,16 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
+from cinema.identity.v1 import identity_pb2 as ipb
+from cinema.identity.v1.identity_pb2_grpc import IdentityServiceStub
 from cinema.screening.v1 import screening_pb2_grpc
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from cinema_grpc.log_config import configure_logging
 from cinema_grpc.server import CinemaServer, create_server
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
-from tests.auth_client import sign_in, with_token
+from tests.auth_client import PASSWORD, sign_in, with_token
+from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 
 SCHEMAS = ("screening", "booking", "api", "payment", "admission")
@@ -159,7 +163,8 @@ class RunningServer:
 def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
     """The Stripe-compatible test server (localstripe), on a free loopback port."""
     directory = tmp_path_factory.mktemp("stripe")
-    stripe = LocalStripe(directory / "localstripe-state.pickle").start(log=directory / "localstripe.log")
+    stripe = LocalStripe(directory / "localstripe-state.pickle", port=free_port())
+    stripe.start(log=directory / "localstripe.log")
     yield stripe
     stripe.stop()
 
@@ -218,13 +223,34 @@ def channel(address: str) -> Iterator[grpc.Channel]:
         yield ch
 
 
-@pytest.fixture(scope="session")
-def admin_token(channel: grpc.Channel, db_admin: psycopg.Connection[tuple[object, ...]]) -> str:
-    """An access token of an admin (who may do what staff may) for the whole session."""
-    return sign_in(channel, db_admin, "ADMIN")[1].access_token
+@dataclass
+class SignedIn:
+    email: str
+    token: str
+    signed_in_at: float  # time.monotonic()
+
+
+# Access tokens live 15 minutes; a whole run may take longer on a loaded machine.
+SIGN_IN_AGAIN_AFTER_SECONDS = 10 * 60
 
 
 @pytest.fixture(scope="session")
+def admin_account(channel: grpc.Channel, db_admin: psycopg.Connection[tuple[object, ...]]) -> SignedIn:
+    """An admin (who may do what staff may) for the whole session."""
+    user, pair = sign_in(channel, db_admin, "ADMIN")
+    return SignedIn(user.email, pair.access_token, time.monotonic())
+
+
+@pytest.fixture
+def admin_token(channel: grpc.Channel, admin_account: SignedIn) -> str:
+    """An access token of the session's admin, signed in again before the last one expires."""
+    if time.monotonic() - admin_account.signed_in_at > SIGN_IN_AGAIN_AFTER_SECONDS:
+        pair = IdentityServiceStub(channel).Login(ipb.LoginRequest(email=admin_account.email, password=PASSWORD))
+        admin_account.token, admin_account.signed_in_at = pair.access_token, time.monotonic()
+    return admin_account.token
+
+
+@pytest.fixture
 def admin_channel(channel: grpc.Channel, admin_token: str) -> grpc.Channel:
     return with_token(channel, admin_token)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.e2e.test_command_line import free_port
+from tests.ports import free_port
 
 
 @dataclass

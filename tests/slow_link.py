@@ -14,6 +14,8 @@ class SlowLink:
         """``upstream_host`` may be a directory: then PostgreSQL's Unix socket in it."""
         self.upstream = (upstream_host, upstream_port)
         self.delay = delay  # may be changed at any time; applies to answers arriving after
+        # Set when the database answers while answers are held back: what was sent has run.
+        self.answer_held = threading.Event()
         self.port = 0
         self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
@@ -51,6 +53,8 @@ class SlowLink:
         async def read_answers() -> None:
             while data := await upstream_reader.read(65536):
                 answers.put_nowait((time.monotonic() + self.delay, data))
+                if self.delay > 0:
+                    self.answer_held.set()
             answers.put_nowait((time.monotonic(), b""))
 
         async def deliver_answers() -> None:

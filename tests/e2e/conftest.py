@@ -10,6 +10,7 @@ import pytest
 
 from cinema_grpc.gateway import GatewayProcess, build_gateway, toolchain_available
 from tests.conftest import RunningServer
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,8 @@ def gateway(gateway_binary: Path, address: str, server: RunningServer) -> Iterat
     """Base URL of a gateway in front of the session's test server, trusted as serve trusts its own."""
     assert server.server is not None
     process = GatewayProcess(gateway_binary)
-    process.start(address, "127.0.0.1", 0, gateway_binary.parent / "openapi", proxy_key=server.server.gateway_proxy_key)
+    process.start(
+        address, "127.0.0.1", free_port(), gateway_binary.parent / "openapi", proxy_key=server.server.gateway_proxy_key
+    )
     yield process.url
     assert process.stop() == 0  # SIGTERM is a graceful stop

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_command_line import BIN, embedded_server_env, free_port, wait_until_serving
+from tests.e2e.test_command_line import BIN, embedded_server_env, wait_until_serving
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

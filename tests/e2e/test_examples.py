@@ -21,7 +21,7 @@ from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from cinema_grpc.adapters.local_stripe import LocalStripe
 from tests.auth_client import PASSWORD, register, sign_in, with_token
 from tests.booking_data import customer, hold, open_sale
-from tests.e2e.test_command_line import free_port
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -114,7 +114,7 @@ def test_the_door_scanner_example_verifies_offline_checks_in_and_uploads_what_it
     db: psycopg.Connection[tuple[object, ...]],
     tmp_path: Path,
 ) -> None:
-    sale = open_sale(screening, hours_ahead=1)
+    sale = open_sale(screening, soon=True)
     ana = customer(channel, db)
     clerk = customer(channel, db, "STAFF")
     held = hold(ana, sale, "C1", "C2")

@@ -31,8 +31,9 @@ from cinema_grpc.settings import Settings
 from tests.auth_client import PASSWORD
 from tests.booking_data import Sale, open_sale
 from tests.conftest import RunningServer
-from tests.e2e.test_command_line import embedded_server_env, free_port, wait_until_serving
+from tests.e2e.test_command_line import embedded_server_env, wait_until_serving
 from tests.payment_data import confirm_card
+from tests.ports import free_port
 from tests.screening_data import CINEMA_TIME_ZONE
 from tests.tls_files import self_signed_certificate
 
@@ -193,7 +194,7 @@ def test_staff_move_a_showtime_over_rest(gateway: str, screening: ScreeningServi
 
 
 def test_door_admission_over_rest(gateway: str, screening: ScreeningServiceStub, admin_token: str) -> None:
-    soon = open_sale(screening, hours_ahead=1, cinema_name="Door")
+    soon = open_sale(screening, soon=True, cinema_name="Door")
     showtime = soon.showtime
     admin = Rest(gateway, admin_token)
     _, token = sign_up(Rest(gateway))
@@ -428,7 +429,7 @@ def strict_gateway(gateway_binary: Path, address: str) -> Iterator[GatewayProces
     """A gateway with short limits (the defaults are 30 s, 30 s, 120 s and 1 MiB)."""
     flags = ["-read-timeout", "1s", "-write-timeout", "1s", "-idle-timeout", "1s", "-max-body-bytes", "4096"]
     process = GatewayProcess(gateway_binary)
-    process.start(address, "127.0.0.1", 0, None, flags=flags)
+    process.start(address, "127.0.0.1", free_port(), None, flags=flags)
     yield process
     process.stop()
 
@@ -502,7 +503,7 @@ def test_the_gateway_serves_https_and_reaches_a_tls_grpc_server(
     running = RunningServer(server_settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key}))
     try:
         with GatewayProcess(gateway_binary) as process:
-            process.start(f"127.0.0.1:{running.port}", "127.0.0.1", 0, None, grpc_ca=cert, tls=(cert, key))
+            process.start(f"127.0.0.1:{running.port}", "127.0.0.1", free_port(), None, grpc_ca=cert, tls=(cert, key))
             assert process.url.startswith("https://")
             cinemas = requests.get(f"{process.url}/v1/cinemas", verify=str(cert), timeout=TIMEOUT)
             assert cinemas.status_code == 200 and "cinemas" in cinemas.json()
@@ -533,7 +534,7 @@ def test_every_gateway_error_is_the_json_envelope_with_a_reason(gateway: str, ga
     assert reason(refused, 405, 12) == "METHOD_NOT_ALLOWED"
 
     orphan = GatewayProcess(gateway_binary)  # in front of a port where no server listens
-    orphan.start(f"127.0.0.1:{free_port()}", "127.0.0.1", 0, None)
+    orphan.start(f"127.0.0.1:{free_port()}", "127.0.0.1", free_port(), None)
     try:
         down = requests.get(f"{orphan.url}/v1/cinemas", timeout=TIMEOUT)
         assert reason(down, 503, 14) == "BACKEND_UNAVAILABLE"

@@ -20,11 +20,12 @@ import pytest
 from cinema.booking.v1 import booking_pb2 as bpb
 from cinema.booking.v1.booking_pb2_grpc import BookingServiceStub
 from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
+from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
 from tests.conftest import TEST_AUDIT_KEY
-from tests.e2e.test_command_line import free_port
 from tests.integration.test_booking_races import double_claims, race
+from tests.ports import free_port
 from tests.rpc_errors import failure
 from tests.stream_reader import StreamReader
 
@@ -34,7 +35,9 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Iterator[list[str]]:
+def replicas(
+    database_url: str, redis_url: str, tmp_path: Path, db: Db, local_stripe: LocalStripe
+) -> Iterator[list[str]]:
     processes = []
     addresses = []
     for name in ("a", "b"):
@@ -54,6 +57,10 @@ def replicas(database_url: str, redis_url: str, tmp_path: Path, db: Db) -> Itera
             "CINEMA_WEBHOOK_PORT": "0",
             "CINEMA_METRICS_PORT": "0",
             "CINEMA_REGISTRATIONS_PER_ADDRESS": "1000",
+            # The session's Stripe test server: no two of its own started at the same moment.
+            "CINEMA_STRIPE_SECRET_KEY": API_KEY,
+            "CINEMA_STRIPE_WEBHOOK_SECRET": local_stripe.webhook_secret,
+            "CINEMA_STRIPE_API_BASE": local_stripe.api_base,
         }
         log = (tmp_path / f"{name}.log").open("w")
         processes.append(subprocess.Popen([str(BIN / "cinema-grpc"), "serve"], env=env, stderr=log, stdout=log))

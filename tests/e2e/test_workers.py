@@ -23,7 +23,7 @@ from cinema.screening.v1.screening_pb2_grpc import ScreeningServiceStub
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
 from tests.conftest import TEST_AUDIT_KEY
-from tests.e2e.test_command_line import free_port
+from tests.ports import free_port
 from tests.stream_reader import StreamReader
 
 pytestmark = pytest.mark.e2e

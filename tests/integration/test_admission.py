@@ -85,7 +85,7 @@ def door(channel: grpc.Channel, admin_channel: grpc.Channel, db: Db) -> Door:
 @pytest.fixture
 def soon(screening: ScreeningServiceStub) -> Sale:
     """A showtime starting within the hour: its doors are open."""
-    return open_sale(screening, hours_ahead=1, cinema_name="Soon")
+    return open_sale(screening, soon=True, cinema_name="Soon")
 
 
 def scanner_config(door: Door, sale: Sale, moment: datetime) -> apb.ScannerConfig:

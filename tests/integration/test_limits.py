@@ -318,9 +318,10 @@ def test_unary_calls_beyond_their_cap_are_refused_with_a_reason_while_health_ans
 def test_shutdown_lets_in_flight_rpcs_finish_and_ends_streams_clearly(
     start_server: Callable[..., tuple[RunningServer, grpc.Channel]], db: Db
 ) -> None:
-    # The holds wait for the showtime's lock while the server starts to drain: on a loaded
-    # machine that can take longer than the default lock timeout (3 s).
-    running, channel = start_server(shutdown_grace_seconds=10, db_lock_timeout_ms=20000)
+    # The holds wait for the showtime's lock (and those queued behind them for a connection)
+    # while the server starts to drain: on a loaded machine that can take longer than the
+    # default lock timeout (3 s) and pool timeout (5 s).
+    running, channel = start_server(shutdown_grace_seconds=10, db_lock_timeout_ms=20000, db_pool_timeout_seconds=30)
     sale, _ = _sale_and_customer(channel, db)
     public = BookingServiceStub(channel)
     seats = sale.seats(*(f"C{n}" for n in range(1, 9)))

@@ -206,7 +206,7 @@ def test_a_registration_flood_neither_queues_without_end_nor_delays_stripe_calls
         payment.result()
     assert set(outcomes) == {"registered", "PASSWORD_HASHING_BUSY"}
     assert outcomes.count("PASSWORD_HASHING_BUSY") >= 30
-    assert stripe_answered[0] < 2.0, f"CreatePayment took {stripe_answered[0]:.1f} s during the flood"
+    assert stripe_answered[0] < 3.0, f"CreatePayment took {stripe_answered[0]:.1f} s during the flood"
 
 
 def test_old_sign_in_records_and_ended_registration_windows_are_pruned(server: RunningServer, db: Db) -> None:

@@ -256,7 +256,7 @@ def test_staff_refund_part_of_a_payment_and_customers_cannot(
 def test_customers_cannot_refund_after_the_cancellation_cut_off(
     screening: ScreeningServiceStub, channel: grpc.Channel, ana: Customer, clerk: Customer
 ) -> None:
-    soon = open_sale(screening, hours_ahead=1)
+    soon = open_sale(screening, soon=True)
     paid = paid_booking(channel, ana, clerk, soon, "B1")
     closed = call_fails(payments(channel, ana).RefundPayment, ppb.RefundPaymentRequest(payment_id=paid.id))
     assert closed.reason == "CANCELLATION_CLOSED"

@@ -31,8 +31,8 @@ from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 from tests.auth_client import with_token
 from tests.booking_data import Sale
 from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNING_KEY
-from tests.e2e.test_command_line import free_port
 from tests.payment_data import confirm_card
+from tests.ports import free_port
 from tests.rpc_errors import failure
 
 Db = psycopg.Connection[tuple[object, ...]]

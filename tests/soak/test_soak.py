@@ -23,7 +23,7 @@ from cinema_grpc.adapters.local_stripe import LocalStripe
 from tests.auth_client import sign_in, with_token
 from tests.booking_data import open_sale
 from tests.conftest import RunningServer
-from tests.e2e.test_command_line import free_port
+from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 from tests.soak.harness import (
     ALWAYS,
