@@ -33,7 +33,6 @@ from cinema_grpc.server import CinemaServer, create_server
 from cinema_grpc.settings import Settings
 from cinema_grpc.storage.database import EmbeddedPostgres, migrate, open_database, sqlalchemy_url
 from tests.auth_client import PASSWORD, sign_in, with_token
-from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 
 SCHEMAS = ("screening", "booking", "api", "payment", "admission")
@@ -163,8 +162,7 @@ class RunningServer:
 def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
     """The Stripe-compatible test server (localstripe), on a free loopback port."""
     directory = tmp_path_factory.mktemp("stripe")
-    stripe = LocalStripe(directory / "localstripe-state.pickle", port=free_port())
-    stripe.start(log=directory / "localstripe.log")
+    stripe = LocalStripe(directory / "localstripe-state.pickle").start(log=directory / "localstripe.log")
     yield stripe
     stripe.stop()
 

@@ -6,13 +6,16 @@ it listens on 127.0.0.1 only, keeps its state in a file of its own (mode 0600, i
 and ends when the process that started it ends, even one killed with SIGKILL (it watches a
 pipe from that process, and the process id).
 
-``python -m cinema_grpc.adapters.local_stripe --port N --state FILE`` is the child process.
+``python -m cinema_grpc.adapters.local_stripe --fd N --state FILE`` is the child process: it
+serves on the listening socket N that its parent bound, so the address is known, and taken,
+before the child starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import pickle
@@ -36,18 +39,12 @@ HOST = "127.0.0.1"
 ADDRESS_FILE = "local-stripe.json"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class LocalStripe:
     """The test server as a child process; ``state_file`` keeps its payments across restarts."""
 
     state_file: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: any free port (the actual one once started)
     webhook_secret: str = field(default_factory=lambda: f"whsec_{secrets.token_hex(16)}")
     _process: subprocess.Popen[bytes] | None = None
     _address_file: Path | None = None
@@ -61,32 +58,42 @@ class LocalStripe:
         return None if self._process is None else self._process.pid
 
     def start(self, log: Path | None = None) -> LocalStripe:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            if self._start_once(log):
-                return self
-            # Its port is picked before the child binds it: another process may have taken it.
-            self.port = free_port()
-        raise RuntimeError(f"the local Stripe test server did not start (state file {self.state_file})")
+        """Binds the port here, then starts the child on that socket, and waits until it answers.
 
-    def _start_once(self, log: Path | None) -> bool:
-        command = [sys.executable, "-m", __name__, "--port", str(self.port), "--state", str(self.state_file)]
-        with log.open("ab") if log else open(os.devnull, "wb") as out:
-            # The child ends when this pipe reaches end of file: when this process exits,
-            # however it exits. Nothing is ever written to it.
-            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self._process.poll() is None:
+        Raises RuntimeError if the port is taken or the child does not answer within 20 s.
+        """
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                urllib.request.urlopen(f"{self.api_base}/v1/balance", timeout=1)
-            except urllib.error.HTTPError:
-                if self._process.poll() is None:
-                    return True  # 401 without a key: it is up (and it is this child that answers)
-                break
-            except OSError:
-                time.sleep(0.1)
+                listener.bind((HOST, self.port))
+            except OSError as exc:
+                raise RuntimeError(f"the local Stripe test server cannot listen on {HOST}:{self.port}: {exc}") from exc
+            listener.listen(128)
+            self.port = int(listener.getsockname()[1])
+            fd = listener.fileno()
+            command = [sys.executable, "-m", __name__, "--fd", str(fd), "--state", str(self.state_file)]
+            with log.open("ab") if log else open(os.devnull, "wb") as out:
+                # The child ends when this pipe reaches end of file: when this process exits,
+                # however it exits. Nothing is ever written to it.
+                self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=out, pass_fds=(fd,))
+        finally:
+            listener.close()  # the child has its own copy
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    urllib.request.urlopen(f"{self.api_base}/v1/balance", timeout=1)
+                except urllib.error.HTTPError:
+                    return self  # 401 without a key: it is up (nothing else can hold its socket)
+                except (OSError, http.client.HTTPException):
+                    time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
         self.stop()
-        return False
+        raise RuntimeError(f"the local Stripe test server did not start (state file {self.state_file})")
 
     def deliver_webhooks_to(self, url: str) -> None:
         data = urllib.parse.urlencode({"url": url, "secret": self.webhook_secret}).encode()
@@ -215,7 +222,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cinema_grpc.adapters.local_stripe")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fd", type=int, required=True, help="a listening socket, inherited")
     parser.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -224,10 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     from localstripe import resources, server  # noqa: PLC0415
 
     resources.store.try_load_from_disk()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, args.port))
-    web.run_app(server.app, sock=sock, print=None)
+    web.run_app(server.app, sock=socket.socket(fileno=args.fd), print=None)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ it, and its state is a file of this instance's own that only this user can read.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import os
 import socket
 import stat
+import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from cinema_grpc.adapters.local_stripe import API_KEY, LocalStripe
 
@@ -77,16 +82,54 @@ def test_its_state_is_a_file_of_its_own_that_only_this_user_can_read(tmp_path: P
         again.stop()
 
 
-def test_a_port_taken_before_the_server_binds_it_is_replaced_by_another(tmp_path: Path) -> None:
-    """Its port is picked before its process binds it; another process may take it in between."""
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        taken = int(squatter.getsockname()[1])
-        stripe = LocalStripe(tmp_path / "localstripe-state.pickle", port=taken).start()
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` (from /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_its_port_is_bound_before_its_process_starts_so_no_other_server_can_answer_for_it(tmp_path: Path) -> None:
+    """The port is bound by the starting process and handed to the child: an address picked
+    first and bound later could be taken in between, by a server that then answered for it."""
+    stripe = LocalStripe(tmp_path / "localstripe-state.pickle").start()
+    try:
+        assert stripe.port != 0 and stripe.pid is not None
+        listening = _listening_inodes(stripe.port)
+        assert listening and listening <= _socket_inodes(stripe.pid)  # its own child listens
+        assert _stripe_post(stripe, "/v1/customers", {"email": "ana@example.com"})["email"] == "ana@example.com"
+    finally:
+        stripe.stop()
+
+
+def test_a_port_another_server_holds_is_refused_not_taken_for_its_own(tmp_path: Path) -> None:
+    class Refuses(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Refuses) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
         try:
-            assert stripe.port != taken
-            assert _listening_addresses(stripe.port) == {"127.0.0.1"}
-            assert _stripe_post(stripe, "/v1/customers", {"email": "ana@example.com"})["email"] == "ana@example.com"
+            taken = int(other.server_address[1])
+            stripe = LocalStripe(tmp_path / "localstripe-state.pickle", port=taken)
+            with pytest.raises(RuntimeError, match="cannot listen"):
+                stripe.start()
+            assert stripe.pid is None
         finally:
-            stripe.stop()
+            other.shutdown()
