@@ -39,7 +39,7 @@ def _free_ports(*hosts: str) -> list[int]:
     (one closed before the next ``bind(0)`` may be handed out again)."""
     with contextlib.ExitStack() as bound:
         ports = []
-        for host in hosts:
+        for host in (host.strip("[]") for host in hosts):
             sock = bound.enter_context(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET))
             sock.bind((host, 0))
             ports.append(int(sock.getsockname()[1]))

@@ -19,17 +19,27 @@ _EPHEMERAL = _ephemeral_ports()
 _HANDED_OUT: set[int] = set()
 
 
+def _outside_ephemeral() -> list[int]:
+    below = range(max(1024, _EPHEMERAL.start - 12000), _EPHEMERAL.start)
+    above = range(_EPHEMERAL.stop, 65536)
+    return [*below, *above]
+
+
+_CANDIDATES = _outside_ephemeral()
+
+
 def free_port() -> int:
     """A free port for a process a test starts, chosen outside the kernel's ephemeral range.
 
     A port from ``bind(0)`` is free only until the test uses it: any process a test starts (the
-    server's local Stripe server, PostgreSQL's connections, the gateway) may be handed the same
-    port by its own ``bind(0)`` in between. Ports below that range are never handed out that way.
+    server, PostgreSQL's clients, the gateway) may be handed the same port by its own
+    ``bind(0)`` or outgoing connection in between. Ports outside that range never are. On a
+    machine whose range leaves no room, it falls back to ``bind(0)``.
     """
     rng = random.SystemRandom()
-    for _ in range(1000):
-        port = rng.randrange(20000, 32768)
-        if port in _EPHEMERAL or port in _HANDED_OUT:
+    for _ in range(1000 if _CANDIDATES else 0):
+        port = rng.choice(_CANDIDATES)
+        if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
             try:
@@ -38,4 +48,6 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise RuntimeError("no free port between 20000 and 32767")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

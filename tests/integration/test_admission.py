@@ -390,7 +390,7 @@ def test_offline_scans_upload_idempotently_and_tickets_used_twice_are_reported_a
 ) -> None:
     one, two, three = (t.id for t in sell(ana, clerk, soon, "B1", "B2", "B3").tickets)
     code = {t: a_pass(ana, channel, t).code for t in (one, two, three)}
-    # Scans of the last minutes, all after the doors opened (they open on the hour).
+    # Scans of the last minutes, all after the doors opened (an hour before the start).
     doors_open = soon.showtime.start_time.ToDatetime(tzinfo=UTC) - timedelta(hours=1)
     since = max(doors_open, datetime.now(UTC) - timedelta(minutes=10))
 

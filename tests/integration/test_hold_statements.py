@@ -287,6 +287,7 @@ def test_a_hold_whose_seats_were_taken_while_it_was_decided_decides_again_under_
         bens = ben.booking.HoldBestAvailable(
             bpb.HoldBestAvailableRequest(showtime_id=sale.showtime.id, count=2, kind=spb.SEAT_KIND_STANDARD)
         )
+        assert holder.is_alive(), "Ben's hold did not come while her read's answer was on its way"
         holder.join(10)
     finally:
         link.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from cinema_grpc.workers import _free_ports
 
 
@@ -15,3 +17,13 @@ def test_ports_picked_together_all_differ_and_are_free_afterwards() -> None:
     for port in ports[:20]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_an_ipv6_host_may_be_written_in_brackets() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    [bracketed, plain] = _free_ports("[::1]", "::1")
+    assert bracketed != plain
