@@ -1032,7 +1032,8 @@ class Run:
                         duration=600,
                         stop_file=str(stop_file),
                     )
-                    await asyncio.sleep(max(0.0, loaded[1][1] - time.time()))  # until the load's window opens
+                    window_opens = loaded[1][1]
+                    await asyncio.sleep(max(0.0, window_opens - time.time()))
             began = time.perf_counter()
             pool_before = meter.application_cpu()
             seconds = float("nan")

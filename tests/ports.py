@@ -7,25 +7,18 @@ import socket
 from pathlib import Path
 
 
-def _ephemeral_ports() -> range:
+def _outside_ephemeral() -> list[int]:
+    """The ports a ``bind(0)`` is never handed: a few thousand below the kernel's ephemeral range,
+    and those above it."""
     try:
         low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
         low, high = 32768, 60999
-    return range(low, high + 1)
-
-
-_EPHEMERAL = _ephemeral_ports()
-_HANDED_OUT: set[int] = set()
-
-
-def _outside_ephemeral() -> list[int]:
-    below = range(max(1024, _EPHEMERAL.start - 12000), _EPHEMERAL.start)
-    above = range(_EPHEMERAL.stop, 65536)
-    return [*below, *above]
+    return [*range(max(1024, low - 12000), low), *range(high + 1, 65536)]
 
 
 _CANDIDATES = _outside_ephemeral()
+_HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
